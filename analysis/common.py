@@ -1,0 +1,294 @@
+"""Shared helpers of the analysis modules: read a recorded study back from MLflow, summarise seeds,
+state provenance, and write tables and figures so that the same runs give the same bytes.
+
+This is the reader side of docs/mlflow-schema.md; the names below are the ones `study/tracking.py`
+writes. Analysis reads MLflow only: nothing here imports torch, Ray or the training code.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# --- MLflow names (docs/mlflow-schema.md) -----------------------------------------------------------
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "iqa-ls"
+ARTIFACT_DIR = "analysis"  # parent-run artifact folder of the analysis outputs
+
+TAG_ROLE = "iqa_ls.role"  # "parent" | "trial"
+TAG_STUDY = "iqa_ls.study"
+TAG_KIND = "iqa_ls.kind"
+TAG_PRESET = "iqa_ls.preset"
+TAG_SEEDS = "iqa_ls.seeds"
+TAG_DATA_SOURCE = "iqa_ls.data_source"
+TAG_DATA_CHECKSUM = "iqa_ls.data_checksum"
+TAG_GIT_COMMIT = "iqa_ls.git_commit"
+TAG_VERSIONS = "iqa_ls.versions"  # JSON: python, torch, torchvision, ray, mlflow, kornia
+TAG_DEVICE = "iqa_ls.device_name"
+TAG_TRIAL_KEY = "iqa_ls.trial_key"
+TAG_STRATEGY = "iqa_ls.strategy"  # Table 2 row 1-9, "0" outside Table 2
+TAG_TRAIN_SET = "iqa_ls.train_set"
+TAG_REGULARIZATION = "iqa_ls.regularization"
+TAG_SEED = "iqa_ls.seed"
+TAG_ERROR = "iqa_ls.error"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+
+# Provenance tags every trial carries too; the header states the parent's and flags disagreement.
+PROVENANCE_TAGS = (TAG_DATA_SOURCE, TAG_DATA_CHECKSUM, TAG_DEVICE, TAG_VERSIONS, TAG_GIT_COMMIT)
+VERSION_ORDER = ("python", "torch", "torchvision", "ray", "mlflow", "kornia")
+
+# The ten test sets (Sec. 4.2: pristine + 3 distortions x 3 levels); final metric = "acc_" + name.
+TEST_SETS = ("pristine", "blur_1", "blur_2", "blur_3", "noise_1", "noise_2", "noise_3",
+             "jpeg_1", "jpeg_2", "jpeg_3")
+ACC_METRICS = tuple(f"acc_{t}" for t in TEST_SETS)
+TEST_SET_LABELS = {"pristine": "Pristine",
+                   **{f"{d}_{k}": f"{label} L{k}" for d, label in (("blur", "Blur"), ("noise", "Noise"),
+                                                                   ("jpeg", "JPEG")) for k in (1, 2, 3)}}
+
+FINISHED = "FINISHED"
+MISSING = "—"  # how a gap is shown in text outputs
+
+
+class AnalysisError(Exception):
+    """A problem with the input (store, study, runs) that the CLI reports in one line, exit code 2."""
+
+
+# --- reading MLflow ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialRecord:
+    """One child run as the analysis sees it (final metric values = the latest logged value)."""
+    run_id: str
+    run_name: str
+    status: str
+    start_time: int
+    end_time: int
+    tags: dict
+    params: dict
+    metrics: dict
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+    def tag_int(self, key: str) -> int | None:
+        try:
+            return int(self.tags[key])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def open_client(tracking_uri: str):
+    """MlflowClient for `tracking_uri`; a SQLite store must already exist (a reader never creates one)."""
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise AnalysisError(f"no MLflow store at {path} (tracking URI {tracking_uri})")
+    return MlflowClient(tracking_uri)
+
+
+def find_parent(client, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT,
+                study: str | None = None, parent_run_id: str | None = None):
+    """The parent run of a study: by run id, or by `iqa_ls.study` + `iqa_ls.role = parent` (exactly one)."""
+    if (study is None) == (parent_run_id is None):
+        raise AnalysisError("give exactly one of a study name or a parent run id")
+    if parent_run_id is not None:
+        try:
+            run = client.get_run(parent_run_id)
+        except Exception as e:  # MlflowException(RESOURCE_DOES_NOT_EXIST) or a connection error
+            raise AnalysisError(f"run {parent_run_id} not found at {tracking_uri}: {first_line(e)}") from e
+        if run.data.tags.get(TAG_ROLE) != "parent":
+            raise AnalysisError(f"run {parent_run_id} is not a study parent run "
+                                f"({TAG_ROLE} = {run.data.tags.get(TAG_ROLE)!r}) at {tracking_uri}")
+        return run
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise AnalysisError(f"no experiment {experiment!r} at {tracking_uri}, so no study {study!r}")
+    # Filter the study name in Python: no quoting of user text inside an MLflow filter string.
+    parents = [r for r in search_all(client, [exp.experiment_id], f"tags.`{TAG_ROLE}` = 'parent'")
+               if r.data.tags.get(TAG_STUDY) == study]
+    if len(parents) != 1:
+        found = "no" if not parents else f"{len(parents)}"
+        raise AnalysisError(f"{found} parent run(s) of study {study!r} in experiment {experiment!r} "
+                            f"at {tracking_uri} (exactly one expected)")
+    return parents[0]
+
+
+def search_all(client, experiment_ids: list[str], filter_string: str) -> list:
+    """Every active run matching the filter, all pages."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def child_runs(client, parent) -> list[TrialRecord]:
+    """The parent's child runs (tag `mlflow.parentRunId`), sorted by (start time, run id)."""
+    runs = search_all(client, [parent.info.experiment_id],
+                      f"tags.`{TAG_PARENT_RUN}` = '{parent.info.run_id}'")
+    records = [TrialRecord(run_id=r.info.run_id, run_name=r.info.run_name or "", status=r.info.status,
+                           start_time=r.info.start_time or 0, end_time=r.info.end_time or 0,
+                           tags=dict(r.data.tags), params=dict(r.data.params),
+                           metrics=dict(r.data.metrics)) for r in runs]
+    return sorted(records, key=lambda t: (t.start_time, t.run_id))
+
+
+def log_files(client, run_id: str, paths: Iterable[Path], artifact_path: str = ARTIFACT_DIR) -> None:
+    """Log exactly these files (not the whole folder, which other analyses share) to the run."""
+    for p in paths:
+        client.log_artifact(run_id, str(p), artifact_path)
+
+
+# --- provenance ------------------------------------------------------------------------------------
+def parse_versions(text: str | None) -> dict:
+    try:
+        v = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {"?": text}
+    return v if isinstance(v, dict) else {"?": text}
+
+
+def versions_text(versions: dict) -> str:
+    keys = [k for k in VERSION_ORDER if k in versions] + sorted(k for k in versions if k not in VERSION_ORDER)
+    return ", ".join(f"{k} {versions[k]}" for k in keys) or "unknown"
+
+
+def provenance(parent, trials: Sequence[TrialRecord]) -> dict:
+    """What a table must state about where its numbers come from (STYLE.md 9): the parent's tags and
+    params, with any trial whose provenance tags differ from the parent's listed under `disagree`."""
+    tags, params = parent.data.tags, parent.data.params
+    out = {"study": tags.get(TAG_STUDY, parent.info.run_name), "parent_run_id": parent.info.run_id,
+           "kind": tags.get(TAG_KIND), "preset": tags.get(TAG_PRESET), "seeds": tags.get(TAG_SEEDS),
+           "epochs": params.get("epochs"), "data_source": tags.get(TAG_DATA_SOURCE),
+           "data_checksum": tags.get(TAG_DATA_CHECKSUM), "device_name": tags.get(TAG_DEVICE),
+           "git_commit": tags.get(TAG_GIT_COMMIT), "versions": parse_versions(tags.get(TAG_VERSIONS))}
+    disagree = {}
+    for key in PROVENANCE_TAGS:
+        values = sorted({t.tags[key] for t in trials if t.finished and key in t.tags} - {tags.get(key)})
+        if values:
+            disagree[key] = values
+    out["disagree"] = disagree
+    return out
+
+
+def provenance_line(prov: dict, n_text: str) -> str:
+    """One line: n seeds, data copy + checksum, hardware, versions, preset/epochs, commit."""
+    return (f"n = {n_text} · data: {prov['data_source'] or 'unknown'} "
+            f"(checksum {prov['data_checksum'] or 'unknown'}) · device: {prov['device_name'] or 'unknown'} · "
+            f"{versions_text(prov['versions'])} · preset {prov['preset'] or 'unknown'}, "
+            f"{prov['epochs'] or '?'} epochs · git {prov['git_commit'] or 'unknown'}")
+
+
+def provenance_warnings(prov: dict) -> list[str]:
+    return [f"trials disagree with the parent on {key}: {', '.join(values)}"
+            for key, values in sorted(prov["disagree"].items())]
+
+
+# --- statistics --------------------------------------------------------------------------------------
+def mean_std_n(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample std (ddof=1; NaN when n < 2) and n of the finite values."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    n = int(x.size)
+    mean = float(x.mean()) if n else math.nan
+    std = float(x.std(ddof=1)) if n >= 2 else math.nan
+    return mean, std, n
+
+
+def welch_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
+    """Mean(b) - mean(a) with a Welch t interval. The interval is NaN (not available) when either side
+    has fewer than 2 values: one seed says nothing about the seed-to-seed spread."""
+    ma, sa, na = mean_std_n(a)
+    mb, sb, nb = mean_std_n(b)
+    out = {"diff": mb - ma if na and nb else math.nan, "ci_low": math.nan, "ci_high": math.nan,
+           "df": math.nan, "n_a": na, "n_b": nb}
+    if na < 2 or nb < 2:
+        return out
+    va, vb = sa * sa / na, sb * sb / nb
+    se = math.sqrt(va + vb)
+    if se == 0.0:  # every seed identical on both sides: a zero-width interval, df undefined
+        out["ci_low"] = out["ci_high"] = out["diff"]
+        return out
+    from scipy.stats import t  # scipy comes with mlflow
+
+    df = (va + vb) ** 2 / (va * va / (na - 1) + vb * vb / (nb - 1))
+    half = float(t.ppf(0.5 + level / 2, df)) * se
+    out.update(ci_low=out["diff"] - half, ci_high=out["diff"] + half, df=df)
+    return out
+
+
+# --- deterministic text and files -------------------------------------------------------------------
+def fmt(x: float | None, digits: int = 4, signed: bool = False) -> str:
+    """Fixed-point text of a number, MISSING for NaN/None."""
+    if x is None or not math.isfinite(x):
+        return MISSING
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))  # "\n" line ends on every platform
+    return path
+
+
+def write_csv(df, path: Path, digits: int = 6) -> Path:
+    df.to_csv(path, index=False, float_format=f"%.{digits}f", lineterminator="\n")
+    return path
+
+
+def write_parquet(df, path: Path) -> Path:
+    """Parquet without the pandas index; no timestamps are written, so the bytes depend on the data only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+    return path
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """PNG without the 'Software' text chunk (matplotlib version) so equal figures are equal bytes."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=dpi, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def use_agg() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run an analysis CLI: bad input is one line on stderr and exit code 2, never a traceback."""
+    # Fail fast on an unreachable tracking server (MLflow's default retries take minutes); a caller
+    # that sets these variables keeps its own values.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    for name in ("mlflow", "alembic"):  # store-migration INFO lines would bury the one-line error
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's contract is one line, exit code 2
+        kind = "" if isinstance(e, AnalysisError) else f"{type(e).__name__}: "
+        print(f"{prog}: error: {kind}{first_line(e)}", file=sys.stderr)
+        return 2

@@ -1,0 +1,280 @@
+"""What every study command shares: flags, checks before any work, the plan, the run, the end.
+
+A study command (`study.table2`, `study.ablate`) turns its flags into a list of trials — each a
+key, a TrialConfig and a few tags — and hands them to `run_study`. Everything is checked before
+the first trial starts (and before anything is written); a bad value exits with one line on
+stderr and code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from search_spaces.presets import PRESETS, resolve
+from trainables import data as data_mod
+from trainables.config import ConfigError, TrialConfig
+
+DEFAULT_STORAGE = "ray_results"
+
+
+class StudyError(RuntimeError):
+    """Refused before any trial starts; the message is the one line the user sees."""
+
+
+@dataclass
+class Trial:
+    key: str  # unique within the study: names the MLflow run and the checkpoint folder
+    config: TrialConfig
+    tags: dict = field(default_factory=dict)  # extra MLflow tags (e.g. setting, ablation)
+
+
+def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
+    p.add_argument("--preset", default="quick", help=f"schedule preset: {', '.join(PRESETS)} (default quick)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per setting (default 1)")
+    p.add_argument("--data", default="cifar10", help="cifar10 (download), a cifar-10-batches-py folder, "
+                   "or a parquet folder/file (e.g. ../shared/data/cifar10-jpeg)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs (decay step scales along)")
+    p.add_argument("--subset", type=int, help="override the preset's training subset (0 = all)")
+    p.add_argument("--test-subset", type=int, help="override the preset's test subset (0 = all)")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    p.add_argument("--experiment", default="iqa-ls", help="MLflow experiment (default iqa-ls)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Ray storage_path and trial checkpoints "
+                   "(a path every node reaches, or s3://...)")
+    p.add_argument("--name", default=default_name, help=f"study name (default {default_name})")
+    p.add_argument("--resume", action="store_true", help="continue the study of this --name")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="default 1")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="default 0.25 when CUDA is visible (4 trials share a GPU), else 0")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="join a running Ray cluster")
+    p.add_argument("--out", default=None, help="folder for tables and plots (default results/<name>)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--max-failures", type=int, default=3, help="restarts of a trial after a lost worker")
+    p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
+
+
+def schedule_fields(args) -> dict:
+    """The preset with the flags that override it (None = not given)."""
+    if args.seeds is None or args.seeds < 1:
+        raise StudyError(f"--seeds {args.seeds} is not allowed; allowed: an integer >= 1")
+    for flag in ("epochs",):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise StudyError(f"--{flag} {v} is not allowed; allowed: an integer >= 1")
+    for flag in ("subset", "test_subset"):
+        v = getattr(args, flag)
+        if v is not None and v < 0:
+            raise StudyError(f"--{flag.replace('_', '-')} {v} is not allowed; allowed: an integer >= 0")
+    try:
+        return resolve(args.preset, epochs=args.epochs, subset=args.subset, test_subset=args.test_subset)
+    except ConfigError as e:
+        raise StudyError(f"--preset: {e}") from None
+
+
+def make_config(fields: dict) -> TrialConfig:
+    try:
+        return TrialConfig.from_dict(fields)
+    except ConfigError as e:
+        raise StudyError(str(e)) from None
+
+
+def _git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict:
+    import kornia
+    import mlflow
+    import ray
+    import torch
+    import torchvision
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "kornia": kornia.__version__,
+            "ray": ray.__version__, "mlflow": mlflow.__version__}
+
+
+def check_storage(storage: str) -> str:
+    if "://" in storage:
+        return storage
+    p = Path(storage).resolve()
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise StudyError(f"--storage {storage}: {probe} is not a writable folder")
+    return str(p)
+
+
+def preflight(args, trials: list[Trial]) -> dict:
+    """Every check that can fail, before anything is written. Returns facts for the plan."""
+    from study.tracking import TrackingError, check_tracking_uri
+
+    if not trials:
+        raise StudyError("no trials to run (empty grid)")
+    keys = [t.key for t in trials]
+    if len(set(keys)) != len(keys):
+        raise StudyError(f"duplicate trial keys in the grid: {sorted({k for k in keys if keys.count(k) > 1})}")
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
+        raise StudyError(f"--cpus-per-trial {args.cpus_per_trial} is not allowed; allowed: a number > 0")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise StudyError(f"--gpus-per-trial {args.gpus_per_trial} is not allowed; allowed: a number >= 0")
+    if args.max_failures < 0:
+        raise StudyError(f"--max-failures {args.max_failures} is not allowed; allowed: an integer >= 0")
+    try:
+        check_tracking_uri(args.tracking_uri)
+    except TrackingError as e:
+        raise StudyError(str(e)) from None
+    storage = check_storage(args.storage)
+    try:
+        train = data_mod.load_split(trials[0].config.data, "train")
+        data_mod.load_split(trials[0].config.data, "test")
+    except data_mod.DataError as e:
+        raise StudyError(f"--data: {e}") from None
+    return {"storage": storage, "train": train}
+
+
+def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float = 3.0) -> float:
+    """Training images/s of the Table 1 model at the trial's batch size, on this machine."""
+    import torch
+
+    from trainables.labels import soft_cross_entropy
+    from trainables.train import build_model, build_optimizer, pick_device
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        dev = pick_device(device)
+        model = build_model(cfg, dev)
+        opt = build_optimizer(cfg, model)
+        x = torch.randn(cfg.batch_size, 3, 32, 32, device=dev)
+        q = torch.full((cfg.batch_size, 10), 0.1, device=dev)
+        steps, t0 = 0, None
+        while True:
+            loss = soft_cross_entropy(model(x), q)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            steps += 1
+            if steps == 2:
+                t0 = time.perf_counter()  # two warm-up steps
+            elif t0 and time.perf_counter() - t0 > seconds:
+                return (steps - 2) * cfg.batch_size / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+
+
+def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, plan_lines=()) -> int:
+    """Check, print the plan, run the trials through Ray Tune with MLflow, then analyse."""
+    import torch
+
+    facts = preflight(args, trials)
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else 1.0
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if cuda else 0.0)
+    device = "cuda" if gpus > 0 else "cpu"
+    trials = [Trial(t.key, t.config.replace(device=device, threads=max(1, int(cpus))), t.tags) for t in trials]
+    out = Path(args.out or Path("results") / args.name)
+
+    from study import tracking, tuning
+
+    rec = tracking.StudyRecorder(args.tracking_uri, args.name, kind, args.experiment)
+    if rec.find_parent() and not args.resume:
+        raise StudyError(f"study {args.name!r} already exists in {args.tracking_uri}; "
+                         "pass --resume to continue it or choose another --name")
+    if args.resume and rec.find_parent() is None:
+        raise StudyError(f"--resume: no study named {args.name!r} in {args.tracking_uri}")
+
+    # --- the plan, with a measured throughput probe
+    train = facts["train"]
+    cfg0 = trials[0].config
+    n_train = cfg0.subset or train.images.shape[0]
+    threads = max(1, int(cpus))
+    ips = probe_throughput(cfg0, threads, device)
+    total_cpus = os.cpu_count() or 1
+    parallel = max(1, min(len(trials), int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
+    n_test = cfg0.test_subset or 10_000
+    # eval: 10 test sets, forward only (about a third of a training step per image)
+    work = sum(t.config.epochs * n_train + 10 * n_test / 3 for t in trials)
+    # CPU: trials side by side each at the probed rate; GPU: trials share one device's rate
+    est = work / (ips * (parallel if gpus == 0 else 1))
+    commit = _git_commit()
+    vers = versions()
+    print(f"study {args.name} ({kind}): {len(trials)} trials, {cfg0.epochs} epochs each, "
+          f"{n_train} training images ({train.source}, {train.checksum[:19]}), {n_test} test images x 10 sets")
+    for line in plan_lines:
+        print(f"  {line}")
+    print(f"  device {device}; {cpus:g} CPU + {gpus:g} GPU per trial; up to {parallel} side by side; "
+          f"Ray {'at ' + args.address if args.address else 'local'}")
+    print(f"  probe: {ips:.0f} training images/s per trial ({threads} thread(s), batch {cfg0.batch_size}); "
+          f"estimated wall time {tuning._fmt(est)}")
+    print(f"  runs -> {args.tracking_uri} (experiment {args.experiment}); checkpoints -> {facts['storage']}/"
+          f"{args.name}/trials; tables -> {out}")
+
+    parent_tags = {"preset": args.preset, "seeds": args.seeds, "data_source": train.source,
+                   "data_checksum": train.checksum, "git_commit": commit, "versions": vers,
+                   "device_name": device}
+    rec.open_parent(args.resume, parent_tags, {**{k: v for k, v in vars(args).items() if k not in ("resume",)},
+                                                 "n_trials": len(trials)})
+    done = rec.finished_keys() if args.resume else set()
+    todo = [t for t in trials if t.key not in done]
+    if done:
+        print(f"  resume: {len(done)} finished trials kept, {len(todo)} to run (from their checkpoints)")
+
+    def tags_of(spec):
+        return {**tags_of_config(spec["config"]), **spec["tags"], "data_source": train.source,
+                "data_checksum": train.checksum, "git_commit": commit, "versions": vers}
+
+    specs = [{"key": t.key, "config": t.config.to_dict(), "tags": t.tags,
+              "store": tuning.trial_store_uri(facts["storage"], args.name, t.key),
+              "cache_dir": str(data_mod.default_cache_dir())} for t in todo]
+    status = "FINISHED"
+    if specs:
+        import ray
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", **({} if args.address else {"object_store_memory": 256 * 2**20}))
+        printer = tuning.ProgressPrinter(sum(t.config.epochs for t in todo), args.progress_every)
+        cb = tuning.MlflowCallback(rec, tags_of)
+        try:
+            tuning.run_tuner(specs, name=args.name, storage=facts["storage"],
+                             resources={"cpu": cpus, "gpu": gpus}, callbacks=[cb, printer],
+                             max_failures=args.max_failures)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            if status == "KILLED":
+                rec.close_parent("KILLED")
+            ray.shutdown()
+        if cb.failed:
+            print(f"  {len(cb.failed)} trial(s) failed: " + "; ".join(f"{k}: {v}" for k, v in sorted(cb.failed.items())))
+    rec.close_parent(status)
+    files = analyse(rec.parent_id, out)
+    print(f"open these runs: {tracking.ui_command(args.tracking_uri)}  (experiment {args.experiment}, "
+          f"parent run {args.name})")
+    return 0 if files is not None else 1
+
+
+def main_wrapper(fn) -> int:
+    """Run a study main; a refusal is one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except (StudyError, ConfigError, data_mod.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def dump_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True)

@@ -1,0 +1,53 @@
+"""`python -m study.table2`: the nine strategies of Table 2 as Ray Tune trials, recorded in MLflow,
+and Table 2 rebuilt beside the paper's.
+
+Examples:
+  python -m study.table2 --preset smoke --data ../shared/data/cifar10-jpeg   # a couple of minutes
+  python -m study.table2 --preset quick --data ../shared/data/cifar10-jpeg   # about an hour, 2-core CPU
+  python -m study.table2 --preset paper --seeds 3 --address auto --storage s3://BUCKET/ray-results
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from search_spaces import table2 as space
+from study.runner import Trial, add_common_flags, main_wrapper, make_config, run_study, schedule_fields
+
+
+def trial_tags(config: dict) -> dict:
+    return {k: config[k] for k in ("strategy", "train_set", "regularization", "iqa_metric", "tmap", "seed")}
+
+
+def build_trials(args) -> list[Trial]:
+    fields = schedule_fields(args)
+    data = args.data
+    return [Trial(f"s{t['strategy']}-seed{t['seed']}", make_config({**fields, **t, "data": data}))
+            for t in space.grid(args.seeds)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.table2", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(p, default_name="table2")
+    args = p.parse_args(argv)
+
+    def go():
+        from trainables.data import resolve_source
+        args.data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
+        trials = build_trials(args)
+
+        def analyse(parent_run_id, out):
+            from analysis.table2 import build_table2, format_console
+            res = build_table2(parent_run_id=parent_run_id, tracking_uri=args.tracking_uri,
+                               experiment=args.experiment, out_dir=out)
+            print(format_console(res))
+            return res
+
+        return run_study(args, "table2", trials, trial_tags, analyse)
+
+    return main_wrapper(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

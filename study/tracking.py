@@ -1,0 +1,174 @@
+"""The MLflow side of a study: the one module in study/ that imports mlflow.
+
+Names follow docs/mlflow-schema.md. Only the driver process writes (a Ray Tune callback calls into
+`StudyRecorder`), so a SQLite store sees one writer and a tracking server one client per study.
+Every write is idempotent: runs are found again by tags before one is created, and per-epoch
+metrics whose step was already logged are skipped, so a resumed or restarted trial neither
+duplicates a run nor a metric point.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+EXPERIMENT = "iqa-ls"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EPOCH_METRICS = ("loss", "lr", "train_acc", "mean_t", "frac_below_chance",
+                 "frac_below_chance_max_batch", "epoch_time", "images_per_s", "data_time", "data_share")
+T = "iqa_ls."  # tag prefix
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which URI and why."""
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Refuse an unreachable server or an unwritable SQLite path before any work starts."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise TrackingError(f"tracking URI {uri} answered HTTP {r.status} at /health")
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(f"tracking URI {uri} does not answer ({getattr(e, 'reason', e)}); "
+                                "start the server or pass another --tracking-uri") from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        parent = db.parent if str(db.parent) else Path(".")
+        if not parent.exists() or not os.access(parent, os.W_OK):
+            raise TrackingError(f"tracking URI {uri}: folder {parent} does not exist or is not writable")
+    elif uri.startswith("file:") or "://" not in uri:
+        raise TrackingError(f"tracking URI {uri!r} is not allowed; allowed: sqlite:///PATH or http(s)://HOST:PORT")
+
+
+def _val(v) -> str:
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, dict)) else str(v)
+
+
+class StudyRecorder:
+    """Parent run of one study plus one child run per trial key."""
+
+    def __init__(self, tracking_uri: str, study: str, kind: str, experiment: str = EXPERIMENT):
+        self.uri, self.study, self.kind = tracking_uri, study, kind
+        self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.parent_id: str | None = None
+        self.child_ids: dict[str, str] = {}
+        self.last_step: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ lookup
+    def _search(self, filt: str):
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filt, max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def find_parent(self):
+        runs = self._search(f"tags.`{T}study` = '{self.study}' and tags.`{T}role` = 'parent'")
+        if len(runs) > 1:
+            raise TrackingError(f"study {self.study!r} has {len(runs)} parent runs in {self.uri}; expected one")
+        return runs[0] if runs else None
+
+    def children(self) -> dict[str, object]:
+        """trial key -> the child run (latest info) of this study."""
+        if self.parent_id is None:
+            return {}
+        runs = self._search(f"tags.`mlflow.parentRunId` = '{self.parent_id}'")
+        return {r.data.tags.get(f"{T}trial_key"): r for r in runs}
+
+    # ------------------------------------------------------------------ parent
+    def open_parent(self, resume: bool, tags: dict, params: dict) -> str:
+        """Create the parent run, or with `resume` find the existing one (never a second)."""
+        found = self.find_parent()
+        if found and not resume:
+            raise TrackingError(f"study {self.study!r} already exists in {self.uri} "
+                                f"(run {found.info.run_id}); pass --resume to continue it or choose another --name")
+        if not found and resume:
+            raise TrackingError(f"--resume: no study named {self.study!r} in {self.uri}")
+        if found:
+            self.parent_id = found.info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=self.study, tags={
+                f"{T}role": "parent", f"{T}study": self.study, f"{T}kind": self.kind,
+                **{f"{T}{k}": _val(v) for k, v in tags.items()}})
+            self.parent_id = run.info.run_id
+            self.client.log_batch(self.parent_id, params=[Param(k, _val(v)) for k, v in sorted(params.items())])
+        for key, run in self.children().items():
+            self.child_ids[key] = run.info.run_id
+        return self.parent_id
+
+    def close_parent(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_id, status=status)
+
+    def finished_keys(self) -> set[str]:
+        return {k for k, r in self.children().items() if r.info.status == "FINISHED"}
+
+    # ------------------------------------------------------------------ children
+    def open_child(self, key: str, config: dict, tags: dict) -> str:
+        if key in self.child_ids:
+            run_id = self.child_ids[key]
+            run = self.client.get_run(run_id)
+            if run.info.status != "FINISHED":  # a failed or interrupted trial runs again
+                self.client.update_run(run_id, status="RUNNING")
+                if f"{T}error" in run.data.tags:
+                    self.client.delete_tag(run_id, f"{T}error")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=key, tags={
+                "mlflow.parentRunId": self.parent_id, f"{T}role": "trial", f"{T}study": self.study,
+                f"{T}trial_key": key, **{f"{T}{k}": _val(v) for k, v in tags.items()}})
+            run_id = self.child_ids[key] = run.info.run_id
+            self.client.log_batch(run_id, params=[Param(k, _val(v)) for k, v in sorted(config.items())])
+        if key not in self.last_step:
+            hist = self.client.get_metric_history(run_id, "loss")
+            self.last_step[key] = max((m.step for m in hist), default=0)
+        return run_id
+
+    def log_epoch(self, key: str, metrics: dict) -> bool:
+        """Log one epoch's metrics unless that epoch was logged before (resume/restore)."""
+        step = int(metrics["epoch"])
+        if step <= self.last_step.get(key, 0):
+            return False
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())
+                 if (k in EPOCH_METRICS or k.startswith("acc_")) and isinstance(v, (int, float))]
+        self.client.log_batch(self.child_ids[key], metrics=batch)
+        self.last_step[key] = step
+        return True
+
+    def finish_child(self, key: str, artifacts: list[Path]) -> None:
+        run_id = self.child_ids[key]
+        if self.client.get_run(run_id).info.status == "FINISHED":
+            return  # finished before (a resumed study): nothing is logged twice
+        for f in artifacts:
+            self.client.log_artifact(run_id, str(f))
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def fail_child(self, key: str, reason: str) -> None:
+        run_id = self.child_ids.get(key)
+        if run_id is None:
+            return
+        line = " ".join(str(reason).split())[:500]
+        self.client.set_tag(run_id, f"{T}error", line)
+        self.client.set_terminated(run_id, status="FAILED")
+
+    def set_parent_tags(self, tags: dict) -> None:
+        self.client.log_batch(self.parent_id, tags=[RunTag(f"{T}{k}", _val(v)) for k, v in tags.items()])
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {tracking_uri}"
+    return f"open {tracking_uri} (the tracking server's UI)"
+

@@ -1,0 +1,247 @@
+"""analysis.table2 against a fake recorded study written straight into a temporary MLflow store.
+
+The expected numbers (mean, sample std, Welch interval) are computed here with `statistics` and
+`scipy.stats`, independently of analysis.common.
+"""
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+from analysis import table2
+from analysis.common import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_SETS = ["pristine", "blur_1", "blur_2", "blur_3", "noise_1", "noise_2", "noise_3",
+             "jpeg_1", "jpeg_2", "jpeg_3"]
+# Table 2 rows as the study tags them (same as search_spaces/table2.STRATEGIES)
+ROWS = {1: ("pristine", "onehot"), 2: ("mix_blur", "onehot"), 3: ("mix_blur", "iqa_ls"),
+        4: ("mix_noise", "onehot"), 5: ("mix_noise", "iqa_ls"), 6: ("mix_jpeg", "onehot"),
+        7: ("mix_jpeg", "iqa_ls"), 8: ("mix_all3", "onehot"), 9: ("mix_all3", "iqa_ls")}
+PROVENANCE = {"iqa_ls.data_source": "/data/cifar10-jpeg", "iqa_ls.data_checksum": "sha256:0123abcd",
+              "iqa_ls.git_commit": "deadbeef", "iqa_ls.device_name": "Test CPU x2",
+              "iqa_ls.versions": json.dumps({"python": "3.11.9", "torch": "2.14.1", "mlflow": "3.17.2"})}
+OUTPUTS = {"table2.md", "table2.csv", "table2.tex", "table2.parquet", "table2_pairs.csv",
+           "table2_heatmap.png", "table2_diff_vs_paper.png"}
+STABLE = ["table2.md", "table2.csv", "table2.tex", "table2.parquet", "table2_pairs.csv",
+          "table2_heatmap.png", "table2_diff_vs_paper.png"]
+
+
+def record_study(client, exp_id, name, accs, failed=None):
+    """A parent run + one child run per (strategy, seed) in `accs` ({(s, seed): [10 accuracies]});
+    `failed` = {(s, seed): error} adds FAILED runs without final metrics."""
+    failed = failed or {}
+    seeds = sorted({seed for _, seed in [*accs, *failed]})
+    parent = client.create_run(exp_id, run_name=name, tags={
+        "iqa_ls.role": "parent", "iqa_ls.study": name, "iqa_ls.kind": "table2", "iqa_ls.preset": "quick",
+        "iqa_ls.seeds": str(len(seeds)), **PROVENANCE}).info.run_id
+    client.log_batch(parent, params=[], tags=[])
+    client.log_param(parent, "epochs", "3")
+    for key in sorted([*accs, *failed]):
+        s, seed = key
+        tags = {"mlflow.parentRunId": parent, "iqa_ls.role": "trial", "iqa_ls.study": name,
+                "iqa_ls.trial_key": f"s{s}-seed{seed}", "iqa_ls.strategy": str(s),
+                "iqa_ls.train_set": ROWS[s][0], "iqa_ls.regularization": ROWS[s][1],
+                "iqa_ls.seed": str(seed), **PROVENANCE}
+        run = client.create_run(exp_id, run_name=f"s{s}-seed{seed}", tags=tags).info.run_id
+        if key in failed:
+            client.set_tag(run, "iqa_ls.error", failed[key])
+            client.set_terminated(run, "FAILED")
+            continue
+        client.log_batch(run, metrics=[Metric(f"acc_{t}", v, 0, 3) for t, v in zip(TEST_SETS, accs[key])])
+        client.set_terminated(run, "FINISHED")
+    client.set_terminated(parent, "FINISHED")
+    return parent
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("iqa-ls", artifact_location=(root / "artifacts").as_uri())
+    rng = np.random.default_rng(0)
+    # accuracies on a 10k test set: multiples of 1e-4
+    accs = {(s, seed): list(np.round(rng.uniform(0.4, 0.85, 10), 4))
+            for s in ROWS for seed in (0, 1)}
+    gap_accs = {(s, 0): list(np.round(rng.uniform(0.4, 0.85, 10), 4)) for s in ROWS if s != 5}
+    parents = {"two-seeds": record_study(client, exp_id, "two-seeds", accs),
+               "gap": record_study(client, exp_id, "gap", gap_accs, failed={(5, 0): "CUDA out of memory"})}
+    result = table2.build_table2("two-seeds", tracking_uri=uri, out_dir=root / "out-two-seeds")
+    gap = table2.build_table2("gap", tracking_uri=uri, out_dir=root / "out-gap", log_to_parent=False)
+    return {"uri": uri, "root": root, "client": client, "accs": accs, "parents": parents,
+            "result": result, "gap": gap}
+
+
+def cell(result, s, test_set):
+    cells = result["cells"]
+    return cells[(cells["strategy"] == s) & (cells["test_set"] == test_set)].iloc[0]
+
+
+def test_table_has_nine_strategies_by_ten_accuracies(store):
+    wide = store["result"]["cells"].pivot(index="strategy", columns="test_set", values="mean")
+    assert list(wide.index) == list(range(1, 10)) and sorted(wide.columns) == sorted(TEST_SETS)
+    assert wide.notna().all().all()
+    md = (store["result"]["out_dir"] / "table2.md").read_text()
+    assert sum(line.split("|")[4].strip() == "ours" for line in md.splitlines() if line.count("|") > 10) == 9
+
+
+def test_mean_std_n_match_independent_computation(store):
+    for (s, _), _ in store["accs"].items():
+        for j, t in enumerate(TEST_SETS):
+            values = [store["accs"][s, seed][j] for seed in (0, 1)]
+            c = cell(store["result"], s, t)
+            assert c["n"] == 2
+            assert c["mean"] == pytest.approx(statistics.mean(values), abs=1e-12)
+            assert c["std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
+
+
+def test_diff_vs_paper_for_one_cell(store):
+    c = cell(store["result"], 3, "blur_2")
+    ours = statistics.mean([store["accs"][3, seed][2] for seed in (0, 1)])
+    assert c["paper"] == pytest.approx(0.766)  # Table 2, strategy 3, Blur level 2
+    assert c["diff"] == pytest.approx(ours - 0.766, abs=1e-12)
+
+
+@pytest.mark.parametrize("pair", [(2, 3), (4, 5), (6, 7), (8, 9)])
+def test_pair_ci_matches_scipy_welch(store, pair):
+    from scipy import stats
+
+    a, b = pair
+    pairs = store["result"]["pairs"]
+    for j, t in enumerate(TEST_SETS):
+        xa = [store["accs"][a, seed][j] for seed in (0, 1)]
+        xb = [store["accs"][b, seed][j] for seed in (0, 1)]
+        ci = stats.ttest_ind(xb, xa, equal_var=False).confidence_interval(0.95)
+        p = pairs[(pairs["original"] == a) & (pairs["test_set"] == t)].iloc[0]
+        assert p["iqa_ls"] == b and p["n_original"] == 2 and p["n_iqa_ls"] == 2
+        assert p["diff"] == pytest.approx(statistics.mean(xb) - statistics.mean(xa), abs=1e-12)
+        assert (p["ci_low"], p["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_single_seed_gives_no_ci(store):
+    pairs = store["gap"]["pairs"]
+    assert pairs["n_original"].max() == 1
+    assert pairs[["ci_low", "ci_high", "df"]].isna().all().all()
+    assert pairs.loc[pairs["original"] != 4, "diff"].notna().all()
+    assert "CI n/a (n=1/1)" in (store["gap"]["out_dir"] / "table2.md").read_text()
+
+
+def test_failed_run_is_a_gap_with_its_error(store):
+    gap = store["gap"]
+    cells = gap["cells"]
+    assert (cells.loc[cells["strategy"] == 5, "n"] == 0).all()
+    assert cells.loc[cells["strategy"] == 5, ["mean", "diff"]].isna().all().all()
+    assert cells.loc[cells["strategy"] != 5, "mean"].notna().all()
+    assert gap["gaps"][["strategy", "seed", "status", "error"]].values.tolist() == \
+        [[5, 0, "FAILED", "CUDA out of memory"]]
+    md = (gap["out_dir"] / "table2.md").read_text()
+    row5 = next(line for line in md.splitlines() if line.startswith("| 5 |"))
+    assert row5.count("—") == 10
+    assert "`s5-seed0` FAILED — CUDA out of memory" in md
+    assert pd.read_csv(gap["out_dir"] / "table2.csv").query("strategy == 5")["mean"].isna().all()
+    assert "CUDA out of memory" in table2.format_console(gap)
+
+
+def test_all_files_written_and_logged_to_parent(store):
+    result = store["result"]
+    assert set(result["files"]) == OUTPUTS
+    assert all(p.is_file() and p.stat().st_size > 0 for p in result["files"].values())
+    logged = store["client"].list_artifacts(store["parents"]["two-seeds"], "analysis")
+    assert {Path(f.path).name for f in logged} == OUTPUTS
+    assert store["client"].list_artifacts(store["parents"]["gap"], "analysis") == []
+
+
+def test_same_runs_give_same_bytes(store, tmp_path):
+    again = table2.build_table2("two-seeds", tracking_uri=store["uri"], out_dir=tmp_path, log_to_parent=False)
+    first = store["result"]["out_dir"]
+    for name in STABLE:
+        assert (tmp_path / name).read_bytes() == (first / name).read_bytes(), name
+    assert again["cells"].equals(store["result"]["cells"])
+
+
+def test_csv_and_parquet_hold_the_same_long_frame(store):
+    out = store["result"]["out_dir"]
+    pq = pd.read_parquet(out / "table2.parquet", engine="pyarrow")
+    csv = pd.read_csv(out / "table2.csv")
+    cols = ["strategy", "regularization", "train_set", "test_set", "mean", "std", "n", "paper", "diff"]
+    assert list(pq.columns) == cols and list(csv.columns) == cols and len(pq) == 90
+    assert isinstance(pq.index, pd.RangeIndex)
+    pd.testing.assert_frame_equal(pq[["strategy", "n"]], csv[["strategy", "n"]])
+    assert np.allclose(pq["mean"], csv["mean"], atol=1e-6)
+    assert pq.loc[pq["strategy"] == 9, "regularization"].eq("IQA-LS").all()
+    assert pq.loc[pq["strategy"] == 1, "train_set"].eq("Pristine").all()
+
+
+def test_header_states_n_data_device_versions_preset(store):
+    md = (store["result"]["out_dir"] / "table2.md").read_text().splitlines()
+    header = md[2]
+    for text in ("2 seeds per strategy", "/data/cifar10-jpeg", "sha256:0123abcd", "Test CPU x2",
+                 "torch 2.14.1", "preset quick", "3 epochs"):
+        assert text in header
+
+
+def test_console_fits_160_columns(store):
+    text = table2.format_console(store["result"])
+    assert max(map(len, text.splitlines())) <= 160
+    assert "IQA-LS − Original" in text and str(store["result"]["files"]["table2.md"]) in text
+
+
+def test_run_id_selects_the_same_study(store, tmp_path):
+    by_id = table2.build_table2(parent_run_id=store["parents"]["two-seeds"], tracking_uri=store["uri"],
+                                out_dir=tmp_path, log_to_parent=False)
+    assert by_id["study"] == "two-seeds"
+    assert (tmp_path / "table2.csv").read_bytes() == (store["result"]["out_dir"] / "table2.csv").read_bytes()
+
+
+def test_strategy_rows_match_the_search_space():
+    from search_spaces.table2 import PAIRS, STRATEGIES
+
+    assert table2.STRATEGY_ROWS == STRATEGIES == ROWS
+    assert table2.PAIRS == PAIRS
+
+
+def test_cli_unknown_study_exits_2_with_one_line(store):
+    proc = subprocess.run([sys.executable, "-m", "analysis.table2", "--study", "nope",
+                           "--tracking-uri", store["uri"], "--out", str(store["root"] / "never")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "'nope'" in proc.stderr and store["uri"] in proc.stderr
+    assert not (store["root"] / "never").exists()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--study", "x", "--tracking-uri", "sqlite:////nonexistent/dir/mlflow.db"], "no MLflow store"),
+    (["--study", "two-seeds", "--experiment", "other"], "no experiment 'other'"),
+    (["--run-id", "0" * 32], "not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(store, capsys, args, expected):
+    if "--tracking-uri" not in args:
+        args = [*args, "--tracking-uri", store["uri"]]
+    assert run_cli("table2", table2.main, args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and expected in err
+
+
+def test_child_run_id_is_not_a_parent(store, capsys):
+    child = store["client"].search_runs(
+        [store["client"].get_experiment_by_name("iqa-ls").experiment_id],
+        "tags.`iqa_ls.trial_key` = 's1-seed0'")[0].info.run_id
+    assert run_cli("table2", table2.main, ["--run-id", child, "--tracking-uri", store["uri"]]) == 2
+    assert "not a study parent run" in capsys.readouterr().err
+
+
+def test_welch_with_identical_seeds_is_zero_width():
+    from analysis.common import welch_ci
+
+    w = welch_ci([0.5, 0.5], [0.6, 0.6])
+    assert w["ci_low"] == w["ci_high"] == pytest.approx(0.1) and math.isnan(w["df"])

@@ -1,0 +1,199 @@
+"""One frozen trial config: every choice a trial makes, paper values as defaults.
+
+The paper (Chen et al., "Image quality assessment based label smoothing in deep neural network
+learning") fixes the values cited next to each constant; where it is silent the default is our
+choice, recorded in docs/paper-mapping.md. A config round-trips through a plain dict (Ray param
+space, MLflow params, checkpoints); an unknown key or a bad value raises ConfigError naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+
+NUM_CLASSES = 10  # CIFAR-10, Sec. 4.1
+LEVELS = (1, 2, 3)  # distortion levels, Sec. 4.2
+
+# Sec. 4.2: "60% of the pristine training samples are maintained, the rest samples are corrupted
+# by level 1/2/3 distortions in the ratio of 15% / 15% / 10%".
+PAPER_MIX = (0.60, 0.15, 0.15, 0.10)  # (pristine, level 1, level 2, level 3)
+
+# Sec. 4.2 schedule: batch 100, 2000 epochs, lr 0.1 decayed x0.1 every 350 epochs.
+PAPER_EPOCHS = 2000
+PAPER_BATCH_SIZE = 100
+PAPER_LR = 0.1
+PAPER_LR_DECAY = 0.1
+PAPER_LR_DECAY_EVERY = 350
+PAPER_FC_WEIGHT_DECAY = 0.004  # Sec. 4.2: L2 loss x 0.004 on the two hidden fc layers
+
+# Training sets of Sec. 4.2: which distortion types a mixture draws from.
+TRAIN_SETS: dict[str, tuple[str, ...]] = {
+    "pristine": (),
+    "mix_blur": ("blur",),
+    "mix_noise": ("noise",),
+    "mix_jpeg": ("jpeg",),
+    "mix_all3": ("blur", "noise", "jpeg"),
+}
+
+# Regularisation = how the training target is built (Eq. 1). "onehot" is the paper's "Original",
+# "iqa_ls" the paper's IQA-LS, "uniform" classic label smoothing (a control the paper did not run).
+REGULARIZATIONS = ("onehot", "iqa_ls", "uniform")
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the field, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    # --- what is trained (Table 2 row) ---
+    strategy: int = 0  # Table 2 row 1-9; 0 = not a Table 2 row (ablations)
+    train_set: str = "pristine"  # a key of TRAIN_SETS
+    regularization: str = "onehot"  # one of REGULARIZATIONS
+    iqa_metric: str = "ssim"  # a name in trainables.iqa.METRICS (Sec. 3: SSIM)
+    tmap: str = "identity"  # a name in trainables.labels.TMAPS (Sec. 3: identity)
+    tmap_params: dict = field(default_factory=dict)  # keyword parameters of the T map
+    ls_epsilon: float = 0.1  # "uniform" only: classic label smoothing epsilon (Szegedy et al.)
+    score_floor: float = 1e-3  # IQA scores are clamped to [score_floor, 1] before T (see docs)
+    mix: tuple = PAPER_MIX  # shares of (pristine, level 1, level 2, level 3); sums to 1
+    distortion_types: tuple = ()  # override the train set's types; () = those of train_set
+    # --- schedule (Sec. 4.2) ---
+    epochs: int = PAPER_EPOCHS
+    batch_size: int = PAPER_BATCH_SIZE
+    lr: float = PAPER_LR
+    lr_decay: float = PAPER_LR_DECAY
+    lr_decay_every: int = PAPER_LR_DECAY_EVERY  # epochs between x lr_decay steps (staircase)
+    momentum: float = 0.0  # plain SGD as in the TF CIFAR-10 tutorial (the paper says "SGD")
+    fc_weight_decay: float = PAPER_FC_WEIGHT_DECAY
+    # --- model choices the paper leaves open (docs/paper-mapping.md) ---
+    init: str = "tf_cifar10"  # "tf_cifar10" (truncated normal as in the TF tutorial) | "torch"
+    input_norm: str = "per_image"  # "per_image" (tf.image.per_image_standardization) | "dataset" | "none"
+    lrn_impl: str = "fast"  # "fast" (banded 1x1 conv, exact) | "torch" (nn.LocalResponseNorm)
+    # --- distortion choices the paper leaves open ---
+    blur_truncate: float = 3.0  # Gaussian kernel radius = ceil(blur_truncate * sigma)
+    blur_border: str = "reflect"  # border rule of the blur: reflect | replicate | circular
+    all3_draw: str = "balanced"  # MIX_all3 type per image: "balanced" (equal thirds per level) | "iid"
+    # --- data ---
+    data: str = "cifar10"  # source spec, see trainables.data.load_split
+    subset: int = 0  # 0 = all training images; else a stratified, seeded subset of this size
+    subset_seed: int = 0  # seed of the subset draw: fixed across strategies and seeds of a study
+    test_subset: int = 0  # 0 = all test images; else a stratified subset (fixed seed)
+    test_seed: int = 20190101  # seed of the deterministic test-set noise (same for every trial)
+    # --- run ---
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_every: int = 0  # evaluate the 10 test sets every N epochs (0 = only after the last)
+    checkpoint_every: int = 1  # epochs between checkpoints
+    precompute: bool = True  # cache the deterministic distortions (blur, JPEG) and their scores
+    threads: int = 0  # torch intra-op threads (0 = leave torch's default)
+
+    def __post_init__(self):
+        # tuples/dicts arrive as lists from JSON; normalise so equality and hashing of values hold
+        object.__setattr__(self, "mix", tuple(float(x) for x in self.mix))
+        object.__setattr__(self, "distortion_types", tuple(self.distortion_types))
+        object.__setattr__(self, "tmap_params", dict(self.tmap_params))
+        self.validate()
+
+    # ---------------------------------------------------------------- derived
+    @property
+    def types(self) -> tuple[str, ...]:
+        """Distortion types this trial's mixture draws from."""
+        return self.distortion_types or TRAIN_SETS[self.train_set]
+
+    @property
+    def effective_mix(self) -> tuple[float, float, float, float]:
+        """The pristine training set keeps every image pristine whatever `mix` says."""
+        return (1.0, 0.0, 0.0, 0.0) if not self.types else self.mix
+
+    def lr_at(self, epoch: int) -> float:
+        """Staircase decay (Sec. 4.2), epoch counted from 0."""
+        return self.lr * self.lr_decay ** (epoch // self.lr_decay_every)
+
+    # ---------------------------------------------------------------- dict round trip
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["mix"] = list(self.mix)
+        d["distortion_types"] = list(self.distortion_types)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown trial config key(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes) -> "TrialConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        from trainables import distortions, iqa, labels  # registries; late import avoids a cycle
+
+        def bad(name, value, allowed):
+            raise ConfigError(f"{name}={value!r} is not allowed; allowed: {allowed}")
+
+        if self.train_set not in TRAIN_SETS:
+            bad("train_set", self.train_set, sorted(TRAIN_SETS))
+        if self.regularization not in REGULARIZATIONS:
+            bad("regularization", self.regularization, list(REGULARIZATIONS))
+        if self.iqa_metric not in iqa.METRICS:
+            bad("iqa_metric", self.iqa_metric, sorted(iqa.METRICS))
+        if self.tmap not in labels.TMAPS:
+            bad("tmap", self.tmap, sorted(labels.TMAPS))
+        try:
+            labels.make_tmap(self.tmap, **self.tmap_params)
+        except (TypeError, ValueError) as e:
+            bad("tmap_params", self.tmap_params, f"the keyword parameters of T map {self.tmap!r} ({e})")
+        for t in self.distortion_types:
+            if t not in distortions.DISTORTIONS:
+                bad("distortion_types", t, sorted(distortions.DISTORTIONS))
+        if len(set(self.distortion_types)) != len(self.distortion_types):
+            bad("distortion_types", self.distortion_types, "distinct names")
+        if len(self.mix) != 4 or any((not math.isfinite(x)) or x < 0 for x in self.mix):
+            bad("mix", self.mix, "4 non-negative shares (pristine, level 1, level 2, level 3)")
+        if abs(sum(self.mix) - 1.0) > 1e-6:
+            bad("mix", self.mix, f"shares summing to 1 (they sum to {sum(self.mix):.6g})")
+        if not 0.0 <= self.ls_epsilon < 1.0:
+            bad("ls_epsilon", self.ls_epsilon, "0 <= ls_epsilon < 1")
+        if not 0.0 < self.score_floor <= 1.0:
+            bad("score_floor", self.score_floor, "0 < score_floor <= 1")
+        for name in ("epochs", "batch_size", "lr_decay_every", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, v, "an integer >= 1")
+        for name in ("subset", "subset_seed", "test_subset", "eval_every", "threads", "strategy"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                bad(name, v, "an integer >= 0")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            bad("seed", self.seed, "an integer >= 0")
+        for name in ("lr", "lr_decay"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                bad(name, v, "a finite number > 0")
+        if not (0.0 <= self.momentum < 1.0):
+            bad("momentum", self.momentum, "0 <= momentum < 1")
+        if not (self.fc_weight_decay >= 0 and math.isfinite(self.fc_weight_decay)):
+            bad("fc_weight_decay", self.fc_weight_decay, "a finite number >= 0")
+        if self.init not in ("tf_cifar10", "torch"):
+            bad("init", self.init, ["tf_cifar10", "torch"])
+        if self.input_norm not in ("per_image", "dataset", "none"):
+            bad("input_norm", self.input_norm, ["per_image", "dataset", "none"])
+        if self.lrn_impl not in ("fast", "torch"):
+            bad("lrn_impl", self.lrn_impl, ["fast", "torch"])
+        if not (self.blur_truncate > 0):
+            bad("blur_truncate", self.blur_truncate, "a number > 0")
+        if self.blur_border not in ("reflect", "replicate", "circular"):
+            bad("blur_border", self.blur_border, ["reflect", "replicate", "circular"])
+        if self.all3_draw not in ("balanced", "iid"):
+            bad("all3_draw", self.all3_draw, ["balanced", "iid"])
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            bad("device", self.device, "auto | cpu | cuda | cuda:N")
+        if not isinstance(self.data, str) or not self.data:
+            bad("data", self.data, "a data source spec (cifar10, a folder or a .parquet path)")

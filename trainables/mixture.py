@@ -1,0 +1,140 @@
+"""The training mixtures of Sec. 4.2, drawn anew every epoch, as whole-epoch tensor operations.
+
+"In each training epoch, 60% of the pristine training samples are maintained, the rest samples are
+corrupted by level 1/2/3 distortions in the ratio of 15% / 15% / 10%." We read the shares as exact
+counts per epoch (largest-remainder rounding), assigned to images by a seeded permutation, so each
+epoch has exactly the paper's proportions and a fresh draw. For MIX_all3 the paper does not say how
+the type is chosen: `all3_draw="balanced"` splits every level equally between the types (random
+assignment, counts differ by at most one); `"iid"` draws the type uniformly per image.
+
+Blur and JPEG of a given image are deterministic, so a `DistortionBank` computes them (and their
+IQA scores) once per data set and reuses them across epochs, and across trials via a disk cache;
+noise is re-drawn each time it is applied and scored on the fly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from trainables import distortions, iqa
+from trainables.config import LEVELS
+
+
+def level_counts(n: int, mix) -> list[int]:
+    """Exact image counts for (pristine, level 1, 2, 3) summing to n (largest remainder)."""
+    raw = [share * n for share in mix]
+    counts = [int(r) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def draw_epoch(n: int, mix, num_types: int, generator: torch.Generator,
+               all3_draw: str = "balanced") -> tuple[torch.Tensor, torch.Tensor]:
+    """Level (0 = pristine, 1-3) and type index (into the trial's types) of every image."""
+    counts = level_counts(n, mix if num_types else (1.0, 0.0, 0.0, 0.0))
+    levels = torch.repeat_interleave(torch.arange(4), torch.tensor(counts))
+    perm = torch.randperm(n, generator=generator)
+    level = torch.empty(n, dtype=torch.long)
+    level[perm] = levels
+    kind = torch.zeros(n, dtype=torch.long)
+    if num_types > 1:
+        if all3_draw == "iid":
+            kind = torch.randint(num_types, (n,), generator=generator)
+        else:  # balanced: within each level, the images (in perm order) take types in turn
+            start = 0
+            for c in counts:
+                idx = perm[start:start + c]
+                offset = torch.randint(num_types, (1,), generator=generator)
+                kind[idx] = (torch.arange(c) + offset) % num_types
+                start += c
+        kind[level == 0] = 0
+    return level, kind
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class DistortionBank:
+    """Distorted copies and IQA scores of one image set, per (kind, level).
+
+    Deterministic kinds are computed once and kept (memory: one uint8 copy of the set per entry);
+    with `cache_dir` they are also stored on disk keyed by the content `key` of the set, so the
+    next trial process loads instead of recomputing.
+    """
+
+    def __init__(self, images: torch.Tensor, key: str, metric: str, options: dict[str, dict],
+                 cache_dir: Path | None = None):
+        self.images, self.key, self.metric, self.options = images, key, metric, options
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._entries: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _file(self, kind: str, level: int) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        desc = json.dumps([self.key, kind, level, self.options.get(kind, {}), self.metric,
+                           torch.__version__], sort_keys=True)
+        h = hashlib.sha256(desc.encode()).hexdigest()[:24]
+        return self.cache_dir / "distorted" / f"{kind}{level}-{self.metric}-{h}.pt"
+
+    def get(self, kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distorted uint8 images, scores) of the whole set for a deterministic kind."""
+        if (kind, level) not in self._entries:
+            f = self._file(kind, level)
+            entry = None
+            if f is not None and f.exists():
+                try:
+                    d = torch.load(f, map_location="cpu")
+                    if d["images"].shape == self.images.shape:
+                        entry = (d["images"], d["scores"])
+                except Exception:  # a torn or stale cache file is recomputed, never trusted
+                    entry = None
+            if entry is None:
+                x = distortions.distort(self.images, kind, level, **self.options.get(kind, {}))
+                entry = (x.cpu(), iqa.score(self.metric, x, self.images).cpu())
+                if f is not None:
+                    _atomic_save({"images": entry[0], "scores": entry[1]}, f)
+            dev = self.images.device
+            self._entries[(kind, level)] = (entry[0].to(dev), entry[1].to(dev))
+        return self._entries[(kind, level)]
+
+
+def build_epoch(images: torch.Tensor, level: torch.Tensor, kind: torch.Tensor, types: tuple[str, ...],
+                metric: str, options: dict[str, dict], noise_generator: torch.Generator | None,
+                bank: DistortionBank | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """This epoch's training images (uint8) and their IQA scores (1 for pristine).
+
+    One vectorised gather per (type, level) group: no per-image Python.
+    """
+    out = images.clone()
+    scores = torch.ones(images.shape[0], device=images.device)
+    level, kind = level.to(images.device), kind.to(images.device)
+    for ti, t in enumerate(types):
+        deterministic = distortions.DISTORTIONS[t].deterministic
+        for lv in LEVELS:
+            idx = torch.nonzero((level == lv) & (kind == ti)).flatten()
+            if idx.numel() == 0:
+                continue
+            if deterministic and bank is not None:
+                x_all, s_all = bank.get(t, lv)
+                out[idx], scores[idx] = x_all[idx], s_all[idx]
+            else:
+                ref = images[idx]
+                x = distortions.distort(ref, t, lv, generator=noise_generator, **options.get(t, {}))
+                out[idx], scores[idx] = x, iqa.score(metric, x, ref)
+    return out, scores

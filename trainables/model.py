@@ -1,0 +1,104 @@
+"""The CNN of Table 1 (the TensorFlow CIFAR-10 tutorial model the paper builds on, Sec. 4.1).
+
+conv1 5x5x64 'same' -> max-pool 3x3/2 -> LRN & ReLU -> conv2 5x5x64 'same' -> LRN & ReLU ->
+max-pool 3x3/2 -> fc 4096->384 -> fc 384->192 -> fc 192->10 (logits; softmax lives in the loss).
+1,756,426 parameters with biases.
+
+Choices the paper leaves open (docs/paper-mapping.md):
+- ReLU before LRN (TF tutorial order; max-pool commutes with ReLU, so conv1->pool1->ReLU equals
+  the tutorial's conv1->ReLU->pool1);
+- pools use TF 'SAME' padding (pad 0 before, 1 after, with -inf), as the TF model did;
+- LRN as tf.nn.local_response_normalization(depth_radius=4, bias=1, alpha=0.001/9, beta=0.75);
+- `init="tf_cifar10"`: truncated normals of the tutorial (conv std 5e-2, fc1/fc2 std 0.04,
+  logits std 1/192; biases 0 / 0.1 / 0.1 / 0.1 / 0) ; `init="torch"`: PyTorch defaults.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Table 1 / TF CIFAR-10 tutorial: tf.nn.lrn(depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)
+LRN_DEPTH_RADIUS = 4
+LRN_BIAS = 1.0
+LRN_ALPHA = 0.001 / 9.0  # TF's alpha multiplies the plain sum of squares
+LRN_BETA = 0.75
+
+
+class FastLRN(nn.Module):
+    """Exact TF local response normalisation as a fixed banded 1x1 convolution over channels.
+
+    out = x / (bias + alpha * sum_{|c'-c|<=r} x_{c'}^2) ** beta. PyTorch's nn.LocalResponseNorm
+    computes the same thing through padding + avg_pool3d, which is slow on CPU; a 1x1 conv with a
+    0/1 band matrix goes through the same tuned GEMM path as the rest of the model.
+    """
+
+    def __init__(self, channels: int, depth_radius=LRN_DEPTH_RADIUS, bias=LRN_BIAS,
+                 alpha=LRN_ALPHA, beta=LRN_BETA):
+        super().__init__()
+        idx = torch.arange(channels)
+        band = ((idx[:, None] - idx[None, :]).abs() <= depth_radius).float()
+        self.register_buffer("band", band[:, :, None, None] * alpha, persistent=False)
+        self.bias, self.beta = bias, beta
+
+    def forward(self, x):
+        denom = F.conv2d(x * x, self.band) + self.bias
+        if self.beta == 0.75:  # d^-0.75 = rsqrt(d) * sqrt(rsqrt(d)): two cheap ops instead of pow
+            r = torch.rsqrt(denom)
+            return x * r * torch.sqrt(r)
+        return x * denom.pow(-self.beta)
+
+
+def torch_lrn(depth_radius=LRN_DEPTH_RADIUS, bias=LRN_BIAS, alpha=LRN_ALPHA, beta=LRN_BETA):
+    """PyTorch's LRN with TF's parameters (torch divides alpha by the window size)."""
+    size = 2 * depth_radius + 1
+    return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=bias)
+
+
+def _tf_same_pool(x):
+    # TF 'SAME' 3x3/2 on an even size pads 0 before and 1 after; -inf never wins the max.
+    return F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=float("-inf")), 3, 2)
+
+
+class PaperCNN(nn.Module):
+    """Table 1. Input: float N x 3 x 32 x 32 (already normalised); output: N x 10 logits."""
+
+    def __init__(self, num_classes: int = 10, lrn_impl: str = "fast", init: str = "tf_cifar10"):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 5, padding=2)
+        self.conv2 = nn.Conv2d(64, 64, 5, padding=2)
+        self.fc1 = nn.Linear(8 * 8 * 64, 384)
+        self.fc2 = nn.Linear(384, 192)
+        self.fc3 = nn.Linear(192, num_classes)
+        lrn = {"fast": lambda: FastLRN(64), "torch": torch_lrn}[lrn_impl]
+        self.lrn1, self.lrn2 = lrn(), lrn()
+        if init == "tf_cifar10":
+            self._tf_init()
+        elif init != "torch":
+            raise ValueError(f"init={init!r} is not allowed; allowed: ['tf_cifar10', 'torch']")
+
+    @torch.no_grad()
+    def _tf_init(self):
+        # TF tutorial: truncated_normal(stddev) clipped at 2 std; biases as in cifar10.py
+        for layer, std, bias in ((self.conv1, 5e-2, 0.0), (self.conv2, 5e-2, 0.1),
+                                 (self.fc1, 0.04, 0.1), (self.fc2, 0.04, 0.1),
+                                 (self.fc3, 1 / 192.0, 0.0)):
+            nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.constant_(layer.bias, bias)
+
+    def forward(self, x):
+        x = self.lrn1(F.relu(_tf_same_pool(self.conv1(x))))
+        x = _tf_same_pool(self.lrn2(F.relu(self.conv2(x))))
+        # flatten in NHWC order like TF's reshape, so fc1 weights map 1:1 to a TF checkpoint
+        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+    def weight_decay_params(self):
+        """Sec. 4.2: L2 weight decay on the two hidden fully connected layers (weights only)."""
+        return [self.fc1.weight, self.fc2.weight]
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

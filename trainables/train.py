@@ -1,0 +1,289 @@
+"""One trial: train the Table 1 CNN under one TrialConfig and evaluate on the 10 test sets.
+
+`run_trial(config, report, checkpoint_dir=None)` runs without Ray. It calls `report(metrics)` once
+per epoch (the last call carries the 10 test accuracies) and, with `checkpoint_dir`, saves a
+checkpoint (model, optimiser, epoch, RNG states, config) that lets the trial continue exactly as if
+it had not stopped: every epoch's randomness (mixture draw, noise, batch order) comes from
+generators seeded by (seed, epoch), so the epoch number is all the RNG state a resume needs; the
+global torch RNG state is stored as well for anything else that draws from it.
+
+The hot path follows airbench: the data set is one uint8 tensor on the device; each epoch builds
+its mixture with whole-tensor gathers, batches are slices of it, and normalisation happens on the
+batch on the device.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from trainables import data as data_mod
+from trainables import labels
+from trainables.config import LEVELS, NUM_CLASSES, TrialConfig
+from trainables.mixture import DistortionBank, build_epoch, draw_epoch
+from trainables.model import PaperCNN
+
+TEST_TYPES = ("blur", "noise", "jpeg")  # Sec. 4.2: the 9 distorted test sets, 3 types x 3 levels
+TEST_SETS = ("pristine",) + tuple(f"{t}_{lv}" for t in TEST_TYPES for lv in LEVELS)
+ACC_METRICS = tuple(f"acc_{name}" for name in TEST_SETS)  # stable metric names (MLflow, tables)
+CHECKPOINT_FILE = "checkpoint.pt"
+EVAL_BATCH = 1000
+
+
+class TrialError(RuntimeError):
+    """A trial that cannot go on (e.g. the loss became NaN); the message says why."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrialError(f"device={name!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def distortion_options(cfg: TrialConfig) -> dict[str, dict]:
+    """Per-type keyword options of trainables.distortions.distort taken from the config."""
+    return {"blur": {"truncate": cfg.blur_truncate, "border": cfg.blur_border}}
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    # distinct, reproducible streams per (trial seed, epoch, purpose)
+    return (seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**63 - 1)
+
+
+# ------------------------------------------------------------------ data, prepared once per process
+_PREPARED: dict = {}
+
+
+def prepare_data(cfg: TrialConfig, device: torch.device, cache_dir=None):
+    """Train/test tensors on the device (+ test sets), memoised per process."""
+    cache_dir = Path(cache_dir) if cache_dir else data_mod.default_cache_dir()
+    train = data_mod.load_split(cfg.data, "train", cache_dir)
+    test = data_mod.load_split(cfg.data, "test", cache_dir)
+    key = (train.checksum, cfg.subset, cfg.subset_seed, cfg.test_subset, cfg.test_seed,
+           json.dumps(distortion_options(cfg), sort_keys=True), str(device))
+    if key not in _PREPARED:
+        x, y = train.images, train.labels
+        if cfg.subset:
+            idx = data_mod.stratified_subset(y, cfg.subset, cfg.subset_seed)
+            x, y = x[idx], y[idx]
+        tx, ty = test.images, test.labels
+        if cfg.test_subset:
+            idx = data_mod.stratified_subset(ty, cfg.test_subset, 0)
+            tx, ty = tx[idx], ty[idx]
+        test_sets = make_test_sets(tx, cfg.test_seed, distortion_options(cfg))
+        _PREPARED[key] = {
+            "train_x": x.to(device), "train_y": y.to(device),
+            "test_sets": {k: v.to(device) for k, v in test_sets.items()}, "test_y": ty.to(device),
+            "checksum": train.checksum, "test_checksum": test.checksum,
+            "subset_key": f"{train.checksum}:{cfg.subset}:{cfg.subset_seed}",
+            "banks": {},
+        }
+    return _PREPARED[key]
+
+
+def make_test_sets(images: torch.Tensor, seed: int, options: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """The 10 test sets of Sec. 4.2, identical for every trial (noise from a fixed seed)."""
+    from trainables import distortions
+
+    sets = {"pristine": images}
+    for ti, t in enumerate(TEST_TYPES):
+        for lv in LEVELS:
+            g = torch.Generator(device=images.device).manual_seed(seed + 100 * ti + lv)
+            sets[f"{t}_{lv}"] = distortions.distort(images, t, lv, generator=g, **options.get(t, {}))
+    return sets
+
+
+def normalize(x_uint8: torch.Tensor, mode: str, mean=None, std=None) -> torch.Tensor:
+    """uint8 batch -> float input. "per_image" = tf.image.per_image_standardization (TF tutorial)."""
+    x = x_uint8.float().div_(255.0)
+    if mode == "per_image":
+        flat = x.flatten(1)
+        m = flat.mean(1)
+        s = flat.std(1, unbiased=False).clamp_min(1.0 / math.sqrt(flat.shape[1]))
+        return (x - m.view(-1, 1, 1, 1)) / s.view(-1, 1, 1, 1)
+    if mode == "dataset":
+        return (x - mean) / std
+    return x
+
+
+@torch.no_grad()
+def evaluate(model, test_sets: dict[str, torch.Tensor], test_y: torch.Tensor, norm) -> dict[str, float]:
+    """Top-1 accuracy on each test set, plus means over the 9 distorted sets and all 10."""
+    model.eval()
+    acc = {}
+    for name, x in test_sets.items():
+        correct = 0
+        for i in range(0, x.shape[0], EVAL_BATCH):
+            correct += int((model(norm(x[i:i + EVAL_BATCH])).argmax(1) == test_y[i:i + EVAL_BATCH]).sum())
+        acc[f"acc_{name}"] = correct / x.shape[0]
+    model.train()
+    distorted = [acc[f"acc_{n}"] for n in TEST_SETS[1:]]
+    acc["acc_mean_distorted"] = sum(distorted) / len(distorted)
+    acc["acc_mean_all"] = sum(acc[m] for m in ACC_METRICS) / len(ACC_METRICS)
+    return acc
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(checkpoint_dir) -> dict | None:
+    f = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
+    if f is None or not f.exists():
+        return None
+    return torch.load(f, map_location="cpu", weights_only=False)
+
+
+def build_model(cfg: TrialConfig, device) -> PaperCNN:
+    torch.manual_seed(cfg.seed)  # model init is the one draw from the global RNG
+    return PaperCNN(NUM_CLASSES, lrn_impl=cfg.lrn_impl, init=cfg.init).to(device)
+
+
+def build_optimizer(cfg: TrialConfig, model: PaperCNN) -> torch.optim.SGD:
+    decay = {id(p) for p in model.weight_decay_params()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) in decay], "weight_decay": cfg.fc_weight_decay},
+        {"params": [p for p in model.parameters() if id(p) not in decay], "weight_decay": 0.0},
+    ]
+    # TF: loss + 0.004 * l2_loss(w) = loss + 0.004 * sum(w^2) / 2, whose gradient is 0.004 * w:
+    # exactly SGD's coupled weight_decay=0.004.
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def target_map(cfg: TrialConfig) -> labels.TMap:
+    if cfg.regularization == "onehot":
+        return labels.make_tmap("onehot")
+    if cfg.regularization == "uniform":
+        return labels.make_tmap("uniform", epsilon=cfg.ls_epsilon, num_classes=NUM_CLASSES)
+    return labels.make_tmap(cfg.tmap, **cfg.tmap_params)
+
+
+def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambda m: None,
+              checkpoint_dir=None, cache_dir=None) -> dict:
+    """Train and evaluate one trial; returns the last reported metrics.
+
+    With `checkpoint_dir`, resumes from the checkpoint there (if any, and if it was written by the
+    same config) and writes one every `checkpoint_every` epochs and after the last; each report
+    that follows a checkpoint write carries `checkpoint: <dir>` so a caller (Ray) can pick it up.
+    """
+    cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    d = prepare_data(cfg, device, cache_dir)
+    x_train, y_train = d["train_x"], d["train_y"]
+    n = x_train.shape[0]
+    types = cfg.types
+    opts = distortion_options(cfg)
+    tmap = target_map(cfg)
+    need_scores = not tmap.constant
+    bank = None
+    if cfg.precompute and types:
+        bkey = (d["subset_key"], cfg.iqa_metric)
+        if bkey not in d["banks"]:
+            d["banks"][bkey] = DistortionBank(x_train, d["subset_key"], cfg.iqa_metric, opts,
+                                              cache_dir or data_mod.default_cache_dir())
+        bank = d["banks"][bkey]
+    mean = x_train.float().div(255).mean((0, 2, 3), keepdim=True) if cfg.input_norm == "dataset" else None
+    std = x_train.float().div(255).std((0, 2, 3), keepdim=True) if cfg.input_norm == "dataset" else None
+    norm = lambda xb: normalize(xb, cfg.input_norm, mean, std)  # noqa: E731
+
+    model = build_model(cfg, device)
+    opt = build_optimizer(cfg, model)
+    start_epoch = 0
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    if ckpt_dir:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        state = load_checkpoint(ckpt_dir)
+        if state is not None:
+            if state["config"] != cfg.to_dict():
+                raise TrialError(f"checkpoint in {ckpt_dir} was written by another config; "
+                                 "use a fresh checkpoint_dir")
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"]["torch"])
+            start_epoch = state["epoch"]
+    last: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = cfg.lr_at(epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        # -- the epoch's data: mixture draw, distortion, IQA, targets (timed: the overhead figure)
+        g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))
+        g_noise = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, 1))
+        level, kind = draw_epoch(n, cfg.effective_mix, len(types), g, cfg.all3_draw)
+        if types:
+            xs, scores = build_epoch(x_train, level, kind, types, cfg.iqa_metric, opts, g_noise, bank)
+        else:
+            xs, scores = x_train, torch.ones(n, device=device)
+        t = tmap(labels.clamp_scores(scores, cfg.score_floor)) if need_scores else tmap(scores)
+        targets = labels.targets_from_t(y_train, t, NUM_CLASSES)
+        order = torch.randperm(n, generator=g).to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_data = time.perf_counter() - t0
+        # -- the optimisation
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        below_chance_max = 0.0
+        steps = 0
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            logits = model(norm(xs[idx]))
+            loss = labels.soft_cross_entropy(logits, targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == y_train[idx]).sum()
+            steps += 1
+        # per-batch record of Eq. 1's hazard, vectorised: targets below 1/K per batch of the order
+        below = (t[order] < 1.0 / NUM_CLASSES).float()
+        nb = n // cfg.batch_size
+        if nb:
+            below_chance_max = float(below[: nb * cfg.batch_size].view(nb, -1).mean(1).max())
+        mean_loss = float(loss_sum) / steps
+        if not math.isfinite(mean_loss):
+            raise TrialError(f"loss is {mean_loss} at epoch {epoch + 1} (lr={lr}); trial stopped")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        metrics = {
+            "epoch": epoch + 1, "loss": mean_loss, "lr": lr, "train_acc": float(correct) / n,
+            **labels.target_stats(t, NUM_CLASSES), "frac_below_chance_max_batch": below_chance_max,
+            "epoch_time": dt, "images_per_s": n / dt, "data_time": t_data, "data_share": t_data / dt,
+        }
+        last_epoch = epoch + 1 == cfg.epochs
+        if last_epoch or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+            metrics.update(evaluate(model, d["test_sets"], d["test_y"], norm))
+        if ckpt_dir and (last_epoch or (epoch + 1) % cfg.checkpoint_every == 0):
+            _atomic_torch_save({"config": cfg.to_dict(), "epoch": epoch + 1,
+                                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                "rng": {"torch": torch.get_rng_state()}, "metrics": metrics},
+                               ckpt_dir / CHECKPOINT_FILE)
+            if last_epoch:  # the final artifacts: weights alone and the config that made them
+                _atomic_torch_save(model.state_dict(), ckpt_dir / "final_weights.pt")
+                (ckpt_dir / "config.json").write_text(cfg.to_json())
+            metrics["checkpoint"] = str(ckpt_dir)
+        report(metrics)
+        last = metrics
+    if not last and ckpt_dir:  # resumed a finished trial: hand back its final metrics
+        state = load_checkpoint(ckpt_dir)
+        last = dict(state["metrics"], checkpoint=str(ckpt_dir))
+    return last
