@@ -43,6 +43,9 @@ TAG_PARENT_RUN = "mlflow.parentRunId"
 # Provenance tags every trial carries too; the header states the parent's and flags disagreement.
 PROVENANCE_TAGS = (TAG_DATA_SOURCE, TAG_DATA_CHECKSUM, TAG_DEVICE, TAG_VERSIONS, TAG_GIT_COMMIT)
 VERSION_ORDER = ("python", "torch", "torchvision", "ray", "mlflow", "kornia")
+# Schedule fields a table must state, read from the trials' resolved TrialConfig params (the parent's
+# params are the CLI flags, where an un-overridden preset value reads "None").
+SCHEDULE_PARAMS = ("epochs", "subset", "test_subset")
 
 # The ten test sets (Sec. 4.2: pristine + 3 distortions x 3 levels); final metric = "acc_" + name.
 TEST_SETS = ("pristine", "blur_1", "blur_2", "blur_3", "noise_1", "noise_2", "noise_3",
@@ -165,12 +168,13 @@ def versions_text(versions: dict) -> str:
 
 
 def provenance(parent, trials: Sequence[TrialRecord]) -> dict:
-    """What a table must state about where its numbers come from (STYLE.md 9): the parent's tags and
-    params, with any trial whose provenance tags differ from the parent's listed under `disagree`."""
-    tags, params = parent.data.tags, parent.data.params
+    """What a table must state about where its numbers come from (STYLE.md 9): the parent's tags, the
+    trials' schedule, and under `disagree` any provenance tag where a trial differs from the parent."""
+    tags = parent.data.tags
     out = {"study": tags.get(TAG_STUDY, parent.info.run_name), "parent_run_id": parent.info.run_id,
            "kind": tags.get(TAG_KIND), "preset": tags.get(TAG_PRESET), "seeds": tags.get(TAG_SEEDS),
-           "epochs": params.get("epochs"), "data_source": tags.get(TAG_DATA_SOURCE),
+           **{k: _schedule_value(k, parent, trials) for k in SCHEDULE_PARAMS},
+           "data_source": tags.get(TAG_DATA_SOURCE),
            "data_checksum": tags.get(TAG_DATA_CHECKSUM), "device_name": tags.get(TAG_DEVICE),
            "git_commit": tags.get(TAG_GIT_COMMIT), "versions": parse_versions(tags.get(TAG_VERSIONS))}
     disagree = {}
@@ -182,12 +186,28 @@ def provenance(parent, trials: Sequence[TrialRecord]) -> dict:
     return out
 
 
+def _schedule_value(key: str, parent, trials: Sequence[TrialRecord]) -> str | None:
+    """Distinct values of a TrialConfig field over the finished trials ("30" or "10/30"), else the
+    parent's param when it holds a value."""
+    values = {t.params[key] for t in trials if t.finished and key in t.params}
+    if values:
+        return "/".join(sorted(values, key=lambda v: (len(v), v)))
+    value = parent.data.params.get(key)
+    return None if value in (None, "None", "") else value
+
+
+def _subset_text(value: str | None) -> str:
+    return "?" if value is None else ("all" if value == "0" else value)
+
+
 def provenance_line(prov: dict, n_text: str) -> str:
-    """One line: n seeds, data copy + checksum, hardware, versions, preset/epochs, commit."""
+    """One line: n seeds, data copy + checksum, hardware, versions, preset/schedule, commit."""
     return (f"n = {n_text} · data: {prov['data_source'] or 'unknown'} "
-            f"(checksum {prov['data_checksum'] or 'unknown'}) · device: {prov['device_name'] or 'unknown'} · "
+            f"(checksum {prov['data_checksum'] or 'unknown'}) · "
+            f"device: {prov['device_name'] or 'unknown'} · "
             f"{versions_text(prov['versions'])} · preset {prov['preset'] or 'unknown'}, "
-            f"{prov['epochs'] or '?'} epochs · git {prov['git_commit'] or 'unknown'}")
+            f"{prov['epochs'] or '?'} epochs, train subset {_subset_text(prov['subset'])}, "
+            f"test subset {_subset_text(prov['test_subset'])} · git {prov['git_commit'] or 'unknown'}")
 
 
 def provenance_warnings(prov: dict) -> list[str]:
@@ -232,7 +252,10 @@ def fmt(x: float | None, digits: int = 4, signed: bool = False) -> str:
     """Fixed-point text of a number, MISSING for NaN/None."""
     if x is None or not math.isfinite(x):
         return MISSING
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+    text = f"{x:+.{digits}f}"
+    if float(text) == 0.0:  # "+0.000", never "-0.000"
+        text = "+" + text[1:]
+    return text if signed else text.lstrip("+")
 
 
 def first_line(e: BaseException) -> str:
@@ -259,19 +282,18 @@ def write_parquet(df, path: Path) -> Path:
     return path
 
 
+def new_figure(**kwargs):
+    """A matplotlib Figure outside pyplot: rendered by Agg on savefig, no GUI backend, no global
+    figure registry (a caller's pyplot state is left alone)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     """PNG without the 'Software' text chunk (matplotlib version) so equal figures are equal bytes."""
-    import matplotlib.pyplot as plt
-
     fig.savefig(path, dpi=dpi, metadata={"Software": None})
-    plt.close(fig)
     return path
-
-
-def use_agg() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
 
 
 # --- CLI ---------------------------------------------------------------------------------------------

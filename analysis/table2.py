@@ -35,10 +35,10 @@ import numpy as np
 import pandas as pd
 
 from analysis.common import (ACC_METRICS, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, MISSING, TAG_ERROR,
-                             TAG_REGULARIZATION, TAG_SEED, TAG_SEEDS, TAG_STRATEGY, TAG_TRAIN_SET,
+                             TAG_KIND, TAG_REGULARIZATION, TAG_SEED, TAG_SEEDS, TAG_STRATEGY, TAG_TRAIN_SET,
                              TEST_SET_LABELS, TEST_SETS, AnalysisError, TrialRecord, child_runs,
-                             find_parent, fmt, log_files, mean_std_n, open_client, provenance,
-                             provenance_line, provenance_warnings, run_cli, save_figure, use_agg,
+                             find_parent, first_line, fmt, log_files, mean_std_n, open_client, provenance,
+                             new_figure, provenance_line, provenance_warnings, run_cli, save_figure,
                              welch_ci, write_csv, write_parquet, write_text)
 
 PAPER_JSON = Path(__file__).with_name("paper_table2.json")
@@ -72,11 +72,14 @@ def row_labels(strategy: int) -> tuple[str, str]:
 
 
 def planned_seeds(text: str | None) -> list[int]:
-    """Seeds the study planned (parent tag `iqa_ls.seeds`: a count, or a JSON list of seeds)."""
+    """Seeds the study planned (parent tag `iqa_ls.seeds`: a count, a JSON list or "0,1,2"); [] if unknown."""
     try:
         value = json.loads(text) if text else None
     except json.JSONDecodeError:
-        return []
+        try:
+            value = [int(v) for v in text.split(",")]
+        except ValueError:
+            return []
     if isinstance(value, int) and not isinstance(value, bool):
         return list(range(value))
     if isinstance(value, list) and all(isinstance(v, int) for v in value):
@@ -102,7 +105,8 @@ def select_trials(trials: list[TrialRecord], seeds: list[int]):
         if done:
             selected[s].append(max(done, key=lambda t: (t.start_time, t.run_id)))
             if len(done) > 1:
-                notes.append(f"strategy {s}, seed {seed}: {len(done)} FINISHED runs, the latest started counts")
+                notes.append(f"strategy {s}, seed {seed}: {len(done)} FINISHED runs, "
+                             "the latest started counts")
         else:
             gaps += [{"strategy": s, "seed": seed, "run_name": t.run_name, "run_id": t.run_id,
                       "status": t.status, "error": t.tags.get(TAG_ERROR, "")} for t in runs]
@@ -121,7 +125,9 @@ def select_trials(trials: list[TrialRecord], seeds: list[int]):
     if outside:
         notes.append(f"{outside} child run(s) outside Table 2 (strategy tag not 1-9) ignored")
     gaps.sort(key=lambda g: (g["strategy"], _seed_key(g["seed"]), g["run_name"], g["run_id"]))
-    gaps_df = pd.DataFrame(gaps, columns=["strategy", "seed", "run_name", "run_id", "status", "error"])
+    # object dtype: a missing seed tag stays None instead of turning the seeds into floats
+    gaps_df = pd.DataFrame(gaps, columns=["strategy", "seed", "run_name", "run_id", "status", "error"],
+                           dtype=object)
     return {s: sorted(v, key=lambda t: (_seed_key(t.tag_int(TAG_SEED)), t.run_id))
             for s, v in selected.items()}, gaps_df, notes
 
@@ -177,10 +183,9 @@ def _cell(cells: pd.DataFrame, s: int, ts: str) -> pd.Series:
 def _ours(c: pd.Series, digits: int, sep: str = " ± ", with_n: bool = True) -> str:
     if c["n"] == 0:
         return MISSING
-    text = fmt(c["mean"], digits)
-    if c["n"] >= 2:
-        text += sep + fmt(c["std"], digits)
-    return text + (f" ({c['n']})" if with_n else "")
+    if c["n"] == 1:  # one seed: the value alone, no spread to state
+        return fmt(c["mean"], digits)
+    return fmt(c["mean"], digits) + sep + fmt(c["std"], digits) + (f" ({c['n']})" if with_n else "")
 
 
 def _pair_ci(p: pd.Series, digits: int = 4) -> str:
@@ -197,8 +202,9 @@ def format_markdown(result: dict) -> str:
            f"Parent run `{result['parent_run_id']}` in experiment `{result['experiment']}`. Top-1 accuracy "
            "on the CIFAR-10 test sets (Sec. 4.3, Table 2). ours: mean ± sample std (n finished seeds; "
            "the value alone when n = 1); paper: Table 2 as published; Δ = ours − paper.", ""]
-    out += [f"- note: {w}" for w in provenance_warnings(result["provenance"]) + result["notes"]]
-    out += ["", "| Strategy | Regularization | Training set | | " + " | ".join(labels) + " |",
+    notes = provenance_warnings(result["provenance"]) + result["notes"]
+    out += [f"- note: {w}" for w in notes] + ([""] if notes else [])
+    out += ["| Strategy | Regularization | Training set | | " + " | ".join(labels) + " |",
             "|---:|---|---|---|" + "---:|" * len(labels)]
     for s in STRATEGY_ROWS:
         reg, train = row_labels(s)
@@ -222,7 +228,8 @@ def format_markdown(result: dict) -> str:
         out.append("None: every planned (strategy, seed) has a FINISHED run.")
     for _, g in gaps.iterrows():
         name = f" `{g['run_name']}`" if g["run_name"] else ""
-        out.append(f"- strategy {g['strategy']}, seed {g['seed']}:{name} {g['status']} — {g['error'] or 'no error tag'}")
+        out.append(f"- strategy {g['strategy']}, seed {g['seed']}:{name} {g['status']} — "
+                   f"{g['error'] or 'no error tag'}")
     out += ["", "## Files", "",
             "- `table2.csv`, `table2.parquet`: the same long frame, one row per strategy × test set "
             "(strategy, regularization, train_set, test_set, mean, std, n, paper, diff = mean − paper).",
@@ -251,11 +258,13 @@ def format_tex(result: dict) -> str:
     prov = _tex_escape(provenance_line(result["provenance"], result["n_text"]).replace("·", ";"))
     out = [f"% Table 2 regenerated from MLflow study {_tex_escape(result['study'])} "
            f"(parent run {result['parent_run_id']}); requires booktabs.",
-           r"\begin{table*}[t]", r"\centering", r"\small", r"\begin{tabular}{rlll" + "r" * len(TEST_SETS) + "}",
+           r"\begin{table*}[t]", r"\centering", r"\small",
+           r"\begin{tabular}{rlll" + "r" * len(TEST_SETS) + "}",
            r"\toprule",
            r" & & & & & \multicolumn{3}{c}{Blur} & \multicolumn{3}{c}{Noise} & \multicolumn{3}{c}{JPEG} \\",
            r"\cmidrule(lr){6-8} \cmidrule(lr){9-11} \cmidrule(lr){12-14}",
-           r"Strategy & Regularization & Training set & & Pristine & L1 & L2 & L3 & L1 & L2 & L3 & L1 & L2 & L3 \\",
+           r"Strategy & Regularization & Training set & & Pristine & "
+           + " & ".join(["L1 & L2 & L3"] * 3) + r" \\",
            r"\midrule"]
     for s in STRATEGY_ROWS:
         reg, train = row_labels(s)
@@ -275,8 +284,8 @@ def format_tex(result: dict) -> str:
 def format_console(result: dict) -> str:
     """Compact Table 2 (ours / paper / Δ per strategy, ≤ 160 columns), the pairs, the files written."""
     cells, pairs, gaps = result["cells"], result["pairs"], result["gaps"]
-    w, lw = 12, 30
-    head = " " * lw + "".join(f"{TEST_SET_LABELS[t]:>{w}}" for t in TEST_SETS)
+    w, lw = 12, 21  # cell width; width of "9 Original MIX_noise "
+    head = " " * (lw + 10) + "".join(f"{TEST_SET_LABELS[t]:>{w}}" for t in TEST_SETS)
     lines = [f"Table 2, study {result['study']} (parent run {result['parent_run_id']})",
              textwrap.fill(provenance_line(result["provenance"], result["n_text"]), 156), head]
     for s in STRATEGY_ROWS:
@@ -284,27 +293,30 @@ def format_console(result: dict) -> str:
         row = [_cell(cells, s, ts) for ts in TEST_SETS]
         ns = sorted({int(c["n"]) for c in row})
         n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
-        lines.append(f"{s} {reg:<7} {train:<9} {'ours ' + n:<10}"
+        lines.append(f"{f'{s} {reg} {train}':<{lw}}{'ours ' + n:<10}"
                      + "".join(f"{_ours(c, 3, sep='±', with_n=False):>{w}}" for c in row))
-        lines.append(f"{'':<20}{'paper':<10}" + "".join(f"{fmt(c['paper'], 3):>{w}}" for c in row))
-        lines.append(f"{'':<20}{'Δ':<10}" + "".join(f"{fmt(c['diff'], 3, True):>{w}}" for c in row))
+        lines.append(f"{'':<{lw}}{'paper':<10}" + "".join(f"{fmt(c['paper'], 3):>{w}}" for c in row))
+        lines.append(f"{'':<{lw}}{'Δ':<10}" + "".join(f"{fmt(c['diff'], 3, True):>{w}}" for c in row))
     lines += ["", f"IQA-LS − Original (Sec. 4.3.3): Δ of means, ± half-width of the {CI_LEVEL:.0%} Welch "
               "interval over seeds (n/a below 2 seeds a side), and the paper's Δ", head]
     for a, b in PAIRS:
         prs = [p for _, p in pairs[(pairs["original"] == a) & (pairs["iqa_ls"] == b)].iterrows()]
         half = ["n/a" if math.isnan(p["ci_low"]) else "±" + fmt((p["ci_high"] - p["ci_low"]) / 2, 3)
                 for p in prs]
-        lines.append(f"{f'{b} − {a} {row_labels(b)[1]}':<20}{'ours Δ':<10}"
+        lines.append(f"{f'{b} − {a} {row_labels(b)[1]}':<{lw}}{'ours Δ':<10}"
                      + "".join(f"{fmt(p['diff'], 3, True):>{w}}" for p in prs))
-        lines.append(f"{'':<20}{'95% CI':<10}" + "".join(f"{h:>{w}}" for h in half))
-        lines.append(f"{'':<20}{'paper Δ':<10}" + "".join(f"{fmt(p['paper_diff'], 3, True):>{w}}" for p in prs))
+        lines.append(f"{'':<{lw}}{'95% CI':<10}" + "".join(f"{h:>{w}}" for h in half))
+        lines.append(f"{'':<{lw}}{'paper Δ':<10}"
+                     + "".join(f"{fmt(p['paper_diff'], 3, True):>{w}}" for p in prs))
     if not gaps.empty:
         lines += ["", f"Gaps ({len(gaps)}):"]
-        lines += [f"  strategy {g['strategy']} seed {g['seed']} {g['run_name'] or '(no run)'}: {g['status']} — "
+        lines += [f"  strategy {g['strategy']} seed {g['seed']} {g['run_name'] or '(no run)'}: "
+                  f"{g['status']} — "
                   f"{g['error'] or 'no error tag'}" for _, g in gaps.iterrows()]
     notes = provenance_warnings(result["provenance"]) + result["notes"]
     lines += [f"note: {n}" for n in notes]
-    lines += ["", "Files" + (" (also logged to the parent run under analysis/)" if result["logged"] else "") + ":"]
+    logged = " (also logged to the parent run under analysis/)" if result["logged"] else ""
+    lines += ["", f"Files{logged}:"]
     lines += [f"  {p}" for p in result["files"].values()]
     return "\n".join(lines)
 
@@ -315,7 +327,7 @@ def _matrix(cells: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def _heatmap(result: dict, values: np.ndarray, title: str, cmap: str, signed: bool, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
     from matplotlib.colors import Normalize
 
     if signed:  # diverging, centred at 0
@@ -324,8 +336,9 @@ def _heatmap(result: dict, values: np.ndarray, title: str, cmap: str, signed: bo
     else:
         finite = values[np.isfinite(values)]
         norm = Normalize(float(finite.min()), float(finite.max())) if finite.size else Normalize(0, 1)
-    cm = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")  # gaps in grey
-    fig, ax = plt.subplots(figsize=(13, 6.5))
+    cm = colormaps[cmap].with_extremes(bad="#d9d9d9")  # gaps in grey
+    fig = new_figure(figsize=(13, 6.5))
+    ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cm, norm=norm, aspect="auto")
     for (i, j), v in np.ndenumerate(values):
         text = MISSING if not math.isfinite(v) else fmt(v, 3, signed)
@@ -348,10 +361,19 @@ def build_table2(study: str | None = None, parent_run_id: str | None = None,
     """Read the study, write the Table 2 files to `out_dir` (default results/<study>) and, with
     `log_to_parent`, log them to the parent run under `analysis/`. Returns the frames and file paths."""
     client = open_client(tracking_uri)
-    parent = find_parent(client, tracking_uri, experiment, study=study, parent_run_id=parent_run_id)
-    trials = child_runs(client, parent)
+    try:
+        parent = find_parent(client, tracking_uri, experiment, study=study, parent_run_id=parent_run_id)
+        trials = child_runs(client, parent)
+    except AnalysisError:
+        raise
+    except Exception as e:  # an unreachable server, a broken store: say which study and where
+        what = f"study {study!r}" if study is not None else f"run {parent_run_id}"
+        raise AnalysisError(f"cannot read {what} from {tracking_uri}: {first_line(e)}") from e
     seeds = planned_seeds(parent.data.tags.get(TAG_SEEDS))
     cells, pairs, gaps, notes = compute(trials, seeds, load_paper())
+    kind = parent.data.tags.get(TAG_KIND)
+    if kind not in (None, "table2"):
+        notes.append(f"the parent run is a {kind!r} study, not 'table2'")
     prov = provenance(parent, trials)
     study = prov["study"]
     out = Path(out_dir) if out_dir is not None else Path("results") / study
@@ -360,7 +382,6 @@ def build_table2(study: str | None = None, parent_run_id: str | None = None,
               "experiment": experiment, "out_dir": out, "cells": cells, "pairs": pairs, "gaps": gaps,
               "notes": notes, "provenance": prov, "n_text": n_text(cells, seeds), "logged": False}
 
-    use_agg()
     files = {
         "table2.md": write_text(out / "table2.md", format_markdown(result)),
         "table2.csv": write_csv(cells, out / "table2.csv"),

@@ -138,10 +138,10 @@ def preflight(args, trials: list[Trial]) -> dict:
     storage = check_storage(args.storage)
     try:
         train = data_mod.load_split(trials[0].config.data, "train")
-        data_mod.load_split(trials[0].config.data, "test")
+        test = data_mod.load_split(trials[0].config.data, "test")
     except data_mod.DataError as e:
         raise StudyError(f"--data: {e}") from None
-    return {"storage": storage, "train": train}
+    return {"storage": storage, "train": train, "n_test": test.images.shape[0]}
 
 
 def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float = 3.0) -> float:
@@ -200,16 +200,18 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
     # --- the plan, with a measured throughput probe
     train = facts["train"]
     cfg0 = trials[0].config
-    n_train = cfg0.subset or train.images.shape[0]
+    n_train = min(cfg0.subset or train.images.shape[0], train.images.shape[0])
     threads = max(1, int(cpus))
-    ips = probe_throughput(cfg0, threads, device)
+    # the probe runs where the driver is: on a cluster whose head has no GPU it cannot measure the
+    # workers' GPUs, so the estimate is left out rather than guessed
+    ips = probe_throughput(cfg0, threads, device) if device == "cpu" or torch.cuda.is_available() else None
     total_cpus = os.cpu_count() or 1
     parallel = max(1, min(len(trials), int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
-    n_test = cfg0.test_subset or 10_000
+    n_test = min(cfg0.test_subset or facts["n_test"], facts["n_test"])
     # eval: 10 test sets, forward only (about a third of a training step per image)
     work = sum(t.config.epochs * n_train + 10 * n_test / 3 for t in trials)
     # CPU: trials side by side each at the probed rate; GPU: trials share one device's rate
-    est = work / (ips * (parallel if gpus == 0 else 1))
+    est = work / (ips * (parallel if gpus == 0 else 1)) if ips else None
     commit = _git_commit()
     vers = versions()
     print(f"study {args.name} ({kind}): {len(trials)} trials, {cfg0.epochs} epochs each, "
@@ -218,16 +220,21 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
         print(f"  {line}")
     print(f"  device {device}; {cpus:g} CPU + {gpus:g} GPU per trial; up to {parallel} side by side; "
           f"Ray {'at ' + args.address if args.address else 'local'}")
-    print(f"  probe: {ips:.0f} training images/s per trial ({threads} thread(s), batch {cfg0.batch_size}); "
-          f"estimated wall time {tuning._fmt(est)}")
+    if ips:
+        print(f"  probe: {ips:.0f} training images/s per trial ({threads} thread(s), batch {cfg0.batch_size}, "
+              f"{tuning.device_name(device)}); estimated wall time {tuning._fmt(est)}")
+    else:
+        print(f"  probe: skipped (the driver has no {device}); no wall-time estimate")
     print(f"  runs -> {args.tracking_uri} (experiment {args.experiment}); checkpoints -> {facts['storage']}/"
           f"{args.name}/trials; tables -> {out}")
 
     parent_tags = {"preset": args.preset, "seeds": args.seeds, "data_source": train.source,
                    "data_checksum": train.checksum, "git_commit": commit, "versions": vers,
-                   "device_name": device}
-    rec.open_parent(args.resume, parent_tags, {**{k: v for k, v in vars(args).items() if k not in ("resume",)},
-                                                 "n_trials": len(trials)})
+                   "device_name": tuning.device_name(device) if ips else device}
+    sched = {k: getattr(cfg0, k) for k in ("epochs", "batch_size", "lr", "lr_decay_every", "subset",
+                                            "test_subset", "data")}
+    flags = {k: v for k, v in vars(args).items() if k != "resume" and v is not None}
+    rec.open_parent(args.resume, parent_tags, {**flags, **sched, "n_trials": len(trials)})
     done = rec.finished_keys() if args.resume else set()
     todo = [t for t in trials if t.key not in done]
     if done:

@@ -66,8 +66,9 @@ def trial_store_uri(storage: str, study: str, key: str) -> str:
 
 
 # ------------------------------------------------------------------ the trainable
-def trainable(spec: dict) -> None:
-    """Ray function trainable; `spec` = {"key", "config" (TrialConfig dict), "store", "cache_dir"}."""
+def trainable(param: dict) -> None:
+    """Ray function trainable; param["trial"] = {"key", "config" (TrialConfig dict), "store", "cache_dir"}."""
+    spec = param["trial"]
     if spec.get("env"):
         os.environ.update(spec["env"])
     cfg = TrialConfig.from_dict(spec["config"])
@@ -80,9 +81,7 @@ def trainable(spec: dict) -> None:
         if metrics.pop("checkpoint", None):
             store.push()
         if first:  # who ran it: shown as a tag of the MLflow run
-            import torch
-            dev = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-            metrics["device_name"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+            metrics["device_name"] = device_name(cfg.device)
             first = False
         tune.report(metrics)
 
@@ -95,6 +94,16 @@ def trainable(spec: dict) -> None:
         return
     if first and last:  # resumed after its last epoch: hand the final metrics back once more
         tune.report({k: v for k, v in last.items() if k != "checkpoint"})
+
+
+def device_name(device: str) -> str:
+    """'NVIDIA H200' or 'cpu: AMD EPYC x2': the hardware a number was measured on."""
+    import torch
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return _cpu_name()
 
 
 def _cpu_name() -> str:
@@ -213,8 +222,10 @@ def run_tuner(specs: list[dict], *, name: str, storage: str, resources: dict, ca
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=space,
+        # reuse_actors: a worker process keeps its decoded data and distortion bank between
+        # trials (trainables memoises them per process), so only the first trial per worker pays
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, metric=metric,
-                                    mode=mode, num_samples=num_samples),
+                                    mode=mode, num_samples=num_samples, reuse_actors=True),
         run_config=tune.RunConfig(
             # a fresh Ray experiment folder per invocation: resume state lives in our trial
             # folders and MLflow, so a killed driver never needs Ray's experiment snapshot

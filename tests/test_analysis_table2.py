@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis import table2
@@ -29,10 +29,9 @@ ROWS = {1: ("pristine", "onehot"), 2: ("mix_blur", "onehot"), 3: ("mix_blur", "i
 PROVENANCE = {"iqa_ls.data_source": "/data/cifar10-jpeg", "iqa_ls.data_checksum": "sha256:0123abcd",
               "iqa_ls.git_commit": "deadbeef", "iqa_ls.device_name": "Test CPU x2",
               "iqa_ls.versions": json.dumps({"python": "3.11.9", "torch": "2.14.1", "mlflow": "3.17.2"})}
+SCHEDULE = {"epochs": "3", "subset": "0", "test_subset": "2000"}  # TrialConfig params of every trial
 OUTPUTS = {"table2.md", "table2.csv", "table2.tex", "table2.parquet", "table2_pairs.csv",
            "table2_heatmap.png", "table2_diff_vs_paper.png"}
-STABLE = ["table2.md", "table2.csv", "table2.tex", "table2.parquet", "table2_pairs.csv",
-          "table2_heatmap.png", "table2_diff_vs_paper.png"]
 
 
 def record_study(client, exp_id, name, accs, failed=None):
@@ -43,8 +42,7 @@ def record_study(client, exp_id, name, accs, failed=None):
     parent = client.create_run(exp_id, run_name=name, tags={
         "iqa_ls.role": "parent", "iqa_ls.study": name, "iqa_ls.kind": "table2", "iqa_ls.preset": "quick",
         "iqa_ls.seeds": str(len(seeds)), **PROVENANCE}).info.run_id
-    client.log_batch(parent, params=[], tags=[])
-    client.log_param(parent, "epochs", "3")
+    client.log_param(parent, "epochs", "None")  # the CLI flag: the preset's value was not overridden
     for key in sorted([*accs, *failed]):
         s, seed = key
         tags = {"mlflow.parentRunId": parent, "iqa_ls.role": "trial", "iqa_ls.study": name,
@@ -52,6 +50,7 @@ def record_study(client, exp_id, name, accs, failed=None):
                 "iqa_ls.train_set": ROWS[s][0], "iqa_ls.regularization": ROWS[s][1],
                 "iqa_ls.seed": str(seed), **PROVENANCE}
         run = client.create_run(exp_id, run_name=f"s{s}-seed{seed}", tags=tags).info.run_id
+        client.log_batch(run, params=[Param(k, v) for k, v in SCHEDULE.items()])
         if key in failed:
             client.set_tag(run, "iqa_ls.error", failed[key])
             client.set_terminated(run, "FAILED")
@@ -60,6 +59,13 @@ def record_study(client, exp_id, name, accs, failed=None):
         client.set_terminated(run, "FINISHED")
     client.set_terminated(parent, "FINISHED")
     return parent
+
+
+@pytest.fixture(autouse=True)
+def _fast_http_failure(monkeypatch):
+    """run_cli only sets these when unset; setting them here keeps the test process's env clean."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +81,8 @@ def store(tmp_path_factory):
     gap_accs = {(s, 0): list(np.round(rng.uniform(0.4, 0.85, 10), 4)) for s in ROWS if s != 5}
     parents = {"two-seeds": record_study(client, exp_id, "two-seeds", accs),
                "gap": record_study(client, exp_id, "gap", gap_accs, failed={(5, 0): "CUDA out of memory"})}
+    for _ in range(2):  # a study name recorded twice: ambiguous, must be refused
+        record_study(client, exp_id, "dup", {(1, 0): [0.5] * 10})
     result = table2.build_table2("two-seeds", tracking_uri=uri, out_dir=root / "out-two-seeds")
     gap = table2.build_table2("gap", tracking_uri=uri, out_dir=root / "out-gap", log_to_parent=False)
     return {"uri": uri, "root": root, "client": client, "accs": accs, "parents": parents,
@@ -132,7 +140,11 @@ def test_single_seed_gives_no_ci(store):
     assert pairs["n_original"].max() == 1
     assert pairs[["ci_low", "ci_high", "df"]].isna().all().all()
     assert pairs.loc[pairs["original"] != 4, "diff"].notna().all()
-    assert "CI n/a (n=1/1)" in (store["gap"]["out_dir"] / "table2.md").read_text()
+    md = (store["gap"]["out_dir"] / "table2.md").read_text()
+    assert "CI n/a (n=1/1)" in md
+    row1 = next(line for line in md.splitlines() if line.startswith("| 1 |"))
+    assert "±" not in row1 and "(1)" not in row1  # one seed: the value alone
+    assert f"| {store['gap']['cells']['mean'].iloc[0]:.4f} |" in row1
 
 
 def test_failed_run_is_a_gap_with_its_error(store):
@@ -160,10 +172,13 @@ def test_all_files_written_and_logged_to_parent(store):
     assert store["client"].list_artifacts(store["parents"]["gap"], "analysis") == []
 
 
-def test_same_runs_give_same_bytes(store, tmp_path):
-    again = table2.build_table2("two-seeds", tracking_uri=store["uri"], out_dir=tmp_path, log_to_parent=False)
+def test_same_runs_give_same_bytes_by_study_or_run_id(store, tmp_path):
+    """A second build (selected by parent run id this time) writes byte-identical files."""
+    again = table2.build_table2(parent_run_id=store["parents"]["two-seeds"], tracking_uri=store["uri"],
+                                out_dir=tmp_path, log_to_parent=False)
+    assert again["study"] == "two-seeds"
     first = store["result"]["out_dir"]
-    for name in STABLE:
+    for name in sorted(OUTPUTS):  # PNGs included: savefig without the Software chunk
         assert (tmp_path / name).read_bytes() == (first / name).read_bytes(), name
     assert again["cells"].equals(store["result"]["cells"])
 
@@ -185,21 +200,20 @@ def test_header_states_n_data_device_versions_preset(store):
     md = (store["result"]["out_dir"] / "table2.md").read_text().splitlines()
     header = md[2]
     for text in ("2 seeds per strategy", "/data/cifar10-jpeg", "sha256:0123abcd", "Test CPU x2",
-                 "torch 2.14.1", "preset quick", "3 epochs"):
+                 "torch 2.14.1", "preset quick, 3 epochs, train subset all, test subset 2000"):
         assert text in header
 
 
-def test_console_fits_160_columns(store):
-    text = table2.format_console(store["result"])
+@pytest.mark.parametrize("which", ["result", "gap"])
+def test_console_fits_160_columns(store, which):
+    text = table2.format_console(store[which])
     assert max(map(len, text.splitlines())) <= 160
+    assert str(store[which]["files"]["table2.md"]) in text
+
+
+def test_console_lists_files_and_pairs(store):
+    text = table2.format_console(store["result"])
     assert "IQA-LS − Original" in text and str(store["result"]["files"]["table2.md"]) in text
-
-
-def test_run_id_selects_the_same_study(store, tmp_path):
-    by_id = table2.build_table2(parent_run_id=store["parents"]["two-seeds"], tracking_uri=store["uri"],
-                                out_dir=tmp_path, log_to_parent=False)
-    assert by_id["study"] == "two-seeds"
-    assert (tmp_path / "table2.csv").read_bytes() == (store["result"]["out_dir"] / "table2.csv").read_bytes()
 
 
 def test_strategy_rows_match_the_search_space():
@@ -223,6 +237,9 @@ def test_cli_unknown_study_exits_2_with_one_line(store):
     (["--study", "x", "--tracking-uri", "sqlite:////nonexistent/dir/mlflow.db"], "no MLflow store"),
     (["--study", "two-seeds", "--experiment", "other"], "no experiment 'other'"),
     (["--run-id", "0" * 32], "not found"),
+    (["--study", "dup"], "2 parent run(s) of study 'dup'"),
+    (["--study", "x", "--tracking-uri", "http://127.0.0.1:9"],
+     "cannot read study 'x' from http://127.0.0.1:9"),
 ])
 def test_bad_input_is_one_line_and_exit_2(store, capsys, args, expected):
     if "--tracking-uri" not in args:
@@ -245,3 +262,42 @@ def test_welch_with_identical_seeds_is_zero_width():
 
     w = welch_ci([0.5, 0.5], [0.6, 0.6])
     assert w["ci_low"] == w["ci_high"] == pytest.approx(0.1) and math.isnan(w["df"])
+
+
+def test_analysis_reads_mlflow_only():
+    """No torch, Ray or training code in analysis/: it must run where only the MLflow store is."""
+    import ast
+
+    banned = {"torch", "torchvision", "ray", "kornia", "trainables", "study", "search_spaces"}
+    for name in ("table2.py", "common.py"):
+        tree = ast.parse((REPO / "analysis" / name).read_text())
+        roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        roots |= {n.module.split(".")[0] for n in ast.walk(tree)
+                  if isinstance(n, ast.ImportFrom) and n.module}
+        assert not roots & banned, (name, roots & banned)
+
+
+def test_reads_what_study_tracking_writes(store, tmp_path):
+    """Round trip through the real writer (study/tracking.py): both sides use docs/mlflow-schema.md."""
+    from study.tracking import StudyRecorder
+
+    rec = StudyRecorder(store["uri"], "writer", "table2")
+    tags = {"preset": "smoke", "seeds": 1, **{k.removeprefix("iqa_ls."): v for k, v in PROVENANCE.items()}}
+    rec.open_parent(False, tags, {"epochs": None, "n_trials": 9})
+    for s in ROWS:
+        key = f"s{s}-seed0"
+        rec.open_child(key, {**SCHEDULE, "strategy": s, "seed": 0},
+                       {"strategy": s, "train_set": ROWS[s][0], "regularization": ROWS[s][1], "seed": 0})
+        if s == 9:
+            rec.fail_child(key, "diverged:\n  loss is NaN")
+            continue
+        rec.log_epoch(key, {"epoch": 3, "loss": 1.0, **{f"acc_{t}": 0.5 + 0.01 * s for t in TEST_SETS}})
+        rec.finish_child(key, [])
+    rec.close_parent()
+    res = table2.build_table2("writer", tracking_uri=store["uri"], out_dir=tmp_path, log_to_parent=False)
+    cells = res["cells"]
+    assert cells.loc[cells["strategy"] == 4, "mean"].tolist() == pytest.approx([0.54] * 10)
+    assert cells["n"].tolist() == [1] * 80 + [0] * 10
+    assert res["gaps"]["error"].tolist() == ["diverged: loss is NaN"]
+    assert res["provenance"]["epochs"] == "3" and res["provenance"]["device_name"] == "Test CPU x2"
+    assert res["notes"] == [] and res["provenance"]["disagree"] == {}

@@ -22,7 +22,8 @@ def test_paper_levels_are_three_per_kind():
     assert D.NOISE_VARIANCES == (0.005, 0.01, 0.02)
     assert D.JPEG_QUALITIES == (12, 8, 4)
     assert all(spec.levels == (1, 2, 3) for spec in DISTORTIONS.values())
-    assert {k: s.deterministic for k, s in DISTORTIONS.items()} == {"blur": True, "noise": False, "jpeg": True}
+    flags = {k: s.deterministic for k, s in DISTORTIONS.items()}
+    assert flags == {"blur": True, "noise": False, "jpeg": True}
 
 
 @pytest.mark.parametrize("kind,level", KIND_LEVELS)

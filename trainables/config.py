@@ -76,9 +76,9 @@ class TrialConfig:
     all3_draw: str = "balanced"  # MIX_all3 type per image: "balanced" (equal thirds per level) | "iid"
     # --- data ---
     data: str = "cifar10"  # source spec, see trainables.data.load_split
-    subset: int = 0  # 0 = all training images; else a stratified, seeded subset of this size
+    subset: int = 0  # 0 (or >= N) = all training images; else a stratified, seeded subset
     subset_seed: int = 0  # seed of the subset draw: fixed across strategies and seeds of a study
-    test_subset: int = 0  # 0 = all test images; else a stratified subset (fixed seed)
+    test_subset: int = 0  # 0 (or >= N) = all test images; else a stratified subset (fixed seed)
     test_seed: int = 20190101  # seed of the deterministic test-set noise (same for every trial)
     # --- run ---
     seed: int = 0

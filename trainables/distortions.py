@@ -119,7 +119,9 @@ def gaussian_blur(images: torch.Tensor, sigma: float, *, truncate: float = BLUR_
 
 def noise_from_normal(images: torch.Tensor, variance: float, z: torch.Tensor) -> torch.Tensor:
     """y = clip(x / 255 + sqrt(variance) z, 0, 1), returned as round(255 y); z ~ N(0, 1) given."""
-    y = images.float().mul_(1.0 / 255.0)  # multiply, not divide: CUDA divides by a scalar this way
+    # multiply, not divide: CUDA turns a division by a scalar into a multiplication by its
+    # reciprocal, so multiplying on both devices gives the same bits
+    y = images.float().mul_(1.0 / 255.0)
     y.add_(z.to(torch.float32) * math.sqrt(variance)).clamp_(0.0, 1.0)
     return y.mul_(255.0).round_().to(torch.uint8)
 
@@ -144,17 +146,17 @@ def gaussian_noise(images: torch.Tensor, variance: float, generator: torch.Gener
 def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     """JPEG compression at `quality` (1-100) through libjpeg: encode then decode.
 
-    torchvision.io.encode_jpeg / decode_jpeg on CPU (libjpeg-turbo, 4:2:0 chroma subsampling,
-    standard tables scaled by quality, baseline, islow DCT, fancy upsampling) give exactly the bytes
-    and pixels of PIL's Image.save(format="JPEG", quality=q) + Image.open (tests/test_distortions.py
-    checks it bit for bit). CUDA images are coded on the CPU and moved back: torchvision's CUDA path
+    torchvision.io.encode_jpeg / decode_jpeg on CPU (libjpeg-turbo; baseline, 4:2:0 chroma
+    subsampling, the standard tables scaled by quality) give exactly the bytes and pixels of PIL's
+    Image.save(format="JPEG", quality=q) + Image.open with PIL's defaults (tests/test_distortions.py
+    checks the pixels bit for bit). CUDA images are coded on the CPU and moved back: torchvision's CUDA path
     uses nvJPEG, whose encoder and decoder do not give libjpeg's bits.
     """
     _check_images(images)
     if images.shape[0] == 0:
         return images.clone()
     cpu = images.detach().to("cpu").contiguous()
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs for TorchCodec (not in our stack)
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs (TorchCodec: not in our stack)
         warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision",
                                 category=DeprecationWarning)
         data = tvio.encode_jpeg(list(cpu), quality=int(quality))

@@ -14,7 +14,6 @@ no TF32), so CUDA scores differ from CPU ones only through the summation order o
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,8 +26,8 @@ SSIM_SIGMA = 1.5  # Wang et al. 2004: window standard deviation (pixels)
 SSIM_K1 = 0.01  # Wang et al. 2004: C1 = (K1 L)^2
 SSIM_K2 = 0.03  # Wang et al. 2004: C2 = (K2 L)^2
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 Y, as rgb2gray in Wang's and Xue's reference code
-GMS_C = 170.0 / 255.0 ** 2  # Xue et al. 2014 use T = 170 on [0, 255]; GMS squares gradients, so / 255^2 on [0, 1]
-PSNR_CAP_DB = 50.0  # our choice: score = min(PSNR, 50 dB) / 50; 50 dB is below one grey level of error
+GMS_C = 170.0 / 255.0 ** 2  # Xue et al. 2014: T = 170 on [0, 255]; it meets squared gradients: / 255^2
+PSNR_CAP_DB = 50.0  # our choice: score = min(PSNR, 50 dB) / 50; 50 dB = RMS error of 0.81 grey levels
 CHUNK = 4096  # images per step: the SSIM statistics of a chunk take ~1 GB of float32 temporaries
 
 _SSIM_TAPS = gaussian_taps(SSIM_SIGMA, SSIM_WINDOW // 2)
@@ -39,7 +38,7 @@ class IQAError(ValueError):
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float32 intensities in [0, 1] (multiply: CUDA turns a division by a scalar into one)."""
+    """uint8 -> float32 intensities in [0, 1] (multiplied, as in distortions.noise_from_normal)."""
     return x.float().mul_(1.0 / 255.0)
 
 

@@ -71,11 +71,11 @@ def prepare_data(cfg: TrialConfig, device: torch.device, cache_dir=None):
            json.dumps(distortion_options(cfg), sort_keys=True), str(device))
     if key not in _PREPARED:
         x, y = train.images, train.labels
-        if cfg.subset:
+        if 0 < cfg.subset < x.shape[0]:  # a subset as large as the set is the set
             idx = data_mod.stratified_subset(y, cfg.subset, cfg.subset_seed)
             x, y = x[idx], y[idx]
         tx, ty = test.images, test.labels
-        if cfg.test_subset:
+        if 0 < cfg.test_subset < tx.shape[0]:
             idx = data_mod.stratified_subset(ty, cfg.test_subset, 0)
             tx, ty = tx[idx], ty[idx]
         test_sets = make_test_sets(tx, cfg.test_seed, distortion_options(cfg))

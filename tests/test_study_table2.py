@@ -1,0 +1,155 @@
+"""`python -m study.table2` end to end (Ray local, MLflow SQLite and a real mlflow server)."""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "cifar10-mini"
+ACC = ["acc_pristine"] + [f"acc_{t}_{lv}" for t in ("blur", "noise", "jpeg") for lv in (1, 2, 3)]
+TABLES = ("table2.md", "table2.csv", "table2.tex", "table2.parquet")
+
+
+def study(cwd: Path, *flags, timeout=900):
+    env = dict(os.environ, IQA_LS_CACHE=str(cwd / "cache"), PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "study.table2", "--preset", "smoke", "--data", str(FIXTURE),
+                           "--test-subset", "100", "--progress-every", "60", *flags],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def runs_of(uri: str, study_name: str):
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("iqa-ls")
+    runs = c.search_runs([exp.experiment_id], f"tags.`iqa_ls.study` = '{study_name}'", max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("iqa_ls.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("iqa_ls.role") == "trial"]
+    return c, parents, children
+
+
+def assert_complete_study(uri: str, name: str, epochs: int = 2):
+    c, parents, children = runs_of(uri, name)
+    assert len(parents) == 1 and len(children) == 9
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(int(r.data.tags["iqa_ls.strategy"]) for r in children) == list(range(1, 10))
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert set(ACC) <= set(r.data.metrics)
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "loss")]
+        assert steps == list(range(1, epochs + 1))  # every epoch once: no gap, no duplicate
+        for tag in ("train_set", "regularization", "iqa_metric", "tmap", "seed", "data_checksum",
+                    "git_commit", "versions", "device_name"):
+            assert f"iqa_ls.{tag}" in r.data.tags
+        assert r.data.params["epochs"] == str(epochs)
+        arts = {a.path for a in c.list_artifacts(r.info.run_id)}
+        assert {"final_weights.pt", "config.json"} <= arts
+    return c, parents[0]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("study")
+    res = study(cwd)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return cwd, res
+
+
+def test_smoke_study_records_nine_finished_runs_under_one_parent(recorded):
+    cwd, res = recorded
+    c, parent = assert_complete_study(f"sqlite:///{cwd}/mlflow.db", "table2")
+    assert "estimated wall time" in res.stdout and "mlflow ui --backend-store-uri" in res.stdout
+    arts = {a.path for a in c.list_artifacts(parent.info.run_id, "analysis")}
+    assert "analysis/table2.md" in arts
+
+
+def test_smoke_study_writes_table_files_nine_by_ten(recorded):
+    cwd, _ = recorded
+    out = cwd / "results" / "table2"
+    for f in TABLES + ("table2_heatmap.png", "table2_diff_vs_paper.png"):
+        assert (out / f).stat().st_size > 0
+    df = pd.read_parquet(out / "table2.parquet")
+    assert df.shape[0] > 0
+    csv = pd.read_csv(out / "table2.csv")
+    ours = csv[csv.columns[0]].nunique() if "strategy" not in csv.columns else csv["strategy"].nunique()
+    assert ours == 9
+
+
+def test_resume_after_finished_study_creates_no_new_runs(recorded):
+    cwd, _ = recorded
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    before = {r.info.run_id for r in runs_of(uri, "table2")[2]}
+    res = study(cwd, "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "9 finished trials kept, 0 to run" in res.stdout
+    _, parents, children = runs_of(uri, "table2")
+    assert len(parents) == 1 and {r.info.run_id for r in children} == before
+
+
+def test_analysis_rebuilds_identical_files_from_mlflow_alone(recorded):
+    cwd, _ = recorded
+    res = subprocess.run([sys.executable, "-m", "analysis.table2", "--study", "table2", "--tracking-uri",
+                          f"sqlite:///{cwd}/mlflow.db", "--out", str(cwd / "again")],
+                         cwd=cwd, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    for f in TABLES:
+        assert (cwd / "again" / f).read_bytes() == (cwd / "results" / "table2" / f).read_bytes(), f
+
+
+def test_second_study_with_same_name_is_refused_without_resume(recorded):
+    cwd, _ = recorded
+    res = study(cwd)
+    assert res.returncode == 2 and "pass --resume" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--preset", "huge"], "preset='huge'"),
+    (["--seeds", "0"], "--seeds 0"),
+    (["--data", "/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "http://127.0.0.1:9"),
+    (["--epochs", "0"], "--epochs 0"),
+])
+def test_bad_flags_exit_with_one_line_before_any_work(tmp_path, flags, needle):
+    res = study(tmp_path, *flags, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_smoke_study_against_a_real_mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                import urllib.request
+                urllib.request.urlopen(uri + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(1)
+        res = study(tmp_path, "--tracking-uri", uri)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert_complete_study(uri, "table2")
+        assert not (tmp_path / "mlflow.db").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
