@@ -137,7 +137,7 @@ def test_scores_do_not_depend_on_chunking(cifar_mini_images, distorted_sets, mon
     y = distorted_sets[("jpeg", 2)][:50]
     x = cifar_mini_images[:50]
     whole = {m: score(m, y, x) for m in METRICS}
-    monkeypatch.setattr(iqa, "CHUNK", 7)
+    monkeypatch.setattr(iqa, "CHUNK", {"cpu": 7, "cuda": 7})
     for m, s in whole.items():
         assert torch.equal(score(m, y, x), s)
 

@@ -70,6 +70,7 @@ class TrialConfig:
     init: str = "tf_cifar10"  # "tf_cifar10" (truncated normal as in the TF tutorial) | "torch"
     input_norm: str = "per_image"  # "per_image" (tf.image.per_image_standardization) | "dataset" | "none"
     lrn_impl: str = "fast"  # "fast" (banded 1x1 conv, exact) | "torch" (nn.LocalResponseNorm)
+    channels_last: bool = True  # NHWC activations: faster convolutions on CPU (measured, see README)
     # --- distortion choices the paper leaves open ---
     blur_truncate: float = 3.0  # Gaussian kernel radius = ceil(blur_truncate * sigma)
     blur_border: str = "reflect"  # border rule of the blur: reflect | replicate | circular

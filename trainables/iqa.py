@@ -7,7 +7,7 @@ K1 = 0.01, K2 = 0.03, intensities / 255 (data range 1), 'valid' window positions
 statistics, mean of the SSIM map per RGB channel, then mean over channels.
 
 `score(metric, distorted, reference)` takes uint8 N x 3 x H x W pairs on any device, works through
-them CHUNK images at a time and returns float32 [N] on the input device; a distorted image
+them CHUNK[device] images at a time and returns float32 [N] on the input device; a distorted image
 bit-identical to its reference scores exactly 1.0 under every metric. Metrics are registered by name
 in `METRICS`. Filtering uses distortions.separable_correlate_valid (bit-identical on CPU and CUDA,
 no TF32), so CUDA scores differ from CPU ones only through the summation order of means (~1e-7).
@@ -28,7 +28,10 @@ SSIM_K2 = 0.03  # Wang et al. 2004: C2 = (K2 L)^2
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 Y, as rgb2gray in Wang's and Xue's reference code
 GMS_C = 170.0 / 255.0 ** 2  # Xue et al. 2014: T = 170 on [0, 255]; it meets squared gradients: / 255^2
 PSNR_CAP_DB = 50.0  # our choice: score = min(PSNR, 50 dB) / 50; 50 dB = RMS error of 0.81 grey levels
-CHUNK = 4096  # images per step: the SSIM statistics of a chunk take ~1 GB of float32 temporaries
+# Images per step. On CPU the filtering is memory-bound: a 64-image chunk keeps its temporaries in
+# cache and scores 20k images 4x faster than 4096 (1.3 s vs 5.3 s, SSIM, 2-core EPYC, torch 2.14.1);
+# on CUDA large chunks keep the GPU busy.
+CHUNK = {"cpu": 64, "cuda": 4096}
 
 _SSIM_TAPS = gaussian_taps(SSIM_SIGMA, SSIM_WINDOW // 2)
 
@@ -138,8 +141,9 @@ def score(metric: str, distorted: torch.Tensor, reference: torch.Tensor) -> torc
         raise IQAError(f"distorted {tuple(distorted.shape)} on {distorted.device} does not match reference "
                        f"{tuple(reference.shape)} on {reference.device}; allowed: same shape and device")
     out = torch.empty(distorted.shape[0], dtype=torch.float32, device=distorted.device)
-    for i in range(0, distorted.shape[0], CHUNK):
-        d, r = distorted[i:i + CHUNK], reference[i:i + CHUNK]
+    chunk = CHUNK.get(distorted.device.type, 64)
+    for i in range(0, distorted.shape[0], chunk):
+        d, r = distorted[i:i + chunk], reference[i:i + chunk]
         same = (d == r).flatten(1).all(1)
-        out[i:i + CHUNK] = torch.where(same, 1.0, spec.fn(d, r).float())
+        out[i:i + chunk] = torch.where(same, 1.0, spec.fn(d, r).float())
     return out

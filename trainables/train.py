@@ -151,7 +151,8 @@ def load_checkpoint(checkpoint_dir) -> dict | None:
 
 def build_model(cfg: TrialConfig, device) -> PaperCNN:
     torch.manual_seed(cfg.seed)  # model init is the one draw from the global RNG
-    return PaperCNN(NUM_CLASSES, lrn_impl=cfg.lrn_impl, init=cfg.init).to(device)
+    model = PaperCNN(NUM_CLASSES, lrn_impl=cfg.lrn_impl, init=cfg.init).to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 def build_optimizer(cfg: TrialConfig, model: PaperCNN) -> torch.optim.SGD:
@@ -201,7 +202,10 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
         bank = d["banks"][bkey]
     mean = x_train.float().div(255).mean((0, 2, 3), keepdim=True) if cfg.input_norm == "dataset" else None
     std = x_train.float().div(255).std((0, 2, 3), keepdim=True) if cfg.input_norm == "dataset" else None
-    norm = lambda xb: normalize(xb, cfg.input_norm, mean, std)  # noqa: E731
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def norm(xb):
+        return normalize(xb, cfg.input_norm, mean, std).contiguous(memory_format=fmt)
 
     model = build_model(cfg, device)
     opt = build_optimizer(cfg, model)
