@@ -13,7 +13,7 @@ FIXTURE = str(Path(__file__).parent / "fixtures" / "cifar10-mini")
 
 
 def tiny(**kw) -> TrialConfig:
-    base = dict(data=FIXTURE, epochs=2, lr_decay_every=1, batch_size=50, test_subset=100, device="cpu",
+    base = dict(data=FIXTURE, epochs=2, lr_decay_every=1, batch_size=50, subset=200, test_subset=50, device="cpu",
                 train_set="mix_all3", regularization="iqa_ls")
     base.update(kw)
     return TrialConfig(**base)
@@ -85,8 +85,7 @@ def test_test_sets_are_deterministic_and_ten():
 
 def test_short_run_lowers_loss_beats_chance_and_reports_every_epoch():
     reports = []
-    cfg = tiny(train_set="pristine", regularization="onehot", epochs=6, lr_decay_every=6, batch_size=20,
-               lr=0.05)
+    cfg = tiny(train_set="pristine", regularization="onehot", epochs=6, lr_decay_every=6, subset=0)
     last = run_trial(cfg, reports.append)
     assert [r["epoch"] for r in reports] == list(range(1, 7))
     assert reports[-1]["loss"] < reports[0]["loss"]
