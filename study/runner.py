@@ -8,14 +8,17 @@ stderr and code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from search_spaces.presets import PRESETS, resolve
 from trainables import data as data_mod
@@ -33,6 +36,34 @@ class Trial:
     key: str  # unique within the study: names the MLflow run and the checkpoint folder
     config: TrialConfig
     tags: dict = field(default_factory=dict)  # extra MLflow tags (e.g. setting, ablation)
+
+
+@dataclass
+class Search:
+    """An adaptive search a study runs after its grid trials (`study.tuning.run_search`): Optuna
+    proposes each trial's TrialConfig fields through `suggest`, ASHA stops weak trials early. The
+    trials report the objective (min of `objective_of`) on the epochs they evaluate."""
+    base: TrialConfig  # what every search trial shares (schedule, data, seed, eval_every)
+    n_trials: int
+    suggest: Callable  # (Optuna trial) -> (TrialConfig field overrides, extra MLflow tags)
+    objective_of: tuple  # reported metric names; objective = their minimum
+    grace_period: int = 1  # ASHA: epochs before the first stop; an epoch the trials evaluate
+    reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
+    sampler_seed: int = 0  # TPE sampler seed
+    key_format: str = "search-{n}"  # trial key from the Optuna trial number n
+    metric: str = "objective"
+    mode: str = "max"
+    tags: dict = field(default_factory=dict)  # MLflow tags of every search trial
+    parent_tags: dict = field(default_factory=dict)  # MLflow tags of the study's parent run
+
+    def key(self, number: int) -> str:
+        return self.key_format.format(n=number)
+
+    @property
+    def evals(self) -> int:
+        """Evaluations a search trial that is not stopped early makes (for the time estimate)."""
+        e, every = self.base.epochs, self.base.eval_every
+        return len({k for k in range(1, e + 1) if k == e or (every and k % every == 0)})
 
 
 def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
@@ -111,8 +142,16 @@ def check_storage(storage: str) -> str:
     probe = p
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise StudyError(f"--storage {storage}: {probe} is not a writable folder")
+    if not probe.is_dir():
+        raise StudyError(f"--storage {storage}: {probe} is not a folder; allowed: a writable folder "
+                         "(or one that can be made in one) or s3://...")
+    try:  # a real write (and delete) in the nearest existing folder: os.access says yes to root on a
+        # read-only mount; nothing is left behind and the storage folder itself is not created yet
+        with tempfile.TemporaryFile(dir=probe, prefix=".iqa-ls-probe-"):
+            pass
+    except OSError as e:
+        raise StudyError(f"--storage {storage}: cannot write in {probe} ({e.strerror or e}); allowed: "
+                         "a writable folder (or one that can be made in one) or s3://...") from None
     return str(p)
 
 
@@ -176,20 +215,33 @@ def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float
         torch.set_num_threads(old)
 
 
-def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, plan_lines=()) -> int:
-    """Check, print the plan, run the trials through Ray Tune with MLflow, then analyse."""
+def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, plan_lines=(),
+              search: Search | None = None) -> int:
+    """Check, print the plan, run the trials through Ray Tune with MLflow, then analyse. With
+    `search`, an Optuna search runs after the grid trials (`trials` may then be empty)."""
     import torch
 
-    facts = preflight(args, trials)
+    if search is not None and args.resume:
+        # Optuna's sampler state is not recorded, so a search cannot be continued where it stopped
+        raise StudyError("--resume is not supported for a study with a search (Optuna's sampler state "
+                         "is not recorded); start the search again under a new --name")
+    facts = preflight(args, trials or ([Trial(search.key(0), search.base)] if search is not None else []))
     cuda = torch.cuda.is_available() and args.device != "cpu"
     cpus = args.cpus_per_trial if args.cpus_per_trial is not None else 1.0
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if cuda else 0.0)
     device = "cuda" if gpus > 0 else "cpu"
     trials = [Trial(t.key, t.config.replace(device=device, threads=max(1, int(cpus))), t.tags) for t in trials]
+    if search is not None:
+        search = dataclasses.replace(search, base=search.base.replace(device=device, threads=max(1, int(cpus))))
+    n_search = search.n_trials if search is not None else 0
     out = Path(args.out or Path("results") / args.name)
 
     from study import tracking, tuning
 
+    try:  # the fault-injection test hook (docs/fault-tolerance.md); refused like any bad value
+        faults = tuning.parse_faults(os.environ.get(tuning.FAULT_ENV), {t.key for t in trials})
+    except ValueError as e:
+        raise StudyError(str(e)) from None
     rec = tracking.StudyRecorder(args.tracking_uri, args.name, kind, args.experiment)
     if rec.find_parent() and not args.resume:
         raise StudyError(f"study {args.name!r} already exists in {args.tracking_uri}; "
@@ -199,22 +251,25 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
 
     # --- the plan, with a measured throughput probe
     train = facts["train"]
-    cfg0 = trials[0].config
+    cfg0 = trials[0].config if trials else search.base
     n_train = min(cfg0.subset or train.images.shape[0], train.images.shape[0])
     threads = max(1, int(cpus))
     # the probe runs where the driver is: on a cluster whose head has no GPU it cannot measure the
     # workers' GPUs, so the estimate is left out rather than guessed
     ips = probe_throughput(cfg0, threads, device) if device == "cpu" or torch.cuda.is_available() else None
     total_cpus = os.cpu_count() or 1
-    parallel = max(1, min(len(trials), int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
+    parallel = max(1, min(len(trials) + n_search, int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
     n_test = min(cfg0.test_subset or facts["n_test"], facts["n_test"])
     # eval: 10 test sets, forward only (about a third of a training step per image)
     work = sum(t.config.epochs * n_train + 10 * n_test / 3 for t in trials)
+    if search is not None:  # at most: every search trial runs all its epochs and evaluations
+        work += n_search * (search.base.epochs * n_train + search.evals * 10 * n_test / 3)
     # CPU: trials side by side each at the probed rate; GPU: trials share one device's rate
     est = work / (ips * (parallel if gpus == 0 else 1)) if ips else None
     commit = _git_commit()
     vers = versions()
-    print(f"study {args.name} ({kind}): {len(trials)} trials, {cfg0.epochs} epochs each, "
+    searched = f" + a search of {n_search}" if search is not None else ""
+    print(f"study {args.name} ({kind}): {len(trials)} trials{searched}, {cfg0.epochs} epochs each, "
           f"{n_train} training images ({train.source}, {train.checksum[:19]}), {n_test} test images x 10 sets")
     for line in plan_lines:
         print(f"  {line}")
@@ -230,11 +285,12 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
 
     parent_tags = {"preset": args.preset, "seeds": args.seeds, "data_source": train.source,
                    "data_checksum": train.checksum, "git_commit": commit, "versions": vers,
-                   "device_name": tuning.device_name(device) if ips else device}
+                   "device_name": tuning.device_name(device) if ips else device,
+                   **(search.parent_tags if search is not None else {})}
     sched = {k: getattr(cfg0, k) for k in ("epochs", "batch_size", "lr", "lr_decay_every", "subset",
                                             "test_subset", "data")}
     flags = {k: v for k, v in vars(args).items() if k != "resume" and v is not None}
-    rec.open_parent(args.resume, parent_tags, {**flags, **sched, "n_trials": len(trials)})
+    rec.open_parent(args.resume, parent_tags, {**flags, **sched, "n_trials": len(trials) + n_search})
     done = rec.finished_keys() if args.resume else set()
     todo = [t for t in trials if t.key not in done]
     if done:
@@ -244,20 +300,30 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
         return {**tags_of_config(spec["config"]), **spec["tags"], "data_source": train.source,
                 "data_checksum": train.checksum, "git_commit": commit, "versions": vers}
 
-    specs = [{"key": t.key, "config": t.config.to_dict(), "tags": t.tags,
-              "store": tuning.trial_store_uri(facts["storage"], args.name, t.key),
-              "cache_dir": str(data_mod.default_cache_dir())} for t in todo]
+    def spec_of(key: str, config: TrialConfig, tags: dict) -> dict:
+        return {"key": key, "config": config.to_dict(), "tags": tags,
+                "store": tuning.trial_store_uri(facts["storage"], args.name, key),
+                "cache_dir": str(data_mod.default_cache_dir()), "fault": faults.get(key)}
+
+    specs = [spec_of(t.key, t.config, t.tags) for t in todo]
     status = "FINISHED"
-    if specs:
+    if specs or search is not None:
         import ray
         ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", **({} if args.address else {"object_store_memory": 256 * 2**20}))
-        printer = tuning.ProgressPrinter(sum(t.config.epochs for t in todo), args.progress_every)
+        printer = tuning.ProgressPrinter(sum(t.config.epochs for t in todo)
+                                         + n_search * (search.base.epochs if search is not None else 0),
+                                         args.progress_every)
         cb = tuning.MlflowCallback(rec, tags_of)
         try:
-            tuning.run_tuner(specs, name=args.name, storage=facts["storage"],
-                             resources={"cpu": cpus, "gpu": gpus}, callbacks=[cb, printer],
-                             max_failures=args.max_failures)
+            if specs:
+                tuning.run_tuner(specs, name=args.name, storage=facts["storage"],
+                                 resources={"cpu": cpus, "gpu": gpus}, callbacks=[cb, printer],
+                                 max_failures=args.max_failures)
+            if search is not None:
+                tuning.run_search(search, spec_of, name=args.name, storage=facts["storage"],
+                                  resources={"cpu": cpus, "gpu": gpus}, callbacks=[cb, printer],
+                                  max_failures=args.max_failures)
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -267,11 +333,22 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
             ray.shutdown()
         if cb.failed:
             print(f"  {len(cb.failed)} trial(s) failed: " + "; ".join(f"{k}: {v}" for k, v in sorted(cb.failed.items())))
+        if cb.stopped_early:
+            print(f"  {len(cb.stopped_early)} trial(s) stopped early by ASHA: "
+                  + ", ".join(f"{k} (epoch {e})" for k, e in sorted(cb.stopped_early.items())))
+        # Ray answers Ctrl-C by stopping the trials and returning normally: a study is finished
+        # only when every trial of the grid reached an end (finished or failed)
+        ended = rec.finished_keys() | set(cb.failed)
+        unfinished = sorted(s["key"] for s in specs if s["key"] not in ended)
+        if unfinished:
+            status = "KILLED"
+            print(f"  interrupted: {len(unfinished)} trial(s) unfinished ({', '.join(unfinished)}); "
+                  f"run the same command with --resume to continue them from their checkpoints")
     rec.close_parent(status)
     files = analyse(rec.parent_id, out)
     print(f"open these runs: {tracking.ui_command(args.tracking_uri)}  (experiment {args.experiment}, "
           f"parent run {args.name})")
-    return 0 if files is not None else 1
+    return 0 if files is not None and status == "FINISHED" else 1
 
 
 def main_wrapper(fn) -> int:

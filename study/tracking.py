@@ -22,7 +22,9 @@ EXPERIMENT = "iqa-ls"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EPOCH_METRICS = ("loss", "lr", "train_acc", "mean_t", "frac_below_chance",
                  "frac_below_chance_max_batch", "epoch_time", "images_per_s", "data_time", "data_share")
+EVAL_METRICS = ("objective",)  # search trials: the searched objective, on the epochs they evaluate
 T = "iqa_ls."  # tag prefix
+MAX_NODES = 32  # attempts listed in the iqa_ls.nodes tag (MLflow caps a tag value at 8000 chars)
 
 
 class TrackingError(RuntimeError):
@@ -38,6 +40,20 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                     raise TrackingError(f"tracking URI {uri} answered HTTP {r.status} at /health")
         except (urllib.error.URLError, OSError) as e:
             raise TrackingError(f"tracking URI {uri} does not answer ({getattr(e, 'reason', e)}); "
+                                "start the server or pass another --tracking-uri") from None
+        # /health answers whatever the client; the API may still refuse it (MLflow 3 rejects Host
+        # headers outside --allowed-hosts, a proxy may want credentials): ask it once, read-only
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                        timeout=timeout):
+                pass
+        except urllib.error.HTTPError as e:
+            body = " ".join(e.read(300).decode(errors="replace").split())
+            raise TrackingError(f"tracking URI {uri} answers /health but refuses its API (HTTP {e.code}: "
+                                f"{body}); allowed: a server that accepts this client (for MLflow 3: "
+                                "mlflow server --allowed-hosts HOST:PORT)") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(f"tracking URI {uri} does not answer its API ({getattr(e, 'reason', e)}); "
                                 "start the server or pass another --tracking-uri") from None
     elif uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
@@ -142,10 +158,29 @@ class StudyRecorder:
             return False
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())
-                 if (k in EPOCH_METRICS or k.startswith("acc_")) and isinstance(v, (int, float))]
+                 if (k in EPOCH_METRICS or k in EVAL_METRICS or k.startswith("acc_"))
+                 and isinstance(v, (int, float))]
         self.client.log_batch(self.child_ids[key], metrics=batch)
         self.last_step[key] = step
         return True
+
+    def log_history(self, key: str, history: list[dict]) -> int:
+        """Log the epochs of `history` (a checkpoint's per-epoch metrics) that MLflow lacks, in order:
+        fills the gap a lost node or a killed driver leaves between the last logged epoch and the
+        checkpoint a trial resumes from. Returns the number of epochs logged."""
+        return sum(self.log_epoch(key, m) for m in sorted(history, key=lambda m: int(m["epoch"])))
+
+    def record_attempt(self, key: str, start_epoch: int, node: str) -> None:
+        """One start of a trial (its first, a Ray restart after a lost node, or a --resume run): metric
+        `start_epoch` (step = attempt number) = the checkpoint epoch it continued from, 0 = from scratch;
+        tags `iqa_ls.node` (this attempt's "<ip>/<node id>") and `iqa_ls.nodes` (every attempt's)."""
+        run_id = self.child_ids[key]
+        attempts = len(self.client.get_metric_history(run_id, "start_epoch"))
+        nodes = json.loads(self.client.get_run(run_id).data.tags.get(f"{T}nodes", "[]"))
+        nodes = (nodes + [node])[-MAX_NODES:]
+        self.client.log_batch(run_id, metrics=[Metric("start_epoch", float(start_epoch), int(time.time() * 1000),
+                                                      attempts + 1)],
+                              tags=[RunTag(f"{T}node", node), RunTag(f"{T}nodes", json.dumps(nodes))])
 
     def finish_child(self, key: str, artifacts: list[Path]) -> None:
         run_id = self.child_ids[key]
@@ -162,6 +197,14 @@ class StudyRecorder:
         line = " ".join(str(reason).split())[:500]
         self.client.set_tag(run_id, f"{T}error", line)
         self.client.set_terminated(run_id, status="FAILED")
+
+    def stop_child_early(self, key: str, epoch: int, artifacts: list[Path] = ()) -> None:
+        """A trial the scheduler (ASHA) stopped after `epoch`: not a failure and not finished."""
+        run_id = self.child_ids[key]
+        for f in artifacts:
+            self.client.log_artifact(run_id, str(f))
+        self.client.set_tag(run_id, f"{T}stopped_early", str(epoch))
+        self.client.set_terminated(run_id, status="KILLED")
 
     def set_parent_tags(self, tags: dict) -> None:
         self.client.log_batch(self.parent_id, tags=[RunTag(f"{T}{k}", _val(v)) for k, v in tags.items()])

@@ -4,27 +4,48 @@
   checkpoint folder under `<storage>/<study>/trials/<trial key>/` (shared storage on a cluster),
   so a trial that Ray restarts after a lost node, or that a `--resume` run starts again after a
   killed driver, continues from its last epoch. The trial key, not Ray's trial id, names that
-  folder and the MLflow run, which is why neither is ever duplicated.
+  folder and the MLflow run, which is why neither is ever duplicated. Each start claims the folder
+  (`owner.json`, last claim wins) and a copy that finds itself superseded stops at its next epoch
+  end, so a stale copy (a partitioned node, a dead driver's trial) never reports or uploads again.
+  Its first report says where it runs and which checkpoint epoch it started from.
+- `IQA_LS_FAULT`: a fault-injection hook for tests (docs/fault-tolerance.md), nothing else.
 - `MlflowCallback`: runs in the driver and is the only writer to MLflow (see study/tracking.py).
 - `ProgressPrinter`: one line every `every_s` seconds: done / running / pending, best so far,
   elapsed and remaining time.
-- `run_tuner`: the Tuner call.
+- `run_tuner`: the Tuner call; `run_search`: an Optuna search (OptunaSearch + ASHA) through it.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import ray
 from ray import tune
 
 from trainables.config import TrialConfig
-from trainables.train import TrialError, run_trial
+from trainables.train import TrialError, load_checkpoint, run_trial
 
 ARTIFACTS = ("final_weights.pt", "config.json")
+OWNER_FILE = "owner.json"  # who runs the trial now: {"token", "node", "pid", "since", "start_epoch"}
+
+# Fault injection, for tests only: IQA_LS_FAULT="KIND@TRIAL_KEY[,KIND@TRIAL_KEY...]" in the driver's
+# environment (the driver hands it to that trial, on whatever node it runs).
+FAULT_ENV = "IQA_LS_FAULT"
+FAULT_KINDS = {
+    # the trial trains with lr=1e38: SGD overflows and run_trial's own check stops it on the first
+    # non-finite epoch loss (a TrialError: not retried, the run is marked FAILED with the reason)
+    "nan": 1e38,
+    # the trainable raises before training, on every attempt: a crash, retried --max-failures times
+    "raise": None,
+}
+OPTIONAL_ARTIFACTS = ("scores_hist.json",)  # logged when the trial wrote them (epoch 1's score histogram)
+STRICT_METRICS_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 
 
 # ------------------------------------------------------------------ checkpoint storage
@@ -45,7 +66,7 @@ class TrialStore:
         if self.remote:
             info = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
             for f in info:
-                if f.type == pafs.FileType.File:
+                if f.type == pafs.FileType.File and f.base_name != OWNER_FILE:
                     pafs.copy_files(f.path, str(self.work_dir / f.base_name), source_filesystem=self.fs,
                                     destination_filesystem=pafs.LocalFileSystem())
         return self.work_dir
@@ -53,6 +74,8 @@ class TrialStore:
     def push(self) -> None:
         if self.remote:
             for f in self.work_dir.iterdir():
+                if f.name == OWNER_FILE:  # written in place by claim(); a local copy would be stale
+                    continue
                 pafs.copy_files(str(f), f"{self.path}/{f.name}", source_filesystem=pafs.LocalFileSystem(),
                                 destination_filesystem=self.fs)
 
@@ -60,9 +83,51 @@ class TrialStore:
         """The trial's files as a local folder (the driver logs the final artifacts from it)."""
         return self.pull()
 
+    def claim(self, info: dict) -> str:
+        """Make the caller the folder's owner (the last claim wins); returns its token."""
+        token = uuid.uuid4().hex
+        data = json.dumps({"token": token, **info}, sort_keys=True).encode()
+        if self.remote:
+            with self.fs.open_output_stream(f"{self.path}/{OWNER_FILE}") as f:
+                f.write(data)
+        else:
+            folder = Path(self.path)
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{OWNER_FILE}.{token}.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, folder / OWNER_FILE)  # readers see the old owner or the new, never half
+        return token
+
+    def owner(self) -> dict:
+        """The current owner record ({} if none or unreadable)."""
+        try:
+            if self.remote:
+                with self.fs.open_input_stream(f"{self.path}/{OWNER_FILE}") as f:
+                    return json.loads(f.read())
+            return json.loads((Path(self.path) / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+class Superseded(RuntimeError):
+    """Another copy of this trial claimed its folder: this one stops without reporting."""
+
 
 def trial_store_uri(storage: str, study: str, key: str) -> str:
     return f"{storage.rstrip('/')}/{study}/trials/{key}"
+
+
+def parse_faults(value: str | None, keys) -> dict[str, str]:
+    """IQA_LS_FAULT's value -> {trial key: fault kind}; a malformed value is a ValueError naming it."""
+    faults: dict[str, str] = {}
+    for item in filter(None, (v.strip() for v in (value or "").split(","))):
+        kind, at, key = item.partition("@")
+        if not at or kind not in FAULT_KINDS or key not in keys:
+            raise ValueError(f"{FAULT_ENV}={value!r}: {item!r} is not allowed; allowed: KIND@TRIAL_KEY, "
+                             f"KIND in {sorted(FAULT_KINDS)}, TRIAL_KEY one of this study's "
+                             f"({', '.join(sorted(keys)[:3])}, ...)")
+        faults[key] = kind
+    return faults
 
 
 # ------------------------------------------------------------------ the trainable
@@ -72,16 +137,37 @@ def trainable(param: dict) -> None:
     if spec.get("env"):
         os.environ.update(spec["env"])
     cfg = TrialConfig.from_dict(spec["config"])
+    fault = spec.get("fault")
+    if fault == "raise":
+        raise RuntimeError(f"fault injected by {FAULT_ENV}=raise@{spec['key']}")
+    if fault == "nan":
+        cfg = cfg.replace(lr=FAULT_KINDS["nan"])
     store = TrialStore(spec["store"])
     ckpt_dir = store.pull()
+    state = load_checkpoint(ckpt_dir)
+    start_epoch = int(state["epoch"]) if state else 0  # 0: from scratch; else resumed from there
+    del state
+    node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()}"
+    token = store.claim({"node": node, "pid": os.getpid(), "since": time.time(), "start_epoch": start_epoch})
     first = True
+
+    def with_objective(metrics: dict) -> dict:
+        # search trials: the searched objective = min of the named metrics, on the epochs that have them
+        obj = spec.get("objective")
+        if obj and all(m in metrics for m in obj["min_of"]):
+            metrics[obj["metric"]] = min(metrics[m] for m in obj["min_of"])
+        return metrics
 
     def report(metrics: dict) -> None:
         nonlocal first
+        owner = store.owner()
+        if owner.get("token") != token:
+            raise Superseded(f"{spec['store']} was claimed by node {owner.get('node')} pid {owner.get('pid')}")
+        with_objective(metrics)
         if metrics.pop("checkpoint", None):
             store.push()
-        if first:  # who ran it: shown as a tag of the MLflow run
-            metrics["device_name"] = device_name(cfg.device)
+        if first:  # who ran this attempt, and from where: tags and a metric of the MLflow run
+            metrics.update(device_name=device_name(cfg.device), node=node, start_epoch=start_epoch)
             first = False
         tune.report(metrics)
 
@@ -92,8 +178,10 @@ def trainable(param: dict) -> None:
         # so Ray does not retry it; the callback marks the MLflow run FAILED with this reason.
         tune.report({"trial_error": str(e)})
         return
+    except Superseded:
+        return  # a newer copy owns the folder and reports for the trial: this one says nothing more
     if first and last:  # resumed after its last epoch: hand the final metrics back once more
-        tune.report({k: v for k, v in last.items() if k != "checkpoint"})
+        report({k: v for k, v in last.items() if k != "checkpoint"})
 
 
 def device_name(device: str) -> str:
@@ -124,6 +212,7 @@ class MlflowCallback(tune.Callback):
     def __init__(self, recorder, tags_of):
         self.rec, self.tags_of = recorder, tags_of
         self.failed: dict[str, str] = {}
+        self.stopped_early: dict[str, int] = {}  # key -> last epoch, trials a scheduler (ASHA) stopped
 
     def on_trial_start(self, iteration, trials, trial, **info):
         spec = trial.config["trial"]
@@ -133,11 +222,29 @@ class MlflowCallback(tune.Callback):
         key = trial.config["trial"]["key"]
         if "device_name" in result:
             self.rec.client.set_tag(self.rec.child_ids[key], "iqa_ls.device_name", result["device_name"])
+        if "start_epoch" in result:  # the first report of an attempt
+            start = int(result["start_epoch"])
+            if start > self.rec.last_step.get(key, 0):
+                self._fill_gap(trial.config["trial"]["store"], key)
+            self.rec.record_attempt(key, start, result.get("node") or str(result.get("node_ip")))
         if "trial_error" in result:
             self.failed[key] = result["trial_error"]
             self.rec.fail_child(key, result["trial_error"])
         elif "epoch" in result:
             self.rec.log_epoch(key, result)
+
+    def _fill_gap(self, store_uri: str, key: str) -> None:
+        """The attempt resumed past the last epoch MLflow holds (the node or the driver died between
+        a checkpoint and its report): log the missing epochs from the checkpoint's history."""
+        store = TrialStore(store_uri)
+        local = store.fetch()
+        try:
+            state = load_checkpoint(local)
+            if state:
+                self.rec.log_history(key, state.get("history", []))
+        finally:
+            if store.remote:
+                shutil.rmtree(local, ignore_errors=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         spec = trial.config["trial"]
@@ -146,11 +253,20 @@ class MlflowCallback(tune.Callback):
         store = TrialStore(spec["store"])
         local = store.fetch()
         files = [local / a for a in ARTIFACTS if (local / a).exists()]
-        if len(files) != len(ARTIFACTS):
+        extra = [local / a for a in OPTIONAL_ARTIFACTS if (local / a).exists()]
+        last = trial.last_result or {}
+        if len(files) != len(ARTIFACTS) and last.get("done") and 0 < int(last.get("epoch", 0)) < \
+                spec["config"]["epochs"]:
+            # the scheduler stopped it before its last epoch (Tune marks that result done): an honest
+            # KILLED with the epoch it reached, neither a failure nor a finished trial
+            self.stopped_early[spec["key"]] = int(last["epoch"])
+            self.rec.stop_child_early(spec["key"], int(last["epoch"]), extra)
+        elif len(files) != len(ARTIFACTS):
             self.failed[spec["key"]] = f"trial ended without its final artifacts in {spec['store']}"
             self.rec.fail_child(spec["key"], self.failed[spec["key"]])
             return
-        self.rec.finish_child(spec["key"], files)
+        else:
+            self.rec.finish_child(spec["key"], files + extra)
         if store.remote:
             shutil.rmtree(local, ignore_errors=True)
 
@@ -237,3 +353,62 @@ def run_tuner(specs: list[dict], *, name: str, storage: str, resources: dict, ca
         ),
     )
     return tuner.fit()
+
+
+# ------------------------------------------------------------------ an Optuna search
+def _optuna_search_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class EvalEpochOptunaSearch(OptunaSearch):
+        """OptunaSearch that hears only the results carrying the objective (the epochs a search trial
+        evaluates), and whose saved state leaves out the define-by-run space (code, not state)."""
+
+        def on_trial_result(self, trial_id, result):
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+        def save(self, checkpoint_path):
+            import pickle
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump({k: v for k, v in self.__dict__.items() if k != "_space"}, f)
+
+    return EvalEpochOptunaSearch
+
+
+def run_search(search, spec_of, *, name: str, storage: str, resources: dict, callbacks: list,
+               max_failures: int = 3):
+    """Run `search` (a study.runner.Search): Optuna's TPE sampler (Ray Tune's OptunaSearch, define-by-run)
+    proposes the fields of each trial; ASHA (time = epoch) stops weak trials at its rungs, which are
+    epochs the search trials evaluate. Trial key = `search.key(Optuna trial number)`, numbers counted
+    in the order Optuna is asked, so a Ray restart of a trial finds its checkpoint folder again.
+    `spec_of(key, config, tags)` makes the trainable's spec (as for grid trials)."""
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+
+    base = search.base
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line in the driver log
+
+    def space(ot_trial):  # runs in the driver; only suggestions, no work
+        fields, tags = search.suggest(ot_trial)
+        spec = spec_of(search.key(ot_trial.number), base.replace(**fields),
+                       {**search.tags, **tags, "setting_order": ot_trial.number})
+        spec["objective"] = {"metric": search.metric, "min_of": list(search.objective_of)}
+        return {"trial": spec}
+
+    searcher = _optuna_search_class()(space=space, metric=search.metric, mode=search.mode,
+                                      sampler=optuna.samplers.TPESampler(seed=search.sampler_seed))
+    scheduler = ASHAScheduler(time_attr="epoch", metric=search.metric, mode=search.mode, max_t=base.epochs,
+                              grace_period=search.grace_period, reduction_factor=search.reduction_factor)
+    # Search trials carry the objective only on the epochs they evaluate; Tune's strict check would
+    # reject the other epochs' results. ASHA and the searcher above skip results without it.
+    old = os.environ.get(STRICT_METRICS_ENV)
+    os.environ[STRICT_METRICS_ENV] = "1"
+    try:
+        return run_tuner([], name=f"{name}/search", storage=storage, resources=resources,
+                         callbacks=callbacks, max_failures=max_failures, search_alg=searcher,
+                         scheduler=scheduler, param_space={}, num_samples=search.n_trials)
+    finally:
+        if old is None:
+            os.environ.pop(STRICT_METRICS_ENV, None)
+        else:
+            os.environ[STRICT_METRICS_ENV] = old

@@ -39,6 +39,9 @@ TRAIN_SETS: dict[str, tuple[str, ...]] = {
 # Regularisation = how the training target is built (Eq. 1). "onehot" is the paper's "Original",
 # "iqa_ls" the paper's IQA-LS, "uniform" classic label smoothing (a control the paper did not run).
 REGULARIZATIONS = ("onehot", "iqa_ls", "uniform")
+# How a distorted image's IQA score enters T: its own ("image", Eq. 1) or its (type, level) group
+# mean ("level": the labels then carry the distortion level and nothing of the image content).
+SCORE_POOLINGS = ("image", "level")
 
 
 class ConfigError(ValueError):
@@ -56,6 +59,9 @@ class TrialConfig:
     tmap_params: dict = field(default_factory=dict)  # keyword parameters of the T map
     ls_epsilon: float = 0.1  # "uniform" only: classic label smoothing epsilon (Szegedy et al.)
     score_floor: float = 1e-3  # IQA scores are clamped to [score_floor, 1] before T (see docs)
+    # "image" = Eq. 1 (each image's own score); "level" = an oracle control for the ablations: every
+    # distorted image gets the mean score of its (type, level) group (mixture.build_epoch)
+    score_pooling: str = "image"
     mix: tuple = PAPER_MIX  # shares of (pristine, level 1, level 2, level 3); sums to 1
     distortion_types: tuple = ()  # override the train set's types; () = those of train_set
     # --- schedule (Sec. 4.2) ---
@@ -164,6 +170,8 @@ class TrialConfig:
             bad("ls_epsilon", self.ls_epsilon, "0 <= ls_epsilon < 1")
         if not 0.0 < self.score_floor <= 1.0:
             bad("score_floor", self.score_floor, "0 < score_floor <= 1")
+        if self.score_pooling not in SCORE_POOLINGS:
+            bad("score_pooling", self.score_pooling, list(SCORE_POOLINGS))
         for name in ("epochs", "batch_size", "lr_decay_every", "checkpoint_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

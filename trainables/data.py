@@ -9,6 +9,11 @@ labels int64 N, the class names and a sha256 of the source file(s). Source specs
   sibling with "train"<->"test" swapped in the file name), Hugging Face layout: column `img`
   (struct bytes/path, PNG or JPEG) and `label` int64, class names in the schema metadata.
 
+Checksums: when a `SHA256SUMS` file (the output of `sha256sum FILE...`) sits in the data folder, or a
+`<file>.sha256` beside a data file, every data file it lists is verified before use; a mismatch
+(a damaged, truncated or replaced file) is a DataError naming the file and both hashes. Without
+one, nothing is verified, but every run still records the sha256 it read (`Split.checksum`).
+
 Decoding happens once per content hash: the arrays go to <cache>/decoded/<sha256>-<split>.npz
 (written atomically), and a split is loaded once per process. `stratified_subset` draws a seeded,
 class-balanced subset. Every failure is a one-line DataError naming the value and what is allowed.
@@ -19,6 +24,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -39,6 +45,7 @@ BATCHES_DIR = "cifar-10-batches-py"
 ALLOWED = ("'cifar10', a cifar-10-batches-py folder (or a folder containing one), "
            "a folder with train.parquet and test.parquet, or a .parquet file")
 _HASH_CHUNK = 1 << 20  # bytes read per step while hashing
+CHECKSUM_FILE = "SHA256SUMS"  # `sha256sum` format: "<64 hex>  <file name>" per line
 
 
 class DataError(ValueError):
@@ -115,6 +122,7 @@ def resolve_source(source: str) -> str:
         if not other.is_file():
             raise DataError(f"data source {source!r} has no sibling {other.name!r} for the other "
                             f"split; allowed: {ALLOWED}")
+        verify_checksums([p, other])
         _check_parquet(p)
         _check_parquet(other)
         return str(p)
@@ -125,12 +133,54 @@ def resolve_source(source: str) -> str:
             if missing:
                 raise DataError(f"cifar-10-batches-py folder {str(folder)!r} lacks {missing}; "
                                 f"allowed: {ALLOWED}")
+            verify_checksums([folder / f for f in ("batches.meta",) + PICKLE_FILES["train"] + PICKLE_FILES["test"]])
             return str(folder)
     if (p / "train.parquet").is_file() and (p / "test.parquet").is_file():
+        verify_checksums([p / "train.parquet", p / "test.parquet"])
         _check_parquet(p / "train.parquet")
         _check_parquet(p / "test.parquet")
         return str(p)
     raise DataError(f"folder {source!r} holds no CIFAR-10 data; allowed: {ALLOWED}")
+
+
+def _listed_sha256(folder: Path) -> dict[str, str]:
+    """file name -> expected sha256 hex from `folder/SHA256SUMS` ({} when there is none)."""
+    manifest = folder / CHECKSUM_FILE
+    if not manifest.is_file():
+        return {}
+    listed = {}
+    for i, line in enumerate(manifest.read_text(errors="replace").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = re.fullmatch(r"\s*([0-9a-fA-F]{64}) [ *](.+?)\s*", line)
+        if not m:
+            raise DataError(f"line {i} of {str(manifest)!r} is {line[:80]!r}; allowed: '<64 hex digits>  "
+                            f"<file name>' per line (the output of sha256sum)")
+        listed[Path(m.group(2)).name] = m.group(1).lower()
+    return listed
+
+
+def verify_checksums(files: list[Path]) -> None:
+    """Check `files` against a SHA256SUMS in their folder or a `<file>.sha256` beside each, where
+    present; a file listed nowhere is not checked. Hashes are memoised per (path, size, mtime)."""
+    manifests: dict[Path, dict[str, str]] = {}
+    for f in files:
+        if f.parent not in manifests:
+            manifests[f.parent] = _listed_sha256(f.parent)
+        expected, where = manifests[f.parent].get(f.name), f.parent / CHECKSUM_FILE
+        single = f.with_name(f.name + ".sha256")
+        if expected is None and single.is_file():
+            words = single.read_text(errors="replace").split()
+            if not words or not re.fullmatch(r"[0-9a-fA-F]{64}", words[0]):
+                raise DataError(f"{str(single)!r} does not start with a sha256; allowed: '<64 hex digits>"
+                                f"[  <file name>]'")
+            expected, where = words[0].lower(), single
+        if expected is None:
+            continue
+        actual = _checksum([f]).split(":", 1)[1]
+        if actual != expected:
+            raise DataError(f"data file {str(f)!r} has sha256 {actual} but {str(where)!r} lists {expected}; "
+                            f"allowed: the file as listed (damaged, truncated or replaced: copy it again)")
 
 
 def _split_files(resolved: str, split: str) -> tuple[str, list[Path]]:

@@ -116,14 +116,19 @@ class DistortionBank:
 
 def build_epoch(images: torch.Tensor, level: torch.Tensor, kind: torch.Tensor, types: tuple[str, ...],
                 metric: str, options: dict[str, dict], noise_generator: torch.Generator | None,
-                bank: DistortionBank | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                bank: DistortionBank | None = None,
+                score_pooling: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
     """This epoch's training images (uint8) and their IQA scores (1 for pristine).
 
-    One vectorised gather per (type, level) group: no per-image Python.
+    One vectorised gather per (type, level) group: no per-image Python. `score_pooling="level"` (an
+    ablation control, config.SCORE_POOLINGS) gives every image of a group the group's mean score:
+    for a deterministic kind with a bank the mean over the whole training set, otherwise (noise, or
+    no bank) the mean over this epoch's images of the group.
     """
     out = images.clone()
     scores = torch.ones(images.shape[0], device=images.device)
     level, kind = level.to(images.device), kind.to(images.device)
+    pooled = score_pooling == "level"
     for ti, t in enumerate(types):
         deterministic = distortions.DISTORTIONS[t].deterministic
         for lv in LEVELS:
@@ -132,9 +137,10 @@ def build_epoch(images: torch.Tensor, level: torch.Tensor, kind: torch.Tensor, t
                 continue
             if deterministic and bank is not None:
                 x_all, s_all = bank.get(t, lv)
-                out[idx], scores[idx] = x_all[idx], s_all[idx]
+                out[idx], scores[idx] = x_all[idx], s_all.mean() if pooled else s_all[idx]
             else:
                 ref = images[idx]
                 x = distortions.distort(ref, t, lv, generator=noise_generator, **options.get(t, {}))
-                out[idx], scores[idx] = x, iqa.score(metric, x, ref)
+                s = iqa.score(metric, x, ref)
+                out[idx], scores[idx] = x, s.mean() if pooled else s
     return out, scores

@@ -34,10 +34,33 @@ TEST_SETS = ("pristine",) + tuple(f"{t}_{lv}" for t in TEST_TYPES for lv in LEVE
 ACC_METRICS = tuple(f"acc_{name}" for name in TEST_SETS)  # stable metric names (MLflow, tables)
 CHECKPOINT_FILE = "checkpoint.pt"
 EVAL_BATCH = 1000
+# Epoch 1's training scores as the labels saw them (docs/mlflow-schema.md, artifact of every trial):
+SCORE_HIST_FILE = "scores_hist.json"
+SCORE_HIST_BINS = 50  # equal bins over [0, 1] (width 0.02); a score of exactly 1 counts in the last
+T_CURVE_POINTS = 101  # T sampled at s = 0, 0.01, ..., 1 (after the score floor), for plots
 
 
 class TrialError(RuntimeError):
     """A trial that cannot go on (e.g. the loss became NaN); the message says why."""
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed CPU tensor memory in the process heap instead of handing it back to the OS.
+
+    glibc returns every freed block above 128 kB to the OS (munmap / heap trim), so each CPU training
+    step of the Table 1 CNN re-faults ~80 MB of fresh pages: ~20,000 page faults per batch-100 step
+    and 20-25 % of its time (2-core EPYC, torch 2.14.1; study.bench measures the step). Raising the
+    mmap threshold to glibc's maximum (32 MB) and the trim threshold to 1 GB stops that; the cost is
+    that the process keeps its peak heap. Process-wide; a no-op (False) without glibc.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 def pick_device(name: str) -> torch.device:
@@ -70,10 +93,7 @@ def prepare_data(cfg: TrialConfig, device: torch.device, cache_dir=None):
     key = (train.checksum, cfg.subset, cfg.subset_seed, cfg.test_subset, cfg.test_seed,
            json.dumps(distortion_options(cfg), sort_keys=True), str(device))
     if key not in _PREPARED:
-        x, y = train.images, train.labels
-        if 0 < cfg.subset < x.shape[0]:  # a subset as large as the set is the set
-            idx = data_mod.stratified_subset(y, cfg.subset, cfg.subset_seed)
-            x, y = x[idx], y[idx]
+        x, y = train_subset(cfg, train)
         tx, ty = test.images, test.labels
         if 0 < cfg.test_subset < tx.shape[0]:
             idx = data_mod.stratified_subset(ty, cfg.test_subset, 0)
@@ -87,6 +107,15 @@ def prepare_data(cfg: TrialConfig, device: torch.device, cache_dir=None):
             "banks": {},
         }
     return _PREPARED[key]
+
+
+def train_subset(cfg: TrialConfig, train) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trial's training images and labels (CPU): all, or the stratified, seeded subset."""
+    x, y = train.images, train.labels
+    if 0 < cfg.subset < x.shape[0]:  # a subset as large as the set is the set
+        idx = data_mod.stratified_subset(y, cfg.subset, cfg.subset_seed)
+        x, y = x[idx], y[idx]
+    return x, y
 
 
 def make_test_sets(images: torch.Tensor, seed: int, options: dict[str, dict]) -> dict[str, torch.Tensor]:
@@ -174,6 +203,63 @@ def target_map(cfg: TrialConfig) -> labels.TMap:
     return labels.make_tmap(cfg.tmap, **cfg.tmap_params)
 
 
+def epoch_data(cfg: TrialConfig, epoch: int, x_train: torch.Tensor, device: torch.device,
+               bank: DistortionBank | None):
+    """Epoch `epoch` (0-based): training images, IQA scores, level and type index of every image, and
+    the generator of the draw, which goes on to draw the batch order (one stream per epoch)."""
+    n = x_train.shape[0]
+    g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))
+    g_noise = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, 1))
+    level, kind = draw_epoch(n, cfg.effective_mix, len(cfg.types), g, cfg.all3_draw)
+    if cfg.types:
+        xs, scores = build_epoch(x_train, level, kind, cfg.types, cfg.iqa_metric, distortion_options(cfg),
+                                 g_noise, bank, cfg.score_pooling)
+    else:
+        xs, scores = x_train, torch.ones(n, device=device)
+    return xs, scores, level, kind, g
+
+
+def true_class_t(cfg: TrialConfig, tmap: labels.TMap, scores: torch.Tensor) -> torch.Tensor:
+    """T of every image: score-based maps see the clamped scores, constant maps ignore them."""
+    return tmap(scores) if tmap.constant else tmap(labels.clamp_scores(scores, cfg.score_floor))
+
+
+def epoch_targets(cfg: TrialConfig | dict, epoch: int = 0, cache_dir=None) -> torch.Tensor:
+    """T of every training image in epoch `epoch` (0-based) exactly as `run_trial` builds it, without
+    training or test sets: lets a study driver match a control to it before any trial starts."""
+    cfg = cfg if isinstance(cfg, TrialConfig) else TrialConfig.from_dict(cfg)
+    device = pick_device(cfg.device)
+    cache_dir = Path(cache_dir) if cache_dir else data_mod.default_cache_dir()
+    train = data_mod.load_split(cfg.data, "train", cache_dir)
+    x, _ = train_subset(cfg, train)
+    x = x.to(device)
+    bank = None
+    if cfg.precompute and cfg.types:
+        bank = DistortionBank(x, f"{train.checksum}:{cfg.subset}:{cfg.subset_seed}", cfg.iqa_metric,
+                              distortion_options(cfg), cache_dir)
+    _, scores, _, _, _ = epoch_data(cfg, epoch, x, device, bank)
+    return true_class_t(cfg, target_map(cfg), scores)
+
+
+def score_histogram(cfg: TrialConfig, tmap: labels.TMap, scores: torch.Tensor, level: torch.Tensor,
+                    kind: torch.Tensor) -> dict:
+    """Counts of the scores T saw (clamped; pooled under score_pooling="level") per group (pristine,
+    <type>_<level>) in SCORE_HIST_BINS bins over [0, 1], and T sampled on [0, 1]: what the labels were."""
+    s = labels.clamp_scores(scores, cfg.score_floor).cpu()
+    bins = (s * SCORE_HIST_BINS).long().clamp_(0, SCORE_HIST_BINS - 1)
+    level, kind = level.cpu(), kind.cpu()
+    groups = {"pristine": level == 0}
+    groups.update({f"{t}_{lv}": (level == lv) & (kind == ti) for ti, t in enumerate(cfg.types) for lv in LEVELS})
+    grid = torch.linspace(0.0, 1.0, T_CURVE_POINTS)
+    return {"epoch": 1, "bins": SCORE_HIST_BINS, "range": [0.0, 1.0], "iqa_metric": cfg.iqa_metric,
+            "score_pooling": cfg.score_pooling, "score_floor": cfg.score_floor,
+            "regularization": cfg.regularization, "tmap": tmap.name, "tmap_params": cfg.tmap_params,
+            "counts": {name: torch.bincount(bins[m], minlength=SCORE_HIST_BINS).tolist()
+                       for name, m in groups.items() if bool(m.any())},
+            "t_curve": {"s": [round(v, 6) for v in grid.tolist()],
+                        "t": [round(v, 6) for v in true_class_t(cfg, tmap, grid).tolist()]}}
+
+
 def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambda m: None,
               checkpoint_dir=None, cache_dir=None) -> dict:
     """Train and evaluate one trial; returns the last reported metrics.
@@ -186,13 +272,14 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     d = prepare_data(cfg, device, cache_dir)
     x_train, y_train = d["train_x"], d["train_y"]
     n = x_train.shape[0]
     types = cfg.types
     opts = distortion_options(cfg)
     tmap = target_map(cfg)
-    need_scores = not tmap.constant
     bank = None
     if cfg.precompute and types:
         bkey = (d["subset_key"], cfg.iqa_metric)
@@ -210,18 +297,22 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
     model = build_model(cfg, device)
     opt = build_optimizer(cfg, model)
     start_epoch = 0
+    history: list[dict] = []  # every epoch's reported metrics, kept in the checkpoint (see below)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt_dir:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         state = load_checkpoint(ckpt_dir)
         if state is not None:
-            if state["config"] != cfg.to_dict():
+            # compare as configs, not dicts: a field added to TrialConfig since the checkpoint was
+            # written takes its default, which by rule keeps the old behaviour
+            if TrialConfig.from_dict(state["config"]) != cfg:
                 raise TrialError(f"checkpoint in {ckpt_dir} was written by another config; "
                                  "use a fresh checkpoint_dir")
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"]["torch"])
             start_epoch = state["epoch"]
+            history = list(state.get("history", []))
     last: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -229,15 +320,12 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
         for group in opt.param_groups:
             group["lr"] = lr
         # -- the epoch's data: mixture draw, distortion, IQA, targets (timed: the overhead figure)
-        g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))
-        g_noise = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, 1))
-        level, kind = draw_epoch(n, cfg.effective_mix, len(types), g, cfg.all3_draw)
-        if types:
-            xs, scores = build_epoch(x_train, level, kind, types, cfg.iqa_metric, opts, g_noise, bank)
-        else:
-            xs, scores = x_train, torch.ones(n, device=device)
-        t = tmap(labels.clamp_scores(scores, cfg.score_floor)) if need_scores else tmap(scores)
+        xs, scores, level, kind, g = epoch_data(cfg, epoch, x_train, device, bank)
+        t = true_class_t(cfg, tmap, scores)
         targets = labels.targets_from_t(y_train, t, NUM_CLASSES)
+        if epoch == 0 and ckpt_dir:  # written before the first checkpoint, so a resume keeps it
+            (ckpt_dir / SCORE_HIST_FILE).write_text(
+                json.dumps(score_histogram(cfg, tmap, scores, level, kind), sort_keys=True))
         order = torch.randperm(n, generator=g).to(device)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -276,10 +364,14 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
         last_epoch = epoch + 1 == cfg.epochs
         if last_epoch or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
             metrics.update(evaluate(model, d["test_sets"], d["test_y"], norm))
+        # The metrics of every epoch so far travel with the checkpoint: a driver that died (or a
+        # node lost) between a checkpoint and the report reaching MLflow can fill that gap from it.
+        history.append(dict(metrics))
         if ckpt_dir and (last_epoch or (epoch + 1) % cfg.checkpoint_every == 0):
             _atomic_torch_save({"config": cfg.to_dict(), "epoch": epoch + 1,
                                 "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "rng": {"torch": torch.get_rng_state()}, "metrics": metrics},
+                                "rng": {"torch": torch.get_rng_state()}, "metrics": metrics,
+                                "history": history},
                                ckpt_dir / CHECKPOINT_FILE)
             if last_epoch:  # the final artifacts: weights alone and the config that made them
                 _atomic_torch_save(model.state_dict(), ckpt_dir / "final_weights.pt")

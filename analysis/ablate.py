@@ -1,0 +1,637 @@
+"""The ablations of `study.ablate` (T map, IQA measure, mixture ratios, levels, Optuna search) rebuilt
+from a recorded study: one table and one plot per ablation, from MLflow alone.
+
+Reads the study's parent run and its child runs (names: docs/mlflow-schema.md). Child runs carry
+`iqa_ls.ablation` (tmap | iqa | ratios | levels | search), `iqa_ls.setting` (the row label),
+`iqa_ls.setting_order` (the row order of the grid; the Optuna trial number for search) and
+`iqa_ls.ablated` (JSON: the ablated variable(s) per plot panel). Per setting, the table gives the mean
+± sample std over seeds (and n) of the 10 test accuracies (Sec. 4.2), their mean, the worst of the
+10 (per run, then averaged) and the last epoch's mean true-class target T.
+
+Only FINISHED runs count, and for the search also the trials ASHA stopped early (status KILLED with
+tag `iqa_ls.stopped_early` = the epoch reached; their accuracies are those of that epoch, marked in
+the table). A (setting, seed) without such a run is a gap, listed with its status and error; when a
+(setting, seed) has several, the latest started counts.
+
+Launch: `python -m analysis.ablate --study NAME [--tracking-uri sqlite:///mlflow.db]
+[--experiment iqa-ls] [--out results/NAME] [--no-log]` (or `--run-id PARENT_RUN_ID`); the study
+command calls `build_ablate(...)` and prints `format_console(result)`.
+
+Outputs per ablation A present in the study (in `out_dir`, and logged under `analysis/` of the parent):
+- `ablate_A.md`, `ablate_A.tex`: the table (provenance line, settings x metrics, gaps)
+- `ablate_A.csv`, `ablate_A.parquet`: the same LONG frame, one row per setting x metric; columns
+  ablation, order, setting, metric, mean, std, n
+- `ablate_A_groups.png`: accuracy vs the ablated variable per test group (pristine, blur, noise, JPEG;
+  a group = the mean over its 3 levels, per run, then mean ± std over seeds)
+- tmap: `ablate_tmap_curves.png`, every setting's T drawn over the histogram of the training scores
+  per distortion level (artifact `scores_hist.json` of the runs: epoch 1's scores as T saw them)
+- search: `ablate_search_trials.csv` (per Optuna trial: number, key, status, epochs, objective, params),
+  `ablate_search_importance.csv` + `.png` (fANOVA importances over the trials' params, seed 0),
+  `ablate_search_history.png` (objective per trial and the best so far)
+Nothing written depends on the clock, so the same runs give the same bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.common import (ACC_METRICS, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, MISSING, TAG_ERROR,
+                             TAG_KIND, TAG_SEED, TAG_SEEDS, TEST_SET_LABELS, TEST_SETS, AnalysisError,
+                             TrialRecord, child_runs, find_parent, first_line, fmt, log_files, mean_std_n,
+                             new_figure, open_client, provenance, provenance_line, provenance_warnings,
+                             run_cli, save_figure, write_csv, write_parquet, write_text)
+
+ABLATIONS = ("tmap", "iqa", "ratios", "levels", "search")  # table order
+DESCRIPTIONS = {
+    "tmap": "IQA-LS with each T map (Sec. 3 fixes T = identity); onehot = the paper's Original.",
+    "iqa": "IQA-LS (T = identity) with each IQA measure (Sec. 3 fixes SSIM), a level oracle (each image "
+           "scored by the mean SSIM of its type and level) and uniform label smoothing whose q(y) equals "
+           "IQA-LS's mean T in epoch 1.",
+    "ratios": "IQA-LS with other mixture proportions (Sec. 4.2 fixes 60 % pristine, levels 15:15:10).",
+    "levels": "IQA-LS trained on single distortion levels vs all three (Sec. 4.2).",
+    "search": "Optuna (TPE) + ASHA over the T family and parameters and the pristine share.",
+}
+TAG_ABLATION = "iqa_ls.ablation"
+TAG_SETTING = "iqa_ls.setting"
+TAG_ORDER = "iqa_ls.setting_order"
+TAG_ABLATED = "iqa_ls.ablated"
+TAG_STOPPED = "iqa_ls.stopped_early"
+TAG_MATCHED = "iqa_ls.matched_mean_t"
+TAG_MATCHED_TO = "iqa_ls.matched_to"
+TAG_SEARCH = "iqa_ls.search"  # parent: the search's space, objective and ASHA settings (JSON)
+SCORES_HIST = "scores_hist.json"
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+NUM_CLASSES = 10  # CIFAR-10 (Sec. 4.1): chance level 1/K in the T plot
+
+METRICS = ACC_METRICS + ("acc_mean_all", "acc_worst", "mean_t")
+METRIC_LABELS = {**{f"acc_{t}": TEST_SET_LABELS[t] for t in TEST_SETS}, "acc_mean_all": "Mean",
+                 "acc_worst": "Worst", "mean_t": "mean T"}
+GROUPS = {"Pristine": ("acc_pristine",),
+          **{label: tuple(f"acc_{d}_{k}" for k in (1, 2, 3))
+             for d, label in (("blur", "Blur"), ("noise", "Noise"), ("jpeg", "JPEG"))}}
+GROUP_COLORS = {"Pristine": "black", "Blur": "tab:blue", "Noise": "tab:orange", "JPEG": "tab:green"}
+
+
+# --- selecting runs --------------------------------------------------------------------------------
+def run_values(t: TrialRecord) -> dict[str, float]:
+    """A run's table values: the 10 accuracies, their mean, the worst of them, and the last mean T."""
+    v = {m: t.metrics.get(m, math.nan) for m in ACC_METRICS + ("acc_mean_all", "mean_t")}
+    accs = [v[m] for m in ACC_METRICS]
+    v["acc_worst"] = min(accs) if all(math.isfinite(a) for a in accs) else math.nan
+    return v
+
+
+def counted(t: TrialRecord, ablation: str) -> bool:
+    """A result: FINISHED, or (search) stopped early by ASHA."""
+    return t.finished or (ablation == "search" and t.status == "KILLED" and TAG_STOPPED in t.tags)
+
+
+def _order(t: TrialRecord) -> int:
+    o = t.tag_int(TAG_ORDER)
+    return o if o is not None else 10**9
+
+
+def select(trials: list[TrialRecord], ablation: str, seeds: list[int]):
+    """Settings (order, label, ablated), the counted run per (setting, seed), the gaps and notes."""
+    mine = [t for t in trials if t.tags.get(TAG_ABLATION) == ablation]
+    settings: dict[int, tuple[str, dict]] = {}
+    by_key: dict[tuple[int, int | None], list[TrialRecord]] = {}
+    for t in mine:
+        o = _order(t)
+        try:
+            ablated = json.loads(t.tags.get(TAG_ABLATED, "{}"))
+        except json.JSONDecodeError:
+            ablated = {}
+        settings.setdefault(o, (t.tags.get(TAG_SETTING, t.run_name), ablated))
+        by_key.setdefault((o, t.tag_int(TAG_SEED)), []).append(t)
+    chosen: dict[int, list[TrialRecord]] = {o: [] for o in settings}
+    gaps, notes = [], []
+    for (o, seed), runs in sorted(by_key.items(), key=lambda kv: (kv[0][0], _seed_key(kv[0][1]))):
+        ok = [t for t in runs if counted(t, ablation)]
+        if ok:
+            chosen[o].append(max(ok, key=lambda t: (t.start_time, t.run_id)))
+            if len(ok) > 1:
+                notes.append(f"{settings[o][0]}, seed {seed}: {len(ok)} counted runs, the latest started counts")
+        else:
+            gaps += [{"setting": settings[o][0], "seed": seed, "run_name": t.run_name, "status": t.status,
+                      "error": t.tags.get(TAG_ERROR, "")} for t in runs]
+    if ablation != "search":
+        for o in settings:
+            for seed in seeds:
+                if (o, seed) not in by_key:
+                    gaps.append({"setting": settings[o][0], "seed": seed, "run_name": "", "status": "MISSING",
+                                 "error": "no run recorded"})
+    gaps.sort(key=lambda g: (g["setting"], _seed_key(g["seed"]), g["run_name"]))
+    chosen = {o: sorted(v, key=lambda t: (_seed_key(t.tag_int(TAG_SEED)), t.run_id)) for o, v in chosen.items()}
+    return dict(sorted(settings.items())), chosen, gaps, notes
+
+
+def _seed_key(seed: int | None) -> tuple[int, int]:
+    return (1, 0) if seed is None else (0, seed)
+
+
+def _label(ablation: str, label: str, runs: list[TrialRecord]) -> str:
+    stopped = [t.tags[TAG_STOPPED] for t in runs if TAG_STOPPED in t.tags and not t.finished]
+    return label + (f" [stopped at epoch {stopped[0]}]" if ablation == "search" and stopped else "")
+
+
+def compute(trials: list[TrialRecord], ablation: str, seeds: list[int]) -> dict:
+    """The long cells frame, the group values per setting, gaps and notes (pure: no MLflow, no files)."""
+    settings, chosen, gaps, notes = select(trials, ablation, seeds)
+    rows, groups = [], []
+    for o, (label, ablated) in settings.items():
+        vals = [run_values(t) for t in chosen[o]]
+        shown = _label(ablation, label, chosen[o])
+        for m in METRICS:
+            mean, std, n = mean_std_n([v[m] for v in vals])
+            rows.append({"ablation": ablation, "order": o, "setting": shown, "metric": m, "mean": mean,
+                         "std": std, "n": n})
+        for g, ms in GROUPS.items():
+            per_run = [float(np.mean([v[m] for m in ms])) for v in vals]
+            mean, std, n = mean_std_n(per_run)
+            groups.append({"order": o, "setting": shown, "ablated": ablated, "group": g, "mean": mean,
+                           "std": std, "n": n})
+    cells = pd.DataFrame(rows, columns=["ablation", "order", "setting", "metric", "mean", "std", "n"])
+    cells = cells.astype({"order": "int64", "n": "int64"})
+    gaps_df = pd.DataFrame(gaps, columns=["setting", "seed", "run_name", "status", "error"], dtype=object)
+    return {"ablation": ablation, "cells": cells, "groups": groups, "gaps": gaps_df, "notes": notes,
+            "settings": settings, "chosen": chosen}
+
+
+def n_text(cells: pd.DataFrame, seeds: list[int], ablation: str) -> str:
+    ns = cells.loc[cells["metric"] == "acc_pristine", "n"]
+    if ns.empty:
+        return "no runs"
+    if ablation == "search":
+        return f"{int(ns.sum())} Optuna trials, 1 run (seed 0) each"
+    text = (f"{ns.max()} seed{'s' if ns.max() != 1 else ''} per setting" if ns.min() == ns.max()
+            else f"{ns.min()}-{ns.max()} finished seeds per setting")
+    if seeds and len(seeds) != ns.max():
+        text += f" ({len(seeds)} planned)"
+    return text
+
+
+# --- the search: trials, importances ----------------------------------------------------------------
+def search_trials(res: dict) -> pd.DataFrame:
+    rows = []
+    for o, (label, ablated) in res["settings"].items():
+        runs = res["chosen"][o]
+        t = runs[0] if runs else None
+        status = "—" if t is None else ("finished" if t.finished else f"stopped early at epoch {t.tags[TAG_STOPPED]}")
+        rows.append({"number": o, "key": t.run_name if t else "", "setting": label, "status": status,
+                     "epochs": int(t.tags.get(TAG_STOPPED) or t.params.get("epochs", 0)) if t else 0,
+                     "objective": t.metrics.get("objective", math.nan) if t else math.nan,
+                     "params": json.dumps(ablated, sort_keys=True)})
+    return pd.DataFrame(rows, columns=["number", "key", "setting", "status", "epochs", "objective", "params"])
+
+
+def importances(trials_df: pd.DataFrame, search_tag: str | None) -> tuple[pd.DataFrame, str]:
+    """fANOVA importances (optuna, seed 0) over the trials' params and objective; ('', reason) if none."""
+    empty = pd.DataFrame(columns=["param", "importance"])
+    try:
+        spec = json.loads(search_tag) if search_tag else None
+    except json.JSONDecodeError:
+        spec = None
+    if not spec or "space" not in spec:
+        return empty, "the parent run has no search space (tag iqa_ls.search)"
+    done = trials_df[np.isfinite(trials_df["objective"].to_numpy(dtype=float))]
+    if len(done) < 2:
+        return empty, f"{len(done)} trial(s) with an objective; importances need at least 2"
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def dist(d):
+        if d["kind"] == "categorical":
+            return CategoricalDistribution(d["choices"])
+        return FloatDistribution(d["low"], d["high"], log=d.get("log", False), step=d.get("step"))
+
+    study = optuna.create_study(direction="maximize")
+    try:
+        for _, r in done.iterrows():
+            params = json.loads(r["params"])
+            study.add_trial(optuna.trial.create_trial(
+                params=params, distributions={k: dist(spec["space"][k]) for k in params}, value=float(r["objective"])))
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except Exception as e:  # noqa: BLE001 - e.g. scikit-learn missing, or a degenerate set of trials
+        return empty, f"importances not available: {first_line(e)}"
+    df = pd.DataFrame([{"param": k, "importance": float(v)} for k, v in imp.items()],
+                      columns=["param", "importance"])
+    return df.sort_values(["importance", "param"], ascending=[False, True], ignore_index=True), ""
+
+
+# --- the matched uniform control ----------------------------------------------------------------------
+def matched_check(client, res: dict) -> list[dict]:
+    """Per uniform-control run: the mean T it was matched to (tag), its own recorded mean T, and the
+    epoch-1 mean T the IQA-LS reference run (same ablation, seed and matched fields) recorded."""
+    runs = [t for ts in res["chosen"].values() for t in ts]
+    out = []
+    for t in runs:
+        if TAG_MATCHED not in t.tags:
+            continue
+        try:
+            match = json.loads(t.tags.get(TAG_MATCHED_TO, "{}"))
+        except json.JSONDecodeError:
+            match = {}
+        want = {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v) for k, v in match.items()}
+        refs = [r for r in runs if r is not t and r.tags.get(TAG_SEED) == t.tags.get(TAG_SEED)
+                and all(r.params.get(k) == v for k, v in want.items())]
+        ref_t = math.nan
+        if refs:
+            hist = client.get_metric_history(refs[0].run_id, "mean_t")
+            ref_t = next((m.value for m in sorted(hist, key=lambda m: m.step) if m.step == 1), math.nan)
+        own = client.get_metric_history(t.run_id, "mean_t")
+        own_t = next((m.value for m in sorted(own, key=lambda m: m.step) if m.step == 1), math.nan)
+        out.append({"seed": t.tags.get(TAG_SEED), "eps": t.params.get("ls_epsilon", "?"),
+                    "matched_mean_t": float(t.tags[TAG_MATCHED]), "uniform_mean_t": own_t,
+                    "iqa_ls_mean_t_epoch1": ref_t})
+    return out
+
+
+# --- text outputs ------------------------------------------------------------------------------------
+def _cell(cells: pd.DataFrame, order: int, metric: str) -> pd.Series:
+    return cells[(cells["order"] == order) & (cells["metric"] == metric)].iloc[0]
+
+
+def _ours(c: pd.Series, digits: int, sep: str = " ± ") -> str:
+    if c["n"] == 0:
+        return MISSING
+    if c["n"] == 1:
+        return fmt(c["mean"], digits)
+    return fmt(c["mean"], digits) + sep + fmt(c["std"], digits)
+
+
+def _orders(cells: pd.DataFrame) -> list[tuple[int, str]]:
+    first = cells.drop_duplicates("order")
+    return list(zip(first["order"].tolist(), first["setting"].tolist()))
+
+
+def format_markdown(result: dict, a: dict) -> str:
+    cells, gaps = a["cells"], a["gaps"]
+    heads = [METRIC_LABELS[m] for m in METRICS]
+    out = [f"# Ablation `{a['ablation']}` — study `{result['study']}`", "",
+           f"_{provenance_line(result['provenance'], a['n_text'])}_", "",
+           f"{DESCRIPTIONS[a['ablation']]} Parent run `{result['parent_run_id']}` in experiment "
+           f"`{result['experiment']}`. Top-1 accuracy on the 10 CIFAR-10 test sets of Sec. 4.2: mean ± "
+           "sample std over seeds (the value alone when n = 1); Mean = mean of the 10; Worst = the lowest of "
+           "the 10 (per run); mean T = the last epoch's mean true-class target.", ""]
+    notes = provenance_warnings(result["provenance"]) + a["notes"]
+    out += [f"- note: {w}" for w in notes] + ([""] if notes else [])
+    out += ["| Setting | n | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(heads)]
+    for o, label in _orders(cells):
+        row = [_cell(cells, o, m) for m in METRICS]
+        out.append(f"| {label} | {row[0]['n']} | " + " | ".join(_ours(c, 4) for c in row) + " |")
+    if a.get("matched"):
+        out += ["", "## The matched uniform control", "",
+                "eps was set in the driver so that q(y) = 1 − eps + eps/K equals the IQA-LS reference's "
+                "mean T in epoch 1 (same data, mixture draw and scores); both runs record mean_t each epoch.",
+                "", "| Seed | eps | matched mean T | uniform run's mean T | IQA-LS run's mean T (epoch 1) |",
+                "|---:|---:|---:|---:|---:|"]
+        out += [f"| {m['seed']} | {m['eps']} | {fmt(m['matched_mean_t'], 6)} | {fmt(m['uniform_mean_t'], 6)} | "
+                f"{fmt(m['iqa_ls_mean_t_epoch1'], 6)} |" for m in a["matched"]]
+    if a["ablation"] == "search":
+        st = a["search_trials"]
+        out += ["", "## Optuna trials", "", f"Objective: {a['objective_text']}.", "",
+                "| # | Key | Setting | Status | Epochs | Objective |", "|---:|---|---|---|---:|---:|"]
+        out += [f"| {r['number']} | {r['key']} | {r['setting']} | {r['status']} | {r['epochs']} | "
+                f"{fmt(r['objective'], 4)} |" for _, r in st.iterrows()]
+        out += ["", "## Parameter importances (fANOVA, seed 0)", ""]
+        if a["importance"].empty:
+            out.append(f"Not available: {a['importance_note']}.")
+        else:
+            out += ["| Parameter | Importance |", "|---|---:|"]
+            out += [f"| {r['param']} | {fmt(r['importance'], 3)} |" for _, r in a["importance"].iterrows()]
+    out += ["", "## Gaps", ""]
+    if gaps.empty:
+        out.append("None: every recorded setting has a counted run for every planned seed.")
+    for _, g in gaps.iterrows():
+        name = f" `{g['run_name']}`" if g["run_name"] else ""
+        out.append(f"- {g['setting']}, seed {g['seed']}:{name} {g['status']} — {g['error'] or 'no error tag'}")
+    out += ["", "## Files", ""] + [f"- `{Path(p).name}`" for p in a["files"].values()] + [""]
+    return "\n".join(out)
+
+
+def _tex_escape(text: str) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(repl.get(ch, ch) for ch in text)
+
+
+def format_tex(result: dict, a: dict) -> str:
+    cells = a["cells"]
+    prov = _tex_escape(provenance_line(result["provenance"], a["n_text"]).replace("·", ";"))
+    heads = [_tex_escape(METRIC_LABELS[m]) for m in METRICS]
+    out = [f"% Ablation {a['ablation']} regenerated from MLflow study {_tex_escape(result['study'])} "
+           f"(parent run {result['parent_run_id']}); requires booktabs.",
+           r"\begin{table*}[t]", r"\centering", r"\scriptsize",
+           r"\begin{tabular}{lr" + "r" * len(METRICS) + "}", r"\toprule",
+           "Setting & $n$ & " + " & ".join(heads) + r" \\", r"\midrule"]
+    for o, label in _orders(cells):
+        row = [_cell(cells, o, m) for m in METRICS]
+        vals = ["--" if c["n"] == 0 else "$" + _ours(c, 3, sep=r" \pm ") + "$" for c in row]
+        out.append(f"{_tex_escape(label)} & {row[0]['n']} & " + " & ".join(vals) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}",
+            r"\caption{Ablation " + _tex_escape(a["ablation"]) + ": " + _tex_escape(DESCRIPTIONS[a["ablation"]])
+            + r" Top-1 accuracy, mean $\pm$ sample std over seeds. " + prov + "}",
+            r"\label{tab:ablate-" + _tex_escape(a["ablation"]) + "}", r"\end{table*}", ""]
+    return "\n".join(out)
+
+
+def format_console(result: dict) -> str:
+    lines = [f"Ablations, study {result['study']} (parent run {result['parent_run_id']})"]
+    w, lw = 11, 34
+    for a in result["ablations"].values():
+        cells = a["cells"]
+        lines += ["", f"[{a['ablation']}] {DESCRIPTIONS[a['ablation']]}",
+                  textwrap.fill(provenance_line(result["provenance"], a["n_text"]), 156),
+                  f"{'setting':<{lw}}{'n':>3}" + "".join(f"{METRIC_LABELS[m]:>{w}}" for m in METRICS)]
+        for o, label in _orders(cells):
+            row = [_cell(cells, o, m) for m in METRICS]
+            lines.append(f"{label[:lw - 1]:<{lw}}{row[0]['n']:>3}"
+                         + "".join(f"{_ours(c, 3, sep='±'):>{w}}" for c in row))
+        for m in a.get("matched", []):
+            lines.append(f"  matched control, seed {m['seed']}: eps {m['eps']}, uniform mean T "
+                         f"{fmt(m['uniform_mean_t'], 6)} vs IQA-LS epoch-1 mean T {fmt(m['iqa_ls_mean_t_epoch1'], 6)}")
+        if a["ablation"] == "search":
+            imp = ", ".join(f"{r['param']} {fmt(r['importance'], 2)}" for _, r in a["importance"].iterrows())
+            lines.append(f"  importances: {imp or a['importance_note']}")
+        if not a["gaps"].empty:
+            lines.append(f"  gaps ({len(a['gaps'])}): " + "; ".join(
+                f"{g['setting']} seed {g['seed']} {g['status']}" for _, g in a["gaps"].iterrows()))
+        lines += [f"  note: {n}" for n in a["notes"]]
+    lines += [f"note: {n}" for n in provenance_warnings(result["provenance"]) + result["notes"]]
+    logged = " (also logged to the parent run under analysis/)" if result["logged"] else ""
+    lines += ["", f"Files{logged}:"] + [f"  {p}" for a in result["ablations"].values() for p in a["files"].values()]
+    return "\n".join(lines)
+
+
+# --- figures -----------------------------------------------------------------------------------------
+def _footer(fig, result: dict, a: dict) -> None:
+    width = int(fig.get_figwidth() * 20)  # characters of 6.5 pt text per line
+    fig.text(0.01, 0.01, textwrap.fill(provenance_line(result["provenance"], a["n_text"]), width),
+             fontsize=6.5, va="bottom")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def groups_plot(result: dict, a: dict, path: Path) -> Path:
+    """Accuracy vs the ablated variable, one panel per variable, one line per test group."""
+    panels: dict[str, list[dict]] = {}
+    for g in a["groups"]:
+        for name, x in g["ablated"].items():
+            panels.setdefault(name, []).append({**g, "x": x})
+    first = ("tmap", "pristine")  # the search's always-present params lead
+    names = sorted(panels, key=lambda k: (k not in first, first.index(k) if k in first else 0)) \
+        or ["(no ablated variable recorded)"]
+    scatter = a["ablation"] == "search"  # settings drawn at random: no line between them
+    fig = new_figure(figsize=(max(8.0, 4.8 * len(names)), 5.2))
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(1, len(names), i + 1)
+        pts = panels.get(name, [])
+        numeric = bool(pts) and all(_is_number(p["x"]) for p in pts)
+        cats = list(dict.fromkeys(str(p["x"]) for p in pts))
+        for group, color in GROUP_COLORS.items():
+            mine = [p for p in pts if p["group"] == group and p["n"] > 0]
+            if numeric:
+                mine.sort(key=lambda p: (p["x"], p["order"]))
+                xs = [float(p["x"]) for p in mine]
+            else:
+                xs = [cats.index(str(p["x"])) for p in mine]
+            ys = [p["mean"] for p in mine]
+            err = [0.0 if not math.isfinite(p["std"]) else p["std"] for p in mine]
+            unique = len(set(xs)) == len(xs) and not scatter
+            ax.errorbar(xs, ys, yerr=err, color=color, marker="o", ms=4, capsize=3,
+                        linestyle="-" if unique else "none", label=group)
+        if not numeric:
+            ax.set_xticks(range(len(cats)), cats, rotation=35, ha="right", fontsize=8)
+        ax.set_xlabel(name)
+        if i == 0:
+            ax.set_ylabel("top-1 accuracy (group mean over levels)")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"Ablation {a['ablation']}: accuracy per test group ({a['n_text']}; error bars: std over seeds)",
+                 fontsize=10)
+    _footer(fig, result, a)
+    fig.subplots_adjust(left=0.7 / fig.get_figwidth(), right=0.98, top=0.9, bottom=0.32, wspace=0.25)
+    return save_figure(fig, path)
+
+
+def curves_plot(result: dict, a: dict, hists: dict[int, dict], path: Path) -> Path:
+    """Each setting's T over the histogram of the training scores, one panel per distortion level."""
+    fig = new_figure(figsize=(15, 5))
+    ref_order = min(hists) if hists else None
+    ref = hists.get(ref_order, {})
+    counts = ref.get("counts", {})
+    bins = int(ref.get("bins", 50))
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    types = sorted({k.rsplit("_", 1)[0] for k in counts if k != "pristine"})
+    for i, lv in enumerate((1, 2, 3)):
+        ax = fig.add_subplot(1, 3, i + 1)
+        for t, color in zip(types, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+            c = counts.get(f"{t}_{lv}")
+            if c:
+                ax.stairs(c, edges, color=color, fill=True, alpha=0.35, label=f"{t} L{lv}")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"IQA score s ({ref.get('iqa_metric', '?')}), level {lv}")
+        if i == 0:
+            ax.set_ylabel("training images (epoch 1)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", fontsize=7)
+        tx = ax.twinx()
+        for o, h in sorted(hists.items()):
+            tc = h.get("t_curve", {})
+            tx.plot(tc.get("s", []), tc.get("t", []), lw=1.2, label=a["settings"][o][0])
+        tx.axhline(1.0 / NUM_CLASSES, color="grey", ls=":", lw=1)
+        tx.set_ylim(0, 1.05)
+        if i == 2:
+            tx.set_ylabel("T(s) = target of the true class (dotted: 1/K)")
+            if tx.get_legend_handles_labels()[0]:
+                tx.legend(loc="lower right", fontsize=7)
+    src = a["settings"][ref_order][0] if ref_order is not None else "no run"
+    fig.suptitle(f"T maps over the training-set scores per level (histogram: run of setting '{src}', "
+                 f"score pooling {ref.get('score_pooling', '?')}; pristine images score 1)", fontsize=10)
+    _footer(fig, result, a)
+    fig.subplots_adjust(left=0.05, right=0.95, top=0.9, bottom=0.2, wspace=0.3)
+    return save_figure(fig, path)
+
+
+def history_plot(result: dict, a: dict, path: Path) -> Path:
+    st = a["search_trials"]
+    fig = new_figure(figsize=(8, 4.8))
+    ax = fig.add_subplot()
+    ok = st[np.isfinite(st["objective"].to_numpy(dtype=float))]
+    done = ok[ok["status"] == "finished"]
+    stopped = ok[ok["status"] != "finished"]
+    ax.plot(done["number"], done["objective"], "o", color="tab:blue", label="finished")
+    ax.plot(stopped["number"], stopped["objective"], "x", color="tab:red", label="stopped early (ASHA)")
+    if not ok.empty:
+        ax.step(ok["number"], np.maximum.accumulate(ok["objective"].to_numpy(dtype=float)), where="post",
+                color="black", lw=1, label="best so far")
+    ax.set_xlabel("Optuna trial number")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel(a["objective_text"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Optuna search history ({len(st)} trials)", fontsize=10)
+    _footer(fig, result, a)
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.9, bottom=0.25)
+    return save_figure(fig, path)
+
+
+def importance_plot(result: dict, a: dict, path: Path) -> Path:
+    fig = new_figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    imp = a["importance"]
+    if imp.empty:
+        ax.text(0.5, 0.5, textwrap.fill(f"Not available: {a['importance_note']}", 60), ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        ax.barh(imp["param"][::-1], imp["importance"][::-1], color="tab:blue")
+        ax.set_xlabel("fANOVA importance (sums to 1)")
+    ax.set_title("Parameter importances of the search", fontsize=10)
+    _footer(fig, result, a)
+    fig.subplots_adjust(left=0.2, right=0.97, top=0.9, bottom=0.3)
+    return save_figure(fig, path)
+
+
+def _score_hists(client, a: dict, notes: list[str]) -> dict[int, dict]:
+    """The first (lowest seed) counted run's scores_hist.json of every setting that has one."""
+    out = {}
+    quiet = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"  # one tqdm bar per download would bury the console table
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for o, runs in a["chosen"].items():
+                for t in runs:
+                    try:
+                        f = client.download_artifacts(t.run_id, SCORES_HIST, str(Path(tmp) / t.run_id))
+                    except Exception:  # noqa: BLE001 - an older run without the artifact
+                        continue
+                    out[o] = json.loads(Path(f).read_text())
+                    break
+    finally:
+        if quiet is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = quiet
+    if not out:
+        notes.append(f"no run of the tmap ablation has a {SCORES_HIST} artifact; the T plot has no histogram")
+    return out
+
+
+# --- the pipeline --------------------------------------------------------------------------------------
+def planned_seeds(text: str | None) -> list[int]:
+    try:
+        value = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return []
+    return list(range(value)) if isinstance(value, int) and not isinstance(value, bool) else []
+
+
+def build_ablate(study: str | None = None, parent_run_id: str | None = None,
+                 tracking_uri: str = DEFAULT_TRACKING_URI, experiment: str = DEFAULT_EXPERIMENT,
+                 out_dir: str | Path | None = None, log_to_parent: bool = True) -> dict:
+    """Read the study, write each ablation's files to `out_dir` (default results/<study>) and, with
+    `log_to_parent`, log them to the parent run under `analysis/`. Returns the frames and file paths."""
+    client = open_client(tracking_uri)
+    try:
+        parent = find_parent(client, tracking_uri, experiment, study=study, parent_run_id=parent_run_id)
+        trials = child_runs(client, parent)
+    except AnalysisError:
+        raise
+    except Exception as e:  # an unreachable server, a broken store: say which study and where
+        what = f"study {study!r}" if study is not None else f"run {parent_run_id}"
+        raise AnalysisError(f"cannot read {what} from {tracking_uri}: {first_line(e)}") from e
+    seeds = planned_seeds(parent.data.tags.get(TAG_SEEDS))
+    notes = []
+    kind = parent.data.tags.get(TAG_KIND) or ""
+    if not kind.startswith("ablate"):
+        notes.append(f"the parent run is a {kind!r} study, not an ablation")
+    present = [a for a in ABLATIONS if any(t.tags.get(TAG_ABLATION) == a for t in trials)]
+    outside = sum(t.tags.get(TAG_ABLATION) not in ABLATIONS for t in trials)
+    if outside:
+        notes.append(f"{outside} child run(s) without a known iqa_ls.ablation tag ignored")
+    if not present:
+        raise AnalysisError(f"study {parent.data.tags.get('iqa_ls.study')!r} has no ablation runs "
+                            f"(child tag {TAG_ABLATION})")
+    prov = provenance(parent, trials)
+    study = prov["study"]
+    out = Path(out_dir) if out_dir is not None else Path("results") / study
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"study": study, "parent_run_id": parent.info.run_id, "tracking_uri": tracking_uri,
+              "experiment": experiment, "out_dir": out, "provenance": prov, "notes": notes,
+              "ablations": {}, "logged": False}
+    for name in present:
+        a = compute(trials, name, seeds)
+        a["n_text"] = n_text(a["cells"], seeds, name)
+        a["files"] = {}
+        stem = f"ablate_{name}"
+        if name == "iqa":
+            a["matched"] = matched_check(client, a)
+        if name == "search":
+            spec = parent.data.tags.get(TAG_SEARCH)
+            try:
+                obj = json.loads(spec) if spec else {}
+            except json.JSONDecodeError:
+                obj = {}
+            a["objective_text"] = (f"{obj.get('objective', '?')} = min of {', '.join(obj.get('objective_of', []))}"
+                                   if obj else "objective (unknown: no iqa_ls.search tag)")
+            a["search_trials"] = search_trials(a)
+            if obj.get("trials") and len(a["search_trials"]) < obj["trials"]:
+                a["notes"].append(f"{len(a['search_trials'])} of the {obj['trials']} planned search trials "
+                                  "were recorded (an interrupted search is not resumed)")
+            a["importance"], a["importance_note"] = importances(a["search_trials"], spec)
+        files = a["files"]
+        files[f"{stem}.csv"] = write_csv(a["cells"], out / f"{stem}.csv")
+        files[f"{stem}.parquet"] = write_parquet(a["cells"], out / f"{stem}.parquet")
+        files[f"{stem}_groups.png"] = groups_plot(result, a, out / f"{stem}_groups.png")
+        if name == "tmap":
+            files[f"{stem}_curves.png"] = curves_plot(result, a, _score_hists(client, a, a["notes"]),
+                                                      out / f"{stem}_curves.png")
+        if name == "search":
+            files[f"{stem}_trials.csv"] = write_csv(a["search_trials"], out / f"{stem}_trials.csv")
+            files[f"{stem}_importance.csv"] = write_csv(a["importance"], out / f"{stem}_importance.csv")
+            files[f"{stem}_history.png"] = history_plot(result, a, out / f"{stem}_history.png")
+            files[f"{stem}_importance.png"] = importance_plot(result, a, out / f"{stem}_importance.png")
+        files[f"{stem}.tex"] = write_text(out / f"{stem}.tex", format_tex(result, a))
+        md = out / f"{stem}.md"
+        files[f"{stem}.md"] = md
+        write_text(md, format_markdown(result, a))
+        result["ablations"][name] = a
+    if log_to_parent:
+        log_files(client, parent.info.run_id, [p for a in result["ablations"].values() for p in a["files"].values()])
+        result["logged"] = True
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.ablate", description=__doc__.split("\n\n")[0])
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--study", help="study name (parent run tag iqa_ls.study)")
+    who.add_argument("--run-id", help="the study's parent run id, instead of --study")
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+    p.add_argument("--out", default=None, help="output folder (default results/<study>)")
+    p.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
+    args = p.parse_args(argv)
+    result = build_ablate(study=args.study, parent_run_id=args.run_id, tracking_uri=args.tracking_uri,
+                          experiment=args.experiment, out_dir=args.out, log_to_parent=not args.no_log)
+    print(format_console(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli("ablate", main))

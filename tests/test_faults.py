@@ -1,0 +1,363 @@
+"""Bad input refused before the first trial, and faults a study survives, on one node.
+
+Refusals (extending tests/test_study_table2.py, which covers --preset, --seeds, a missing --data,
+a closed tracking port and --epochs): each is one line naming the value and what is allowed, exit
+code 2, and nothing written (no mlflow.db, no ray_results, no results). They run `study.table2.main`
+in-process (the wiring to a process exit code is what test_study_table2 checks).
+Faults: a trial whose loss turns NaN and a trial that crashes (IQA_LS_FAULT, the documented
+fault-injection hook) are FAILED in MLflow with the reason while the rest finish and the table
+shows the gap; the pieces behind node/driver loss (owner fence, checkpoint history, gap filling,
+attempt records) are checked here without Ray; tests/test_multinode.py kills real nodes and drivers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from search_spaces import table2 as table2_space
+from study import table2
+from trainables import data, distortions, iqa, labels
+from trainables.config import REGULARIZATIONS, TRAIN_SETS, TrialConfig
+from trainables.train import load_checkpoint, run_trial
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "cifar10-mini"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("IQA_LS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("IQA_LS_FAULT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+def refuse(tmp_path, monkeypatch, capsys, *flags, data_dir=FIXTURE) -> str:
+    """Run the study command in `tmp_path/run`; assert a refusal; return its one line."""
+    cwd = tmp_path / "run"
+    cwd.mkdir(exist_ok=True)
+    monkeypatch.chdir(cwd)
+    rc = table2.main(["--preset", "smoke", "--data", str(data_dir), "--test-subset", "50", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert sorted(p.name for p in cwd.iterdir()) == []  # nothing written: no mlflow.db, ray_results, results
+    return err[0]
+
+
+# ------------------------------------------------------------------ numbers and names on the command line
+@pytest.mark.parametrize("flags,needles", [
+    (["--subset", "-1"], ["--subset -1", ">= 0"]),
+    (["--test-subset", "-5"], ["--test-subset -5", ">= 0"]),
+    (["--seeds", "-3"], ["--seeds -3", ">= 1"]),
+    (["--epochs", "-2"], ["--epochs -2", ">= 1"]),
+    (["--cpus-per-trial", "0"], ["--cpus-per-trial 0", "> 0"]),
+    (["--gpus-per-trial", "-0.5"], ["--gpus-per-trial -0.5", ">= 0"]),
+    (["--max-failures", "-1"], ["--max-failures -1", ">= 0"]),
+    (["--preset", "Smoke"], ["'Smoke'", "'paper'", "'quick'", "'smoke'"]),
+])
+def test_bad_numbers_and_names_are_refused_in_one_line(tmp_path, monkeypatch, capsys, flags, needles):
+    line = refuse(tmp_path, monkeypatch, capsys, *flags)
+    for n in needles:
+        assert n in line, line
+
+
+def test_a_non_integer_is_refused_by_argparse_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        table2.main(["--seeds", "two"])
+    assert e.value.code == 2
+    assert "argument --seeds: invalid int value: 'two'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+REGISTRIES = {  # config field -> every name it allows (the registries the trials choose from)
+    "train_set": sorted(TRAIN_SETS),
+    "regularization": list(REGULARIZATIONS),
+    "iqa_metric": sorted(iqa.METRICS),
+    "tmap": sorted(labels.TMAPS),
+    "distortion_types": sorted(distortions.DISTORTIONS),
+}
+
+
+@pytest.mark.parametrize("field", sorted(REGISTRIES))
+def test_an_unknown_name_in_the_grid_is_refused_listing_every_allowed_name(tmp_path, monkeypatch, capsys, field):
+    bad = ("fog",) if field == "distortion_types" else "nope"
+    rows = table2_space.grid(1)
+    monkeypatch.setattr(table2_space, "grid", lambda seeds: [{**rows[0], field: bad}] + rows[1:])
+    line = refuse(tmp_path, monkeypatch, capsys)
+    assert f"{field}=" in line and ("'fog'" in line or "'nope'" in line)
+    for name in REGISTRIES[field]:
+        assert name in line, (name, line)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("mix", (0.6, 0.15, 0.15, 0.15), "summing to 1"),  # ratios
+    ("mix", (0.7, 0.3, 0.0), "4 non-negative shares"),  # levels: pristine + 3
+    ("seed", -1, "seed=-1"),
+    ("lr", float("nan"), "lr=nan"),
+])
+def test_an_invalid_number_in_the_grid_is_refused(tmp_path, monkeypatch, capsys, field, value, needle):
+    rows = table2_space.grid(1)
+    monkeypatch.setattr(table2_space, "grid", lambda seeds: [{**rows[0], field: value}] + rows[1:])
+    assert needle in refuse(tmp_path, monkeypatch, capsys)
+
+
+# ------------------------------------------------------------------ tracking store and storage
+def test_tracking_uri_schemes_other_than_sqlite_and_http_are_refused(tmp_path, monkeypatch, capsys):
+    for uri in ("file:///tmp/mlruns", "mlruns"):
+        line = refuse(tmp_path, monkeypatch, capsys, "--tracking-uri", uri)
+        assert repr(uri) in line and "sqlite:///PATH or http(s)://HOST:PORT" in line
+
+
+def test_sqlite_in_a_missing_folder_is_refused(tmp_path, monkeypatch, capsys):
+    line = refuse(tmp_path, monkeypatch, capsys, "--tracking-uri", f"sqlite:///{tmp_path}/nowhere/mlflow.db")
+    assert f"{tmp_path}/nowhere" in line and "not writable" in line
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_tracking_server_that_accepts_but_never_answers_is_refused(tmp_path, monkeypatch, capsys):
+    with socket.socket() as s:  # a listening socket nobody accepts on: the connection hangs
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+        line = refuse(tmp_path, monkeypatch, capsys, "--tracking-uri", uri)
+    assert uri in line and "does not answer" in line
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_answers_health_but_refuses_the_api_is_refused(tmp_path, monkeypatch, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--workers", "1",
+                               "--allowed-hosts", "mlflow.example.org"],  # MLflow 3: not us
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(1)
+        line = refuse(tmp_path, monkeypatch, capsys, "--tracking-uri", uri)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert uri in line and "HTTP 403" in line and "--allowed-hosts" in line
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "read_only"])
+def test_storage_that_cannot_be_written_is_refused(tmp_path, monkeypatch, capsys, where):
+    if where == "under_a_file":
+        (tmp_path / "afile").write_text("x")
+        storage = str(tmp_path / "afile" / "results")
+    else:  # a read-only mount: os.access says "writable" to root here, a real write does not
+        storage = "/sys/iqa-ls-results"
+    line = refuse(tmp_path, monkeypatch, capsys, "--storage", storage)
+    assert f"--storage {storage}" in line and "allowed: a writable folder" in line
+
+
+# ------------------------------------------------------------------ data files: missing, truncated, checksums
+def sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def copy(tmp_path) -> Path:
+    d = tmp_path / "data"
+    shutil.copytree(FIXTURE, d)
+    return d
+
+
+def test_a_missing_data_file_is_refused(tmp_path, monkeypatch, capsys, copy):
+    (copy / "test.parquet").unlink()
+    line = refuse(tmp_path, monkeypatch, capsys, data_dir=copy)
+    assert str(copy) in line and "train.parquet and test.parquet" in line
+
+
+def test_a_truncated_data_file_is_refused(tmp_path, monkeypatch, capsys, copy):
+    f = copy / "train.parquet"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    line = refuse(tmp_path, monkeypatch, capsys, data_dir=copy)
+    assert str(f) in line and "not a readable parquet file" in line
+
+
+def test_matching_sha256sums_are_accepted(copy):
+    (copy / "SHA256SUMS").write_text("".join(f"{sha256(copy / n)}  {n}\n" for n in ("train.parquet", "test.parquet")))
+    assert data.resolve_source(str(copy)) == str(copy)
+
+
+def test_a_file_that_fails_its_sha256sums_entry_is_refused_naming_both_hashes(tmp_path, monkeypatch, capsys, copy):
+    good = sha256(copy / "test.parquet")
+    (copy / "SHA256SUMS").write_text(f"# sha256sum *.parquet\n{'0' * 64}  train.parquet\n{good} *test.parquet\n")
+    line = refuse(tmp_path, monkeypatch, capsys, data_dir=copy)
+    assert str(copy / "train.parquet") in line and sha256(copy / "train.parquet") in line and "0" * 64 in line
+
+
+def test_a_truncated_file_with_a_checksum_is_reported_as_a_checksum_mismatch(copy):
+    (copy / "SHA256SUMS").write_text(f"{sha256(copy / 'train.parquet')}  train.parquet\n")
+    f = copy / "train.parquet"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(data.DataError, match="has sha256 .* but .*SHA256SUMS' lists"):
+        data.resolve_source(str(copy))
+
+
+def test_a_sidecar_sha256_is_checked_for_a_single_file_source(copy):
+    (copy / "test.parquet.sha256").write_text(f"{'f' * 64}  test.parquet\n")
+    with pytest.raises(data.DataError, match="test.parquet.sha256' lists f{64}"):
+        data.resolve_source(str(copy / "train.parquet"))  # the sibling split is checked too
+    (copy / "test.parquet.sha256").write_text(sha256(copy / "test.parquet"))
+    assert data.resolve_source(str(copy / "train.parquet")) == str(copy / "train.parquet")
+
+
+def test_a_malformed_sha256sums_line_is_refused(copy):
+    (copy / "SHA256SUMS").write_text("train.parquet deadbeef\n")
+    with pytest.raises(data.DataError, match="line 1 of .*SHA256SUMS.*the output of sha256sum"):
+        data.resolve_source(str(copy))
+
+
+# ------------------------------------------------------------------ the fault-injection hook itself
+def test_fault_hook_values_are_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    for value, needle in (("boom@s1-seed0", "'boom@s1-seed0'"), ("nan@s99-seed0", "'nan@s99-seed0'"),
+                          ("nan", "'nan'")):
+        monkeypatch.setenv("IQA_LS_FAULT", value)
+        line = refuse(tmp_path, monkeypatch, capsys)
+        assert needle in line and "['nan', 'raise']" in line
+
+
+# ------------------------------------------------------------------ what a restarted trial relies on (no Ray)
+def tiny(**kw) -> TrialConfig:
+    base = dict(data=str(FIXTURE), epochs=3, lr_decay_every=1, batch_size=50, subset=100, test_subset=20,
+                device="cpu", train_set="pristine", regularization="onehot", threads=1)
+    return TrialConfig(**{**base, **kw})
+
+
+def test_checkpoint_carries_every_epochs_metrics_across_a_resume(tmp_path):
+    seen = []
+    run_trial(tiny(epochs=1), seen.append, checkpoint_dir=tmp_path)
+    assert [m["epoch"] for m in load_checkpoint(tmp_path)["history"]] == [1]
+    cfg = tiny(epochs=2)  # the same trial, resumed (as a longer schedule of the same config would be refused,
+    state = load_checkpoint(tmp_path)  # continue by hand: epoch 1 done, run epoch 2 on top)
+    state["config"] = cfg.to_dict()
+    torch.save(state, tmp_path / "checkpoint.pt")
+    run_trial(cfg, seen.append, checkpoint_dir=tmp_path)
+    history = load_checkpoint(tmp_path)["history"]
+    assert [m["epoch"] for m in history] == [1, 2] == [m["epoch"] for m in seen]
+    assert history[1]["loss"] == seen[1]["loss"] and "acc_pristine" in history[1]
+    assert "checkpoint" not in history[0]
+
+
+def test_last_claim_on_a_trial_folder_wins(tmp_path):
+    from study.tuning import OWNER_FILE, TrialStore
+    a, b = TrialStore(str(tmp_path / "t")), TrialStore(str(tmp_path / "t"))
+    ta = a.claim({"node": "n1"})
+    assert a.owner()["token"] == ta and a.owner()["node"] == "n1"
+    tb = b.claim({"node": "n2"})
+    assert a.owner()["token"] == tb != ta
+    assert [p.name for p in (tmp_path / "t").iterdir()] == [OWNER_FILE]  # no temp file left behind
+
+
+def test_a_superseded_trial_copy_stops_reporting(tmp_path, monkeypatch):
+    """A stale copy (its driver died, or its node was cut off and the trial restarted elsewhere)
+    stops at its next epoch end once a newer copy claimed the folder, and says nothing more."""
+    from study import tuning
+    store = tmp_path / "trials" / "k"
+    reports = []
+
+    def fake_report(m):
+        reports.append(m)
+        if m.get("epoch") == 1:  # meanwhile a newer copy of the trial starts and claims the folder
+            tuning.TrialStore(str(store)).claim({"node": "other", "pid": 1})
+
+    monkeypatch.setattr(tuning.tune, "report", fake_report)
+    monkeypatch.setattr(tuning, "ray", SimpleNamespace(
+        util=SimpleNamespace(get_node_ip_address=lambda: "10.0.0.9"),
+        get_runtime_context=lambda: SimpleNamespace(get_node_id=lambda: "abc")))
+    tuning.trainable({"trial": {"key": "k", "config": tiny().to_dict(), "store": str(store),
+                                "cache_dir": os.environ["IQA_LS_CACHE"]}})
+    assert [m.get("epoch") for m in reports] == [1]
+    assert reports[0]["start_epoch"] == 0 and reports[0]["node"] == "10.0.0.9/abc"
+
+
+def test_parse_faults():
+    from study.tuning import parse_faults
+    assert parse_faults("nan@a, raise@b", {"a", "b"}) == {"a": "nan", "b": "raise"}
+    assert parse_faults("", {"a"}) == {} and parse_faults(None, {"a"}) == {}
+    for bad in ("nan@c", "kill@a", "a"):
+        with pytest.raises(ValueError, match="IQA_LS_FAULT"):
+            parse_faults(bad, {"a", "b"})
+
+
+@pytest.fixture(scope="module")
+def recorder(tmp_path_factory):
+    from study.tracking import StudyRecorder
+    rec = StudyRecorder(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db", "faults", "table2")
+    rec.open_parent(False, {}, {})
+    return rec
+
+
+def test_callback_fills_the_epochs_a_dead_driver_never_logged(recorder, tmp_path):
+    """The driver logged epoch 1, then died after the trial had checkpointed epochs 2 and 3; the
+    resumed attempt starts at 3, so MLflow gets 2 and 3 from the checkpoint's history, once."""
+    from study.tuning import MlflowCallback
+    key, seen = "gap-1", []
+    run_trial(tiny(), seen.append, checkpoint_dir=tmp_path / key)
+    spec = {"key": key, "config": tiny().to_dict(), "tags": {}, "store": str(tmp_path / key)}
+    trial = SimpleNamespace(config={"trial": spec})
+    cb = MlflowCallback(recorder, lambda s: {})
+    cb.on_trial_start(0, [], trial)
+    cb.on_trial_result(0, [], trial, {**seen[0], "start_epoch": 0, "node": "n1/a"})
+    resumed = {k: v for k, v in seen[2].items() if k != "checkpoint"}  # run_trial's "already done" report
+    cb.on_trial_result(0, [], trial, {**resumed, "start_epoch": 3, "node": "n2/b"})
+    run_id = recorder.child_ids[key]
+    hist = sorted(recorder.client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in hist] == [(m["epoch"], pytest.approx(m["loss"])) for m in seen]
+    starts = sorted(recorder.client.get_metric_history(run_id, "start_epoch"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in starts] == [(1, 0.0), (2, 3.0)]
+    tags = recorder.client.get_run(run_id).data.tags
+    assert tags["iqa_ls.node"] == "n2/b" and json.loads(tags["iqa_ls.nodes"]) == ["n1/a", "n2/b"]
+
+
+# ------------------------------------------------------------------ a study with a NaN trial and a crashing one
+@pytest.mark.slow
+def test_nan_and_crashing_trials_fail_with_the_reason_and_the_rest_finish(tmp_path):
+    from mlflow.tracking import MlflowClient
+    env = dict(os.environ, IQA_LS_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO),
+               IQA_LS_FAULT="nan@s3-seed0,raise@s5-seed0")
+    env.pop("RAY_ADDRESS", None)
+    res = subprocess.run([sys.executable, "-m", "study.table2", "--preset", "smoke", "--data", str(FIXTURE),
+                          "--epochs", "2", "--subset", "100", "--test-subset", "50", "--max-failures", "1",
+                          "--progress-every", "60"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = c.get_experiment_by_name("iqa-ls")
+    runs = {r.data.tags["iqa_ls.trial_key"]: r for r in c.search_runs([exp.experiment_id], "tags.`iqa_ls.role` = 'trial'")}
+    assert len(runs) == 9
+    assert runs["s3-seed0"].info.status == "FAILED"
+    assert re.match(r"loss is (nan|inf) at epoch \d", runs["s3-seed0"].data.tags["iqa_ls.error"])
+    assert runs["s5-seed0"].info.status == "FAILED"
+    assert "fault injected by IQA_LS_FAULT=raise@s5-seed0" in runs["s5-seed0"].data.tags["iqa_ls.error"]
+    assert sorted(k for k, r in runs.items() if r.info.status == "FINISHED") == [
+        f"s{s}-seed0" for s in (1, 2, 4, 6, 7, 8, 9)]
+    assert "2 trial(s) failed: s3-seed0: loss is " in res.stdout
+    md = (tmp_path / "results" / "table2" / "table2.md").read_text()
+    for s in (3, 5):  # the gap is listed, and the row holds no number
+        assert any(line.startswith(f"- strategy {s}, seed 0") and "FAILED" in line for line in md.splitlines()), md
+    row3 = next(line for line in res.stdout.splitlines() if line.startswith("3 IQA-LS MIX_blur"))
+    assert row3.count("—") == 10 and "0." not in row3.split("ours")[1]

@@ -1,0 +1,132 @@
+"""Packed trials (trainables.packed): each member trains exactly as its own run_trial would."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainables import train
+from trainables.config import TrialConfig
+from trainables.packed import PackError, pack_key, run_packed
+from trainables.train import run_trial
+
+FIXTURE = str(Path(__file__).parent / "fixtures" / "cifar10-mini")
+LOSS_RTOL = 1e-5  # grouped vs separate convolutions: float32 summation order, not semantics
+WEIGHT_ATOL = 1e-5
+
+
+def tiny(**kw) -> TrialConfig:
+    # 100 images in batches of 50, 20 test images per set: a pack of 3 trains in seconds on CPU
+    base = dict(data=FIXTURE, epochs=2, lr_decay_every=1, batch_size=50, subset=100, test_subset=20,
+                device="cpu", train_set="mix_all3", regularization="iqa_ls")
+    base.update(kw)
+    return TrialConfig(**base)
+
+
+# Members that differ in what a pack allows to differ: seed, train set, regularisation, T map,
+# IQA metric, mix.
+MEMBERS = (
+    dict(seed=0),
+    dict(seed=1, train_set="mix_noise", regularization="onehot", mix=(0.4, 0.2, 0.2, 0.2)),
+    dict(seed=2, train_set="mix_jpeg", tmap="power", tmap_params={"gamma": 2.0}, iqa_metric="gmsm"),
+)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("IQA_LS_CACHE", str(tmp_path / "cache"))
+
+
+def _separate(cfg, ckpt=None):
+    reports = []
+    run_trial(cfg, reports.append, checkpoint_dir=ckpt)
+    return reports
+
+
+def _assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=WEIGHT_ATOL, rtol=0), (k, float((a[k] - b[k]).abs().max()))
+
+
+def test_pack_of_three_matches_three_separate_trials(tmp_path):
+    cfgs = [tiny(**m) for m in MEMBERS]
+    separate = [_separate(c, tmp_path / f"sep{k}") for k, c in enumerate(cfgs)]
+    packed: dict[int, list] = {0: [], 1: [], 2: []}
+    out = run_packed(cfgs, lambda k, m: packed[k].append(m),
+                     checkpoint_dirs=[tmp_path / f"pack{k}" for k in range(3)])
+    for k in range(3):
+        ref, got = separate[k], packed[k]
+        assert [r["epoch"] for r in got] == [1, 2]
+        assert set(got[-1]) == set(ref[-1])  # run_trial's metric names, no more, no fewer
+        for r, g in zip(ref, got):
+            assert g["loss"] == pytest.approx(r["loss"], rel=LOSS_RTOL)
+            # the data stream is the member's own: identical targets, not merely close
+            for key in ("mean_t", "frac_below_chance", "frac_below_chance_max_batch"):
+                assert g[key] == r[key]
+        assert out[k]["epoch"] == 2 and out[k]["checkpoint"] == str(tmp_path / f"pack{k}")
+        _assert_same_weights(torch.load(tmp_path / f"sep{k}" / "final_weights.pt"),
+                             torch.load(tmp_path / f"pack{k}" / "final_weights.pt"))
+        a = torch.load(tmp_path / f"sep{k}" / "checkpoint.pt", weights_only=False)
+        b = torch.load(tmp_path / f"pack{k}" / "checkpoint.pt", weights_only=False)
+        assert a.keys() == b.keys() and a["config"] == b["config"] and a["epoch"] == b["epoch"]
+        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+        assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+        assert (tmp_path / f"pack{k}" / "scores_hist.json").read_text() == \
+            (tmp_path / f"sep{k}" / "scores_hist.json").read_text()
+
+
+def test_member_checkpoints_resume_alone_or_in_a_pack(tmp_path):
+    cfgs = [tiny(seed=0, momentum=0.9), tiny(seed=1, momentum=0.9, train_set="mix_noise")]
+    full = [_separate(c, tmp_path / f"sep{k}") for k, c in enumerate(cfgs)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(k, m):
+        if m["epoch"] == 1 and k == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_packed(cfgs, stop_after_first, checkpoint_dirs=[tmp_path / "p0", tmp_path / "p1"])
+    state = torch.load(tmp_path / "p0" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1 and state["optimizer"]["state"]  # momentum buffers travel with it
+    alone, in_pack = [], []
+    run_trial(cfgs[0], alone.append, checkpoint_dir=tmp_path / "p0")  # member 0 alone
+    run_packed(cfgs[1:], lambda k, m: in_pack.append(m), checkpoint_dirs=[tmp_path / "p1"])  # 1 in a pack
+    for k, resumed in enumerate((alone, in_pack)):
+        assert [r["epoch"] for r in resumed] == [2]
+        assert resumed[0]["loss"] == pytest.approx(full[k][1]["loss"], rel=LOSS_RTOL)
+        _assert_same_weights(torch.load(tmp_path / f"sep{k}" / "final_weights.pt"),
+                             torch.load(tmp_path / f"p{k}" / "final_weights.pt"))
+    # a finished member is not trained again: its final metrics come back from the checkpoint
+    again = run_packed(cfgs, checkpoint_dirs=[tmp_path / "p0", tmp_path / "p1"])
+    assert [r["epoch"] for r in again] == [2, 2]
+
+
+def test_nan_member_is_dropped_and_the_others_finish(tmp_path, monkeypatch):
+    cfgs = [tiny(seed=13), tiny(seed=2, train_set="mix_blur")]
+    ref = _separate(cfgs[1])
+    build = train.build_model
+
+    def poisoned(cfg, device):  # member seed 13 starts with a NaN weight: its loss is NaN at once
+        model = build(cfg, device)
+        if cfg.seed == 13:
+            with torch.no_grad():
+                model.fc3.bias[0] = float("nan")
+        return model
+
+    monkeypatch.setattr(train, "build_model", poisoned)
+    reports: dict[int, list] = {0: [], 1: []}
+    out = run_packed(cfgs, lambda k, m: reports[k].append(m))
+    assert reports[0] == [] and out[0]["failed_epoch"] == 1 and "loss is nan" in out[0]["error"]
+    assert [r["epoch"] for r in reports[1]] == [1, 2]
+    for r, g in zip(ref, reports[1]):
+        assert g["loss"] == pytest.approx(r["loss"], rel=LOSS_RTOL)
+    assert out[1]["acc_mean_all"] == pytest.approx(ref[-1]["acc_mean_all"], abs=0.011)
+
+
+def test_configs_with_different_schedules_are_refused():
+    with pytest.raises(PackError, match="batch_size differs"):
+        run_packed([tiny(), tiny(batch_size=20)])
+    assert pack_key(tiny(seed=1, tmap="power")) == pack_key(tiny(seed=2))
+    assert pack_key(tiny(lr=0.05)) != pack_key(tiny())

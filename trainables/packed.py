@@ -1,0 +1,299 @@
+"""Packed trials: K trial configs that share a schedule, trained as one vmapped model.
+
+A Table 1 CNN step at batch 100 is ~19 GFLOP: far too little to fill a large GPU, so trials run
+one per GPU leave most of it idle. `run_packed(configs, report)` trains K configs together: their
+parameters are stacked (`torch.func.stack_module_state`), one `vmap(functional_call(PaperCNN))`
+runs all K models per step (convolutions become one grouped convolution, the fc layers batched
+matmuls), and one SGD step updates the stacked parameters (SGD is elementwise, so that is K
+separate SGDs). Everything else is per member and is exactly what its own `run_trial` does: the
+mixture draw, noise, batch order and targets come from `trainables.train.epoch_data` with the
+member's own seed and config; the metrics carry the same names; checkpoints go to one folder per
+member in `run_trial`'s format, so a member can resume alone (`run_trial`) or in a pack. A member
+whose epoch loss is not finite is dropped from the pack and returned as failed; the others go on.
+
+What members must share (PACK_SHARED): the schedule (epochs, batch size, lr and its decay,
+momentum, fc weight decay), the training data (source, subset, subset seed), the model code path
+(LRN implementation, memory format, input normalisation), device and threads. They may differ in
+everything else: seed, train set, regularisation, T map, IQA metric, mix, init, distortion options,
+test sets, evaluation and checkpoint cadence. `pack_key(cfg)` groups a study's configs into packs.
+
+Numerics: the grouped convolution sums in another order than K separate ones, so a member's losses
+and weights match its separate run to float32 rounding (tests/test_packed.py), not bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from trainables import data as data_mod
+from trainables import labels
+from trainables import train as T
+from trainables.config import NUM_CLASSES, TrialConfig
+from trainables.mixture import DistortionBank
+
+# Fields every member of a pack must share (see the module docstring).
+PACK_SHARED = ("epochs", "batch_size", "lr", "lr_decay", "lr_decay_every", "momentum", "fc_weight_decay",
+               "data", "subset", "subset_seed", "lrn_impl", "channels_last", "input_norm", "device",
+               "threads")
+
+
+class PackError(ValueError):
+    """Configs that cannot be packed together; the message names the field and the values."""
+
+
+def pack_key(cfg: TrialConfig) -> tuple:
+    """Configs with equal keys can share a pack."""
+    return tuple((name, repr(getattr(cfg, name))) for name in PACK_SHARED)
+
+
+def check_packable(configs: list[TrialConfig]) -> None:
+    if not configs:
+        raise PackError("configs=[] is not allowed; allowed: one or more TrialConfigs")
+    for name in PACK_SHARED:
+        values = [getattr(c, name) for c in configs]
+        if any(v != values[0] for v in values):
+            raise PackError(f"{name} differs between pack members ({values}); allowed: one value per "
+                            f"pack (members share {', '.join(PACK_SHARED)})")
+
+
+class _Member:
+    """One trial of the pack: its config, data, model (for evaluation and checkpoints) and record."""
+
+    def __init__(self, index: int, cfg: TrialConfig, device, cache_dir, ckpt_dir):
+        self.index, self.cfg, self.ckpt_dir = index, cfg, Path(ckpt_dir) if ckpt_dir else None
+        self.d = T.prepare_data(cfg, device, cache_dir)
+        self.tmap = T.target_map(cfg)
+        self.bank = None
+        if cfg.precompute and cfg.types:  # shared with every trial of this process, as in run_trial
+            bkey = (self.d["subset_key"], cfg.iqa_metric)
+            if bkey not in self.d["banks"]:
+                self.d["banks"][bkey] = DistortionBank(self.d["train_x"], self.d["subset_key"], cfg.iqa_metric,
+                                                       T.distortion_options(cfg),
+                                                       cache_dir or data_mod.default_cache_dir())
+            self.bank = self.d["banks"][bkey]
+        self.model = T.build_model(cfg, device)
+        self.rng = torch.get_rng_state()  # what run_trial's checkpoint stores: the state after init
+        self.opt = T.build_optimizer(cfg, self.model)
+        self.start_epoch, self.history, self.last = 0, [], {}
+        self._stats = None  # input_norm="dataset": mean and std of the training images
+        if self.ckpt_dir:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            state = T.load_checkpoint(self.ckpt_dir)
+            if state is not None:
+                if state["config"] != cfg.to_dict():
+                    raise T.TrialError(f"checkpoint in {self.ckpt_dir} was written by another config; "
+                                       "use a fresh checkpoint_dir")
+                self.model.load_state_dict(state["model"])
+                self.opt.load_state_dict(state["optimizer"])
+                self.rng = state["rng"]["torch"]
+                self.start_epoch = state["epoch"]
+                self.history = list(state.get("history", []))
+                self.last = dict(state["metrics"], checkpoint=str(self.ckpt_dir))
+
+    def norm(self, xb):
+        """run_trial's batch normalisation for this member."""
+        mean = std = None
+        if self.cfg.input_norm == "dataset":
+            if self._stats is None:
+                x = self.d["train_x"].float().div(255)
+                self._stats = (x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True))
+            mean, std = self._stats
+        fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        return T.normalize(xb, self.cfg.input_norm, mean, std).contiguous(memory_format=fmt)
+
+
+class Pack:
+    """The stacked parameters of K members and one SGD over them. `members` need `.model`,
+    `.opt` (their own SGD, for resumed momentum) and `.cfg`; `Pack.of_models` builds one from bare
+    models (study.bench times packed against separate steps with it)."""
+
+    def __init__(self, members: list):
+        self.members = members
+        models = [m.model for m in members]
+        params, buffers = stack_module_state(models)
+        self.params, self.buffers = params, buffers
+        self.base = copy.deepcopy(models[0]).to("meta")
+        decay_names = {n for n, p in models[0].named_parameters()
+                       if any(p is q for q in models[0].weight_decay_params())}
+        cfg = members[0].cfg
+        self.opt = torch.optim.SGD(
+            [{"params": [p for n, p in params.items() if n in decay_names], "weight_decay": cfg.fc_weight_decay},
+             {"params": [p for n, p in params.items() if n not in decay_names], "weight_decay": 0.0}],
+            lr=cfg.lr, momentum=cfg.momentum)
+        # momentum buffers of resumed members (run_trial's optimiser state) into the stacked state
+        for name, p in params.items():
+            bufs = [m.opt.state.get(dict(m.model.named_parameters())[name], {}).get("momentum_buffer")
+                    for m in members]
+            if all(b is not None for b in bufs):
+                self.opt.state[p]["momentum_buffer"] = torch.stack(bufs)
+
+    @classmethod
+    def of_models(cls, cfg: TrialConfig, models: list) -> "Pack":
+        from types import SimpleNamespace
+        return cls([SimpleNamespace(model=m, opt=T.build_optimizer(cfg, m), cfg=cfg) for m in models])
+
+    def forward(self, xb: torch.Tensor) -> torch.Tensor:
+        """xb: K x B x 3 x 32 x 32 normalised -> K x B x classes logits."""
+        def one(p, b, x):
+            return functional_call(self.base, (p, b), (x,))
+        return vmap(one)(self.params, self.buffers, xb)
+
+    def train_step(self, xb: torch.Tensor, qb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step of every member on its own batch: xb K x B x 3 x 32 x 32 (normalised), qb
+        K x B x classes soft targets. Returns the K losses and the logits (detached)."""
+        logits = self.forward(xb)
+        loss = vmap(labels.soft_cross_entropy)(logits, qb)
+        self.opt.zero_grad(set_to_none=True)
+        loss.sum().backward()  # member k's parameters only see member k's loss
+        self.opt.step()
+        return loss.detach(), logits.detach()
+
+    @torch.no_grad()
+    def sync_member(self, k: int) -> None:
+        """Copy member k's slice of the pack into its own model and optimiser (checkpoint, eval)."""
+        m = self.members[k]
+        named = dict(m.model.named_parameters())
+        for name, p in self.params.items():
+            named[name].copy_(p[k])
+            buf = self.opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                m.opt.state[named[name]]["momentum_buffer"] = buf[k].clone()
+        for g_pack, g_own in zip(self.opt.param_groups, m.opt.param_groups):
+            g_own["lr"] = g_pack["lr"]
+
+    def without(self, drop: set[int]) -> "Pack":
+        """A pack of the remaining members, their parameters and momentum carried over."""
+        keep = [k for k in range(len(self.members)) if k not in drop]
+        for k in keep:
+            self.sync_member(k)
+        return Pack([self.members[k] for k in keep])
+
+
+def _save(m: _Member, epoch: int, metrics: dict, last_epoch: bool) -> None:
+    """run_trial's checkpoint, written for one member (same keys, same files)."""
+    cfg, ckpt_dir = m.cfg, m.ckpt_dir
+    T._atomic_torch_save({"config": cfg.to_dict(), "epoch": epoch + 1,
+                          "model": m.model.state_dict(), "optimizer": m.opt.state_dict(),
+                          "rng": {"torch": m.rng}, "metrics": metrics, "history": m.history},
+                         ckpt_dir / T.CHECKPOINT_FILE)
+    if last_epoch:
+        T._atomic_torch_save(m.model.state_dict(), ckpt_dir / "final_weights.pt")
+        (ckpt_dir / "config.json").write_text(cfg.to_json())
+
+
+def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], None] = lambda k, m: None,
+               checkpoint_dirs: list | None = None, cache_dir=None) -> list[dict]:
+    """Train `configs` as one pack; returns, per member, what its own `run_trial` would return.
+
+    `report(k, metrics)` gets member k's metrics each epoch (run_trial's names and values, the
+    checkpoint key included). A member whose loss is NaN/inf is dropped and its entry is
+    {"error": <run_trial's message>, "failed_epoch": e}. `checkpoint_dirs`: one folder per member
+    (or None); members resume from them, and all unfinished members must resume from the same
+    epoch (a pack has one schedule). Finished members are not trained again.
+    """
+    cfgs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
+    check_packable(cfgs)
+    dirs = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(cfgs)
+    if len(dirs) != len(cfgs):
+        raise PackError(f"{len(dirs)} checkpoint_dirs for {len(cfgs)} configs; allowed: one per config")
+    cfg0 = cfgs[0]
+    if cfg0.threads:
+        torch.set_num_threads(cfg0.threads)
+    device = T.pick_device(cfg0.device)
+    if device.type == "cpu":
+        T.keep_freed_memory()
+    members = [_Member(k, c, device, cache_dir, dirs[k]) for k, c in enumerate(cfgs)]
+    results: list[dict] = [m.last if m.start_epoch >= m.cfg.epochs else {} for m in members]
+    todo = [m for m in members if m.start_epoch < m.cfg.epochs]
+    if not todo:
+        return results
+    starts = {m.start_epoch for m in todo}
+    if len(starts) > 1:
+        raise PackError(f"members resume from epochs {[m.start_epoch for m in todo]}; allowed: one start "
+                        "epoch per pack (run the members of each start epoch as their own pack)")
+    y = members[0].d["train_y"]
+    if any(not torch.equal(m.d["train_y"], y) for m in todo):
+        raise PackError("members see different training labels; allowed: the same data and subset")
+    n, bs = y.shape[0], cfg0.batch_size
+    pack = Pack(todo)
+    for epoch in range(starts.pop(), cfg0.epochs):
+        t0 = time.perf_counter()
+        lr = cfg0.lr_at(epoch)
+        for group in pack.opt.param_groups:
+            group["lr"] = lr
+        # -- each member's epoch, exactly as its run_trial builds it
+        xs, ts, targets, orders = [], [], [], []
+        for m in pack.members:
+            x_e, scores, level, kind, g = T.epoch_data(m.cfg, epoch, m.d["train_x"], device, m.bank)
+            t = T.true_class_t(m.cfg, m.tmap, scores)
+            if epoch == 0 and m.ckpt_dir:
+                (m.ckpt_dir / T.SCORE_HIST_FILE).write_text(
+                    json.dumps(T.score_histogram(m.cfg, m.tmap, scores, level, kind), sort_keys=True))
+            xs.append(x_e)
+            ts.append(t)
+            targets.append(labels.targets_from_t(y, t, NUM_CLASSES))
+            orders.append(torch.randperm(n, generator=g).to(device))
+        X, Q, O = torch.stack(xs), torch.stack(targets), torch.stack(orders)  # K x n x ...
+        K = len(pack.members)
+        rows = torch.arange(K, device=device)[:, None]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_data = time.perf_counter() - t0
+        # -- the optimisation, all members per step
+        loss_sum = torch.zeros(K, device=device)
+        correct = torch.zeros(K, device=device, dtype=torch.long)
+        steps = 0
+        norm = pack.members[0].norm  # input_norm and data are shared, so one normalisation serves all
+        for i in range(0, n, bs):
+            idx = O[:, i:i + bs]
+            b = idx.shape[1]
+            xb = norm(X[rows, idx].flatten(0, 1)).unflatten(0, (K, b))
+            loss, logits = pack.train_step(xb, Q[rows, idx])
+            loss_sum += loss
+            correct += (logits.argmax(-1) == y[idx]).sum(-1)
+            steps += 1
+        mean_loss = [v / steps for v in loss_sum.tolist()]  # as run_trial: float(sum) / steps
+        correct = correct.tolist()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        failed = set()
+        for k, m in enumerate(pack.members):
+            if not math.isfinite(mean_loss[k]):
+                msg = f"loss is {mean_loss[k]} at epoch {epoch + 1} (lr={lr}); trial stopped"
+                results[m.index] = {"error": msg, "failed_epoch": epoch + 1}
+                failed.add(k)
+                continue
+            below = (ts[k][orders[k]] < 1.0 / NUM_CLASSES).float()
+            nb = n // bs
+            below_chance_max = float(below[: nb * bs].view(nb, -1).mean(1).max()) if nb else 0.0
+            metrics = {
+                "epoch": epoch + 1, "loss": mean_loss[k], "lr": lr, "train_acc": correct[k] / n,
+                **labels.target_stats(ts[k], NUM_CLASSES), "frac_below_chance_max_batch": below_chance_max,
+                "epoch_time": dt, "images_per_s": n / dt, "data_time": t_data, "data_share": t_data / dt,
+            }
+            last_epoch = epoch + 1 == m.cfg.epochs
+            due_eval = last_epoch or (m.cfg.eval_every and (epoch + 1) % m.cfg.eval_every == 0)
+            due_ckpt = m.ckpt_dir and (last_epoch or (epoch + 1) % m.cfg.checkpoint_every == 0)
+            if due_eval or due_ckpt:
+                pack.sync_member(k)
+            if due_eval:
+                metrics.update(T.evaluate(m.model, m.d["test_sets"], m.d["test_y"], m.norm))
+            m.history.append(dict(metrics))
+            if due_ckpt:
+                _save(m, epoch, metrics, last_epoch)
+                metrics["checkpoint"] = str(m.ckpt_dir)
+            report(m.index, metrics)
+            results[m.index] = metrics
+        if failed:
+            if len(failed) == K:
+                break
+            pack = pack.without(failed)
+    return results
