@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,20 +216,20 @@ class Cluster:
     # ------------------------------------------------------------------ processes
     def popen(self, node: str, cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
         log.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(log, "ab")
-        return subprocess.Popen(self.prefix(node) + cmd, cwd=self.root, env={**self.env, **(env or {})},
-                                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        with open(log, "ab") as fh:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(self.prefix(node) + cmd, cwd=self.root, env={**self.env, **(env or {})},
+                                    stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
 
     def start_node(self, name: str, cpus: int) -> Node:
         node = self._new_node(name)
         # each node its own, never /tmp/ray; short, since Ray's socket paths must fit in 107 bytes
         node.temp_dir = self.ray_tmp / name
         node.log = self.root / "logs" / f"ray-{name}.log"
-        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address", node.ip, "--num-cpus", str(cpus),
-               "--num-gpus", "0", "--temp-dir", str(node.temp_dir), "--object-store-memory", str(100 * 2**20),
-               "--disable-usage-stats"]
-        if self.mode == "loopback":  # on one address every node needs its own ports
+        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address", node.ip,
+               "--num-cpus", str(cpus), "--num-gpus", "0", "--temp-dir", str(node.temp_dir),
+               "--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
+        if self.mode == "loopback":  # agents bind ports on all addresses: one host, so distinct ports
             cmd += ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port",
                     str(free_port()), "--runtime-env-agent-port", str(free_port())]
         if name == "head":
@@ -405,11 +404,3 @@ def wait_for(pred, timeout: float, every: float = 0.2, what: str = "condition"):
             return got
         time.sleep(every)
     raise TimeoutError(f"{what} not met after {timeout:.0f}s")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=1)
-        return True
-    except OSError:
-        return False

@@ -142,7 +142,8 @@ def test_a_tracking_server_that_answers_health_but_refuses_the_api_is_refused(tm
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                               "--port", str(port),
                                "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--workers", "1",
                                "--allowed-hosts", "mlflow.example.org"],  # MLflow 3: not us
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -198,7 +199,8 @@ def test_a_truncated_data_file_is_refused(tmp_path, monkeypatch, capsys, copy):
 
 
 def test_matching_sha256sums_are_accepted(copy):
-    (copy / "SHA256SUMS").write_text("".join(f"{sha256(copy / n)}  {n}\n" for n in ("train.parquet", "test.parquet")))
+    names = ("train.parquet", "test.parquet")
+    (copy / "SHA256SUMS").write_text("".join(f"{sha256(copy / n)}  {n}\n" for n in names))
     assert data.resolve_source(str(copy)) == str(copy)
 
 
@@ -347,7 +349,8 @@ def test_nan_and_crashing_trials_fail_with_the_reason_and_the_rest_finish(tmp_pa
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = c.get_experiment_by_name("iqa-ls")
-    runs = {r.data.tags["iqa_ls.trial_key"]: r for r in c.search_runs([exp.experiment_id], "tags.`iqa_ls.role` = 'trial'")}
+    runs = {r.data.tags["iqa_ls.trial_key"]: r
+            for r in c.search_runs([exp.experiment_id], "tags.`iqa_ls.role` = 'trial'")}
     assert len(runs) == 9
     assert runs["s3-seed0"].info.status == "FAILED"
     assert re.match(r"loss is (nan|inf) at epoch \d", runs["s3-seed0"].data.tags["iqa_ls.error"])

@@ -181,7 +181,8 @@ def test_killed_driver_then_resume_keeps_finished_and_continues_the_rest(cluster
     facts = assert_one_finished_run_per_trial(c, name)
     assert {k: f["run_id"] for k, f in facts.items() if k in ids_before} == ids_before  # same runs again
     for k in finished:  # not re-run: one attempt, checkpoint untouched
-        assert facts[k]["start_epochs"] == [0.0] and ckpt_mtime[k] == (storage / k / "checkpoint.pt").stat().st_mtime_ns
+        assert facts[k]["start_epochs"] == [0.0]
+        assert ckpt_mtime[k] == (storage / k / "checkpoint.pt").stat().st_mtime_ns
     resumed = [k for k, step in unfinished.items() if step >= 1]
     assert resumed
     for k in resumed:  # continued from its checkpoint (at or after the last epoch MLflow had)

@@ -133,7 +133,8 @@ def resolve_source(source: str) -> str:
             if missing:
                 raise DataError(f"cifar-10-batches-py folder {str(folder)!r} lacks {missing}; "
                                 f"allowed: {ALLOWED}")
-            verify_checksums([folder / f for f in ("batches.meta",) + PICKLE_FILES["train"] + PICKLE_FILES["test"]])
+            verify_checksums([folder / f for f in ("batches.meta",) + PICKLE_FILES["train"]
+                              + PICKLE_FILES["test"]])
             return str(folder)
     if (p / "train.parquet").is_file() and (p / "test.parquet").is_file():
         verify_checksums([p / "train.parquet", p / "test.parquet"])

@@ -87,7 +87,7 @@ class _Member:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             state = T.load_checkpoint(self.ckpt_dir)
             if state is not None:
-                if state["config"] != cfg.to_dict():
+                if TrialConfig.from_dict(state["config"]) != cfg:  # as run_trial: compared as configs
                     raise T.TrialError(f"checkpoint in {self.ckpt_dir} was written by another config; "
                                        "use a fresh checkpoint_dir")
                 self.model.load_state_dict(state["model"])
