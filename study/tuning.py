@@ -272,10 +272,22 @@ class MlflowCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         key = trial.config["trial"]["key"]
-        err = trial.get_error() or "trial raised an error (no error file)"
+        err = _error_text(trial) or "trial raised an error (no error file)"
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
         self.failed[key] = lines[-1] if lines else str(err)
         self.rec.fail_child(key, self.failed[key])
+
+
+def _error_text(trial) -> str | None:
+    """The trial's error trace. Ray writes it first to the driver's staging folder (trial.error_file)
+    and syncs it to storage later, so `trial.get_error()` (which reads storage) can still be empty
+    when on_trial_error runs: read the local file first."""
+    local = trial.error_file
+    if local and Path(local).exists():
+        text = Path(local).read_text(errors="replace")
+        if text.strip():
+            return text
+    return trial.get_error()
 
 
 class ProgressPrinter(tune.Callback):
