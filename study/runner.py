@@ -25,6 +25,8 @@ from trainables import data as data_mod
 from trainables.config import ConfigError, TrialConfig
 
 DEFAULT_STORAGE = "ray_results"
+PACK_MODES = ("auto", "on", "off")
+DEFAULT_PACK_SIZE = 16  # members per pack: Table 2 (9) or one ablation grid fits in one
 
 
 class StudyError(RuntimeError):
@@ -88,6 +90,10 @@ def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--max-failures", type=int, default=3, help="restarts of a trial after a lost worker")
     p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
+    p.add_argument("--pack", default="auto", help="train trials that share a schedule as one packed "
+                   "model per Ray trial: auto (on CUDA only) | on | off (default auto)")
+    p.add_argument("--pack-size", type=int, default=DEFAULT_PACK_SIZE,
+                   help=f"most members per pack (default {DEFAULT_PACK_SIZE})")
 
 
 def schedule_fields(args) -> dict:
@@ -168,6 +174,10 @@ def preflight(args, trials: list[Trial]) -> dict:
         raise StudyError(f"--cpus-per-trial {args.cpus_per_trial} is not allowed; allowed: a number > 0")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise StudyError(f"--gpus-per-trial {args.gpus_per_trial} is not allowed; allowed: a number >= 0")
+    if getattr(args, "pack", "auto") not in PACK_MODES:
+        raise StudyError(f"--pack {args.pack} is not allowed; allowed: {', '.join(PACK_MODES)}")
+    if getattr(args, "pack_size", 1) < 1:
+        raise StudyError(f"--pack-size {args.pack_size} is not allowed; allowed: an integer >= 1")
     if args.max_failures < 0:
         raise StudyError(f"--max-failures {args.max_failures} is not allowed; allowed: an integer >= 0")
     try:
@@ -181,6 +191,32 @@ def preflight(args, trials: list[Trial]) -> dict:
     except data_mod.DataError as e:
         raise StudyError(f"--data: {e}") from None
     return {"storage": storage, "train": train, "n_test": test.images.shape[0]}
+
+
+def make_packs(specs: list[dict], size: int) -> list[dict]:
+    """Group trial specs into packs (one Ray trial each): members share trainables.packed.pack_key
+    (schedule, data, model code path, device) and checkpoint cadence (so they resume from one
+    epoch), in grid order, at most `size` per pack and the packs of a group as even as can be (9
+    trials, size 4: 3 + 3 + 3, not 4 + 4 + 1). A group of one stays an ordinary trial spec."""
+    from trainables.packed import pack_key
+
+    groups: dict[tuple, list[dict]] = {}
+    for s in specs:
+        cfg = TrialConfig.from_dict(s["config"])
+        groups.setdefault((pack_key(cfg), cfg.checkpoint_every), []).append(s)
+    out = []
+    for group in groups.values():
+        n = -(-len(group) // size)  # packs this group needs
+        bounds = [-(-i * len(group) // n) for i in range(n + 1)]  # ceil: larger packs first
+        for lo, hi in zip(bounds, bounds[1:]):
+            chunk = group[lo:hi]
+            if len(chunk) == 1:
+                out.append(chunk[0])
+                continue
+            key = f"pack-{len(out)}"
+            members = [{**m, "tags": {**m["tags"], "pack": key, "pack_size": len(chunk)}} for m in chunk]
+            out.append({"key": key, "members": members, "cache_dir": chunk[0]["cache_dir"]})
+    return out
 
 
 def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float = 3.0) -> float:
@@ -227,8 +263,13 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
                          "is not recorded); start the search again under a new --name")
     facts = preflight(args, trials or ([Trial(search.key(0), search.base)] if search is not None else []))
     cuda = torch.cuda.is_available() and args.device != "cpu"
+    # packing (trainables.packed): the grid's trials that share a schedule train as one model per Ray
+    # trial; worth it on a GPU (one small model leaves it idle), not on a CPU (no idle units to fill)
+    packing = args.pack == "on" or (args.pack == "auto" and cuda)
     cpus = args.cpus_per_trial if args.cpus_per_trial is not None else 1.0
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if cuda else 0.0)
+    # a pack fills a GPU by itself; single trials share one (fractional GPUs)
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (
+        (1.0 if packing else 0.25) if cuda else 0.0)
     device = "cuda" if gpus > 0 else "cpu"
     trials = [Trial(t.key, t.config.replace(device=device, threads=max(1, int(cpus))), t.tags) for t in trials]
     if search is not None:
@@ -258,7 +299,10 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
     # workers' GPUs, so the estimate is left out rather than guessed
     ips = probe_throughput(cfg0, threads, device) if device == "cpu" or torch.cuda.is_available() else None
     total_cpus = os.cpu_count() or 1
-    parallel = max(1, min(len(trials) + n_search, int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
+    # packs are planned from every trial of the grid (a resumed run packs what is left, below)
+    n_ray = (len(make_packs([{"config": t.config.to_dict(), "tags": {}, "cache_dir": ""} for t in trials],
+                            args.pack_size)) if packing else len(trials))
+    parallel = max(1, min(n_ray + n_search, int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
     n_test = min(cfg0.test_subset or facts["n_test"], facts["n_test"])
     # eval: 10 test sets, forward only (about a third of a training step per image)
     work = sum(t.config.epochs * n_train + 10 * n_test / 3 for t in trials)
@@ -273,8 +317,13 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
           f"{n_train} training images ({train.source}, {train.checksum[:19]}), {n_test} test images x 10 sets")
     for line in plan_lines:
         print(f"  {line}")
-    print(f"  device {device}; {cpus:g} CPU + {gpus:g} GPU per trial; up to {parallel} side by side; "
-          f"Ray {'at ' + args.address if args.address else 'local'}")
+    print(f"  device {device}; {cpus:g} CPU + {gpus:g} GPU per {'pack' if packing else 'trial'}; "
+          f"up to {parallel} side by side; Ray {'at ' + args.address if args.address else 'local'}")
+    if packing:
+        print(f"  packing ({'forced by --pack on' if args.pack == 'on' else 'auto: CUDA'}): the {len(trials)} "
+              f"grid trials run as {n_ray} Ray trial(s) of up to {args.pack_size} members"
+              + ("; search trials run unpacked" if search is not None else "")
+              + "; the estimate assumes no speed-up from packing")
     if ips:
         print(f"  probe: {ips:.0f} training images/s per trial ({threads} thread(s), batch {cfg0.batch_size}, "
               f"{tuning.device_name(device)}); estimated wall time {tuning._fmt(est)}")
@@ -306,6 +355,7 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
                 "cache_dir": str(data_mod.default_cache_dir()), "fault": faults.get(key)}
 
     specs = [spec_of(t.key, t.config, t.tags) for t in todo]
+    runs = make_packs(specs, args.pack_size) if packing else specs  # what Ray runs: trials or packs
     status = "FINISHED"
     if specs or search is not None:
         import ray
@@ -316,8 +366,8 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
                                          args.progress_every)
         cb = tuning.MlflowCallback(rec, tags_of)
         try:
-            if specs:
-                tuning.run_tuner(specs, name=args.name, storage=facts["storage"],
+            if runs:
+                tuning.run_tuner(runs, name=args.name, storage=facts["storage"],
                                  resources={"cpu": cpus, "gpu": gpus}, callbacks=[cb, printer],
                                  max_failures=args.max_failures)
             if search is not None:

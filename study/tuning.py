@@ -132,10 +132,13 @@ def parse_faults(value: str | None, keys) -> dict[str, str]:
 
 # ------------------------------------------------------------------ the trainable
 def trainable(param: dict) -> None:
-    """Ray function trainable; param["trial"] = {"key", "config" (TrialConfig dict), "store", "cache_dir"}."""
+    """Ray function trainable; param["trial"] = {"key", "config" (TrialConfig dict), "store", "cache_dir"},
+    or a pack: {"key", "members": [such specs], "cache_dir"} (see run_pack)."""
     spec = param["trial"]
     if spec.get("env"):
         os.environ.update(spec["env"])
+    if "members" in spec:
+        return run_pack(spec, tune.report, _node())
     cfg = TrialConfig.from_dict(spec["config"])
     fault = spec.get("fault")
     if fault == "raise":
@@ -147,7 +150,7 @@ def trainable(param: dict) -> None:
     state = load_checkpoint(ckpt_dir)
     start_epoch = int(state["epoch"]) if state else 0  # 0: from scratch; else resumed from there
     del state
-    node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()}"
+    node = _node()
     token = store.claim({"node": node, "pid": os.getpid(), "since": time.time(), "start_epoch": start_epoch})
     first = True
 
@@ -184,6 +187,71 @@ def trainable(param: dict) -> None:
         report({k: v for k, v in last.items() if k != "checkpoint"})
 
 
+def _node() -> str:
+    return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()}"
+
+
+def run_pack(spec: dict, emit, node: str) -> None:
+    """A packed trial: its members train as one vmapped model (trainables.packed.run_packed) and
+    each reports as if it ran alone — every result carries `member` (the member's trial key), so the
+    driver's callback sends it to that member's MLflow run. Each member keeps its own checkpoint
+    folder and owner claim (the same folder an unpacked run of it uses, so a study can switch
+    packing between runs), its own first-report facts, and its own failure: a NaN member is
+    reported failed and dropped while the others go on. A crash of the process fails the pack,
+    and Ray restarts it like any trial. Members resume from their checkpoints; members at different
+    epochs (e.g. a study first run unpacked) run as one pack per start epoch, in turn.
+    `emit` is tune.report in a Ray trial (a list's append in tests)."""
+    from trainables.packed import run_packed
+
+    members = spec["members"]
+    for m in members:
+        if m.get("fault") == "raise":
+            raise RuntimeError(f"fault injected by {FAULT_ENV}=raise@{m['key']}")
+    cfgs = [TrialConfig.from_dict(m["config"]) for m in members]
+    stores = [TrialStore(m["store"]) for m in members]
+    dirs = [s.pull() for s in stores]
+    states = [load_checkpoint(d) for d in dirs]
+    starts = [int(st["epoch"]) if st else 0 for st in states]
+    lasts = [dict(st["metrics"]) if st else {} for st in states]
+    del states
+    tokens = [s.claim({"node": node, "pid": os.getpid(), "since": time.time(), "start_epoch": starts[k],
+                       "pack": spec["key"]}) for k, s in enumerate(stores)]
+    first = [True] * len(members)
+
+    def report(k: int, metrics: dict) -> None:
+        owner = stores[k].owner()
+        if owner.get("token") != tokens[k]:
+            raise Superseded(f"{members[k]['store']} was claimed by node {owner.get('node')} pid {owner.get('pid')}")
+        if metrics.pop("checkpoint", None):
+            stores[k].push()
+        if first[k]:
+            metrics.update(device_name=device_name(cfgs[k].device), node=node, start_epoch=starts[k])
+            first[k] = False
+        emit({**metrics, "member": members[k]["key"]})
+
+    ended: set[int] = set()
+    try:
+        for k, cfg in enumerate(cfgs):
+            if starts[k] >= cfg.epochs:  # resumed after its last epoch: hand the final metrics back once
+                report(k, {n: v for n, v in lasts[k].items() if n != "checkpoint"})
+                ended.add(k)
+        for start in sorted({starts[k] for k in range(len(cfgs)) if k not in ended}):
+            group = [k for k in range(len(cfgs)) if starts[k] == start and k not in ended]
+            out = run_packed([cfgs[k] for k in group], lambda j, m: report(group[j], m),
+                             checkpoint_dirs=[dirs[k] for k in group], cache_dir=spec.get("cache_dir"),
+                             poison={j for j, k in enumerate(group) if members[k].get("fault") == "nan"})
+            for j, k in enumerate(group):
+                ended.add(k)
+                if "error" in out[j]:
+                    emit({"member": members[k]["key"], "trial_error": out[j]["error"]})
+    except TrialError as e:  # a property of the members (e.g. a checkpoint of another config): not retried
+        for k in range(len(members)):
+            if k not in ended:
+                emit({"member": members[k]["key"], "trial_error": str(e)})
+    except Superseded:
+        return  # a newer copy of the pack owns the folders and reports for it
+
+
 def device_name(device: str) -> str:
     """'NVIDIA H200' or 'cpu: AMD EPYC x2': the hardware a number was measured on."""
     import torch
@@ -215,17 +283,20 @@ class MlflowCallback(tune.Callback):
         self.stopped_early: dict[str, int] = {}  # key -> last epoch, trials a scheduler (ASHA) stopped
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        spec = trial.config["trial"]
-        self.rec.open_child(spec["key"], spec["config"], self.tags_of(spec))
+        for m in members_of(trial.config["trial"]):
+            self.rec.open_child(m["key"], m["config"], self.tags_of(m))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        key = trial.config["trial"]["key"]
+        # a packed trial's results name their member; an unpacked trial is its own one member
+        spec = trial.config["trial"]
+        key = result.get("member") or spec["key"]
+        store = next(m["store"] for m in members_of(spec) if m["key"] == key)
         if "device_name" in result:
             self.rec.client.set_tag(self.rec.child_ids[key], "iqa_ls.device_name", result["device_name"])
         if "start_epoch" in result:  # the first report of an attempt
             start = int(result["start_epoch"])
             if start > self.rec.last_step.get(key, 0):
-                self._fill_gap(trial.config["trial"]["store"], key)
+                self._fill_gap(store, key)
             self.rec.record_attempt(key, start, result.get("node") or str(result.get("node_ip")))
         if "trial_error" in result:
             self.failed[key] = result["trial_error"]
@@ -248,34 +319,43 @@ class MlflowCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         spec = trial.config["trial"]
-        if spec["key"] in self.failed:
-            return
+        for m in members_of(spec):
+            if m["key"] not in self.failed:
+                self._complete(m, trial.last_result or {}, packed="members" in spec)
+
+    def _complete(self, spec: dict, last: dict, packed: bool) -> None:
         store = TrialStore(spec["store"])
         local = store.fetch()
-        files = [local / a for a in ARTIFACTS if (local / a).exists()]
-        extra = [local / a for a in OPTIONAL_ARTIFACTS if (local / a).exists()]
-        last = trial.last_result or {}
-        if len(files) != len(ARTIFACTS) and last.get("done") and 0 < int(last.get("epoch", 0)) < \
-                spec["config"]["epochs"]:
-            # the scheduler stopped it before its last epoch (Tune marks that result done): an honest
-            # KILLED with the epoch it reached, neither a failure nor a finished trial
-            self.stopped_early[spec["key"]] = int(last["epoch"])
-            self.rec.stop_child_early(spec["key"], int(last["epoch"]), extra)
-        elif len(files) != len(ARTIFACTS):
-            self.failed[spec["key"]] = f"trial ended without its final artifacts in {spec['store']}"
-            self.rec.fail_child(spec["key"], self.failed[spec["key"]])
-            return
-        else:
-            self.rec.finish_child(spec["key"], files + extra)
-        if store.remote:
-            shutil.rmtree(local, ignore_errors=True)
+        try:
+            files = [local / a for a in ARTIFACTS if (local / a).exists()]
+            extra = [local / a for a in OPTIONAL_ARTIFACTS if (local / a).exists()]
+            if len(files) != len(ARTIFACTS) and not packed and last.get("done") and \
+                    0 < int(last.get("epoch", 0)) < spec["config"]["epochs"]:
+                # the scheduler stopped it before its last epoch (Tune marks that result done): an
+                # honest KILLED with the epoch it reached, neither a failure nor a finished trial
+                self.stopped_early[spec["key"]] = int(last["epoch"])
+                self.rec.stop_child_early(spec["key"], int(last["epoch"]), extra)
+            elif len(files) != len(ARTIFACTS):
+                self.failed[spec["key"]] = f"trial ended without its final artifacts in {spec['store']}"
+                self.rec.fail_child(spec["key"], self.failed[spec["key"]])
+            else:
+                self.rec.finish_child(spec["key"], files + extra)
+        finally:
+            if store.remote:
+                shutil.rmtree(local, ignore_errors=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        key = trial.config["trial"]["key"]
         err = _error_text(trial) or "trial raised an error (no error file)"
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-        self.failed[key] = lines[-1] if lines else str(err)
-        self.rec.fail_child(key, self.failed[key])
+        for m in members_of(trial.config["trial"]):  # a crashed pack fails each member still open
+            if m["key"] not in self.failed:
+                self.failed[m["key"]] = lines[-1] if lines else str(err)
+                self.rec.fail_child(m["key"], self.failed[m["key"]])
+
+
+def members_of(spec: dict) -> list[dict]:
+    """The trial specs a Ray trial runs: a pack's members, or the trial itself."""
+    return spec.get("members") or [spec]
 
 
 def _error_text(trial) -> str | None:
@@ -302,7 +382,7 @@ class ProgressPrinter(tune.Callback):
         self.best: tuple[float, str] | None = None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        key = trial.config["trial"]["key"]
+        key = result.get("member") or trial.config["trial"]["key"]
         if "epoch" in result:
             self.epochs[key] = int(result["epoch"])
         if self.metric in result and (self.best is None or result[self.metric] > self.best[0]):

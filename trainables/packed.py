@@ -66,7 +66,7 @@ def check_packable(configs: list[TrialConfig]) -> None:
 class _Member:
     """One trial of the pack: its config, data, model (for evaluation and checkpoints) and record."""
 
-    def __init__(self, index: int, cfg: TrialConfig, device, cache_dir, ckpt_dir):
+    def __init__(self, index: int, cfg: TrialConfig, device, cache_dir, ckpt_dir, poison: bool = False):
         self.index, self.cfg, self.ckpt_dir = index, cfg, Path(ckpt_dir) if ckpt_dir else None
         self.d = T.prepare_data(cfg, device, cache_dir)
         self.tmap = T.target_map(cfg)
@@ -79,6 +79,9 @@ class _Member:
                                                        cache_dir or data_mod.default_cache_dir())
             self.bank = self.d["banks"][bkey]
         self.model = T.build_model(cfg, device)
+        if poison:  # fault injection (run_packed's `poison`): a NaN weight makes every loss NaN
+            with torch.no_grad():
+                self.model.fc3.bias[0] = float("nan")
         self.rng = torch.get_rng_state()  # what run_trial's checkpoint stores: the state after init
         self.opt = T.build_optimizer(cfg, self.model)
         self.start_epoch, self.history, self.last = 0, [], {}
@@ -189,14 +192,16 @@ def _save(m: _Member, epoch: int, metrics: dict, last_epoch: bool) -> None:
 
 
 def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], None] = lambda k, m: None,
-               checkpoint_dirs: list | None = None, cache_dir=None) -> list[dict]:
+               checkpoint_dirs: list | None = None, cache_dir=None, poison=()) -> list[dict]:
     """Train `configs` as one pack; returns, per member, what its own `run_trial` would return.
 
     `report(k, metrics)` gets member k's metrics each epoch (run_trial's names and values, the
     checkpoint key included). A member whose loss is NaN/inf is dropped and its entry is
     {"error": <run_trial's message>, "failed_epoch": e}. `checkpoint_dirs`: one folder per member
     (or None); members resume from them, and all unfinished members must resume from the same
-    epoch (a pack has one schedule). Finished members are not trained again.
+    epoch (a pack has one schedule). Finished members are not trained again. `poison`: indices of
+    members that start with a NaN weight, the fault-injection hook of study.tuning (IQA_LS_FAULT=nan
+    on a packed trial: the lr that injects it unpacked is shared by the pack), nothing else.
     """
     cfgs = [c if isinstance(c, TrialConfig) else TrialConfig.from_dict(c) for c in configs]
     check_packable(cfgs)
@@ -209,7 +214,10 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
     device = T.pick_device(cfg0.device)
     if device.type == "cpu":
         T.keep_freed_memory()
-    members = [_Member(k, c, device, cache_dir, dirs[k]) for k, c in enumerate(cfgs)]
+    bad = [k for k in poison if not 0 <= k < len(cfgs)]
+    if bad:
+        raise PackError(f"poison={sorted(poison)}: {bad} not allowed; allowed: member indices 0..{len(cfgs) - 1}")
+    members = [_Member(k, c, device, cache_dir, dirs[k], k in poison) for k, c in enumerate(cfgs)]
     results: list[dict] = [m.last if m.start_epoch >= m.cfg.epochs else {} for m in members]
     todo = [m for m in members if m.start_epoch < m.cfg.epochs]
     if not todo:
