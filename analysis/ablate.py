@@ -32,7 +32,6 @@ Nothing written depends on the clock, so the same runs give the same bytes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -47,7 +46,7 @@ from analysis.common import (ACC_METRICS, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_U
                              TAG_KIND, TAG_SEED, TAG_SEEDS, TEST_SET_LABELS, TEST_SETS, AnalysisError,
                              TrialRecord, child_runs, find_parent, first_line, fmt, log_files, mean_std_n,
                              new_figure, open_client, provenance, provenance_line, provenance_warnings,
-                             run_cli, save_figure, write_csv, write_parquet, write_text)
+                             run_cli, save_figure, study_main, write_csv, write_parquet, write_text)
 
 ABLATIONS = ("tmap", "iqa", "ratios", "levels", "search")  # table order
 DESCRIPTIONS = {
@@ -618,19 +617,7 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.ablate", description=__doc__.split("\n\n")[0])
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--study", help="study name (parent run tag iqa_ls.study)")
-    who.add_argument("--run-id", help="the study's parent run id, instead of --study")
-    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
-    p.add_argument("--out", default=None, help="output folder (default results/<study>)")
-    p.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
-    args = p.parse_args(argv)
-    result = build_ablate(study=args.study, parent_run_id=args.run_id, tracking_uri=args.tracking_uri,
-                          experiment=args.experiment, out_dir=args.out, log_to_parent=not args.no_log)
-    print(format_console(result))
-    return 0
+    return study_main("python -m analysis.ablate", __doc__.split("\n\n")[0], build_ablate, format_console, argv)
 
 
 if __name__ == "__main__":

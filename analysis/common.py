@@ -6,6 +6,7 @@ writes. Analysis reads MLflow only: nothing here imports torch, Ray or the train
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -314,3 +315,23 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: list[str] 
         kind = "" if isinstance(e, AnalysisError) else f"{type(e).__name__}: "
         print(f"{prog}: error: {kind}{first_line(e)}", file=sys.stderr)
         return 2
+
+
+def study_main(prog: str, description: str, build: Callable, format_console: Callable,
+               argv: list[str] | None = None) -> int:
+    """The analysis CLIs' shared arguments: which study (name or parent run id), where MLflow is,
+    where the files go; `build(study=, parent_run_id=, tracking_uri=, experiment=, out_dir=,
+    log_to_parent=)` makes them and `format_console` prints the result."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--study", help="study name (parent run tag iqa_ls.study)")
+    who.add_argument("--run-id", help="the study's parent run id, instead of --study")
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+    p.add_argument("--out", default=None, help="output folder (default results/<study>)")
+    p.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
+    args = p.parse_args(argv)
+    result = build(study=args.study, parent_run_id=args.run_id, tracking_uri=args.tracking_uri,
+                   experiment=args.experiment, out_dir=args.out, log_to_parent=not args.no_log)
+    print(format_console(result))
+    return 0
