@@ -219,6 +219,30 @@ def make_packs(specs: list[dict], size: int) -> list[dict]:
     return out
 
 
+def epochs_left(args, trials: list[Trial], rec, storage: str) -> tuple[dict[str, int], str]:
+    """trial key -> epochs still to train, for the plan's estimate: all of them on a new study; on
+    --resume, none for a finished trial and the epochs after its checkpoint for the others (read
+    where the storage is a filesystem path; on object storage they count from epoch 0)."""
+    if not args.resume:
+        return {t.key: t.config.epochs for t in trials}, ""
+    from study.tuning import trial_store_uri
+    from trainables.train import load_checkpoint
+
+    finished = rec.recorded_finished_keys()
+    left = {}
+    for t in trials:
+        if t.key in finished:
+            continue
+        start = 0
+        if "://" not in storage:
+            state = load_checkpoint(Path(trial_store_uri(storage, args.name, t.key)))
+            start = int(state["epoch"]) if state else 0
+        left[t.key] = max(0, t.config.epochs - start)
+    total = sum(t.config.epochs for t in trials)
+    return left, (f"resume: {sum(left.values())} of {total} epochs left ({len(finished)} trials finished"
+                  + (", checkpoints on object storage counted from epoch 0)" if "://" in storage else ")"))
+
+
 def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float = 3.0) -> float:
     """Training images/s of the Table 1 model at the trial's batch size, on this machine."""
     import torch
@@ -304,8 +328,9 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
                             args.pack_size)) if packing else len(trials))
     parallel = max(1, min(n_ray + n_search, int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
     n_test = min(cfg0.test_subset or facts["n_test"], facts["n_test"])
+    left, left_note = epochs_left(args, trials, rec, facts["storage"])
     # eval: 10 test sets, forward only (about a third of a training step per image)
-    work = sum(t.config.epochs * n_train + 10 * n_test / 3 for t in trials)
+    work = sum(left[t.key] * n_train + 10 * n_test / 3 for t in trials if t.key in left)
     if search is not None:  # at most: every search trial runs all its epochs and evaluations
         work += n_search * (search.base.epochs * n_train + search.evals * 10 * n_test / 3)
     # CPU: trials side by side each at the probed rate; GPU: trials share one device's rate
@@ -324,6 +349,8 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
               f"grid trials run as {n_ray} Ray trial(s) of up to {args.pack_size} members"
               + ("; search trials run unpacked" if search is not None else "")
               + "; the estimate assumes no speed-up from packing")
+    if left_note:
+        print(f"  {left_note}")
     if ips:
         print(f"  probe: {ips:.0f} training images/s per trial ({threads} thread(s), batch {cfg0.batch_size}, "
               f"{tuning.device_name(device)}); estimated wall time {tuning._fmt(est)}")

@@ -103,6 +103,15 @@ class StudyRecorder:
         runs = self._search(f"tags.`mlflow.parentRunId` = '{self.parent_id}'")
         return {r.data.tags.get(f"{T}trial_key"): r for r in runs}
 
+    def recorded_finished_keys(self) -> set[str]:
+        """The finished trial keys of this study as recorded, without opening its parent run (the
+        plan of a --resume run counts what is left before anything is written)."""
+        found = self.find_parent()
+        if found is None:
+            return set()
+        runs = self._search(f"tags.`mlflow.parentRunId` = '{found.info.run_id}'")
+        return {r.data.tags.get(f"{T}trial_key") for r in runs if r.info.status == "FINISHED"}
+
     # ------------------------------------------------------------------ parent
     def open_parent(self, resume: bool, tags: dict, params: dict) -> str:
         """Create the parent run, or with `resume` find the existing one (never a second)."""

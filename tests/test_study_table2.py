@@ -88,6 +88,7 @@ def test_resume_after_finished_study_creates_no_new_runs(recorded):
     res = study(cwd, "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "9 finished trials kept, 0 to run" in res.stdout
+    assert "resume: 0 of 18 epochs left (9 trials finished)" in res.stdout  # the plan counts what is left
     _, parents, children = runs_of(uri, "table2")
     assert len(parents) == 1 and {r.info.run_id for r in children} == before
 
@@ -153,3 +154,25 @@ def test_smoke_study_against_a_real_mlflow_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_plan_counts_the_epochs_a_resume_leaves(tmp_path):
+    """--resume: finished trials count 0 epochs, the others the epochs after their checkpoint."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from study.runner import Trial, epochs_left
+    from trainables.config import TrialConfig
+    from trainables.train import CHECKPOINT_FILE
+    trials = [Trial(k, TrialConfig(epochs=10)) for k in ("a", "b", "c")]
+    (tmp_path / "st" / "trials" / "b").mkdir(parents=True)
+    torch.save({"epoch": 4}, tmp_path / "st" / "trials" / "b" / CHECKPOINT_FILE)
+    rec = SimpleNamespace(recorded_finished_keys=lambda: {"a"})
+    args = SimpleNamespace(resume=True, name="st")
+    left, note = epochs_left(args, trials, rec, str(tmp_path))
+    assert left == {"b": 6, "c": 10} and note == "resume: 16 of 30 epochs left (1 trials finished)"
+    assert epochs_left(SimpleNamespace(resume=False, name="st"), trials, rec, str(tmp_path)) == (
+        {"a": 10, "b": 10, "c": 10}, "")
+    left, note = epochs_left(args, trials, rec, "s3://bucket/x")
+    assert left == {"b": 10, "c": 10} and "counted from epoch 0" in note
