@@ -333,8 +333,11 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
     work = sum(left[t.key] * n_train + 10 * n_test / 3 for t in trials if t.key in left)
     if search is not None:  # at most: every search trial runs all its epochs and evaluations
         work += n_search * (search.base.epochs * n_train + search.evals * 10 * n_test / 3)
-    # CPU: trials side by side each at the probed rate; GPU: trials share one device's rate
-    est = work / (ips * (parallel if gpus == 0 else 1)) if ips else None
+    # CPU: trials side by side each at the probed rate, in rounds of `parallel` (9 trials on 2 slots
+    # take 5 rounds, not 4.5: the last trial runs alone); GPU: trials share one device's rate
+    n_runs = max(1, (len(left) if not packing else n_ray) + n_search)
+    rounds = -(-n_runs // parallel)
+    est = (work / n_runs * rounds / ips if gpus == 0 else work / ips) if ips else None
     commit = _git_commit()
     vers = versions()
     searched = f" + a search of {n_search}" if search is not None else ""
