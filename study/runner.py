@@ -409,6 +409,7 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
             raise
         finally:
             if status == "KILLED":
+                rec.interrupt_running_children()
                 rec.close_parent("KILLED")
             ray.shutdown()
         if cb.failed:
@@ -422,6 +423,7 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
         unfinished = sorted(s["key"] for s in specs if s["key"] not in ended)
         if unfinished:
             status = "KILLED"
+            rec.interrupt_running_children()  # their MLflow runs say so too (a --resume opens them again)
             print(f"  interrupted: {len(unfinished)} trial(s) unfinished ({', '.join(unfinished)}); "
                   f"run the same command with --resume to continue them from their checkpoints")
     rec.close_parent(status)

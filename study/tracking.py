@@ -207,6 +207,14 @@ class StudyRecorder:
         self.client.set_tag(run_id, f"{T}error", line)
         self.client.set_terminated(run_id, status="FAILED")
 
+    def interrupt_running_children(self) -> list[str]:
+        """Trials left unfinished by an interrupted study (Ctrl-C): KILLED, not RUNNING, until a
+        --resume run opens them again (open_child sets them RUNNING). Returns their keys."""
+        running = {k: r.info.run_id for k, r in self.children().items() if r.info.status == "RUNNING"}
+        for run_id in running.values():
+            self.client.set_terminated(run_id, status="KILLED")
+        return sorted(running)
+
     def stop_child_early(self, key: str, epoch: int, artifacts: list[Path] = ()) -> None:
         """A trial the scheduler (ASHA) stopped after `epoch`: not a failure and not finished."""
         run_id = self.child_ids[key]

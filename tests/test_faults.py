@@ -364,3 +364,20 @@ def test_nan_and_crashing_trials_fail_with_the_reason_and_the_rest_finish(tmp_pa
         assert any(line.startswith(f"- strategy {s}, seed 0") and "FAILED" in line for line in md.splitlines()), md
     row3 = next(line for line in res.stdout.splitlines() if line.startswith("3 IQA-LS MIX_blur"))
     assert row3.count("—") == 10 and "0." not in row3.split("ours")[1]
+
+
+def test_an_interrupted_study_leaves_no_run_running(tmp_path):
+    """Ctrl-C: the unfinished trials' runs become KILLED (not RUNNING forever); --resume reopens them."""
+    from study.tracking import StudyRecorder
+    rec = StudyRecorder(f"sqlite:///{tmp_path}/mlflow.db", "stopped", "table2")
+    rec.open_parent(False, {}, {})
+    for key in ("done", "mid"):
+        rec.open_child(key, {"seed": 0}, {})
+    rec.finish_child("done", [])
+    assert rec.interrupt_running_children() == ["mid"]
+    status = {k: r.info.status for k, r in rec.children().items()}
+    assert status == {"done": "FINISHED", "mid": "KILLED"}
+    again = StudyRecorder(f"sqlite:///{tmp_path}/mlflow.db", "stopped", "table2")
+    again.open_parent(True, {}, {})
+    again.open_child("mid", {"seed": 0}, {})
+    assert again.children()["mid"].info.status == "RUNNING" and again.finished_keys() == {"done"}
