@@ -42,11 +42,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.common import (ACC_METRICS, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, MISSING, TAG_ERROR,
-                             TAG_KIND, TAG_SEED, TAG_SEEDS, TEST_SET_LABELS, TEST_SETS, AnalysisError,
-                             TrialRecord, child_runs, find_parent, first_line, fmt, log_files, mean_std_n,
-                             new_figure, open_client, provenance, provenance_line, provenance_warnings,
-                             run_cli, save_figure, study_main, write_csv, write_parquet, write_text)
+from analysis.common import (ACC_METRICS, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, MISSING,
+                             TAG_ERROR, TAG_KIND, TAG_SEED, TAG_SEEDS, TEST_SET_LABELS, TEST_SETS, AnalysisError,
+                             TrialRecord, first_line, fmt, log_files, mean_std_n, new_figure, provenance,
+                             provenance_line, provenance_warnings, read_study, run_cli, save_figure, study_main, write_csv,
+                             write_parquet, write_text)
 
 ABLATIONS = ("tmap", "iqa", "ratios", "levels", "search")  # table order
 DESCRIPTIONS = {
@@ -545,15 +545,7 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
                  out_dir: str | Path | None = None, log_to_parent: bool = True) -> dict:
     """Read the study, write each ablation's files to `out_dir` (default results/<study>) and, with
     `log_to_parent`, log them to the parent run under `analysis/`. Returns the frames and file paths."""
-    client = open_client(tracking_uri)
-    try:
-        parent = find_parent(client, tracking_uri, experiment, study=study, parent_run_id=parent_run_id)
-        trials = child_runs(client, parent)
-    except AnalysisError:
-        raise
-    except Exception as e:  # an unreachable server, a broken store: say which study and where
-        what = f"study {study!r}" if study is not None else f"run {parent_run_id}"
-        raise AnalysisError(f"cannot read {what} from {tracking_uri}: {first_line(e)}") from e
+    client, parent, trials = read_study(tracking_uri, experiment, study, parent_run_id)
     seeds = planned_seeds(parent.data.tags.get(TAG_SEEDS))
     notes = []
     kind = parent.data.tags.get(TAG_KIND) or ""

@@ -335,3 +335,17 @@ def study_main(prog: str, description: str, build: Callable, format_console: Cal
                    experiment=args.experiment, out_dir=args.out, log_to_parent=not args.no_log)
     print(format_console(result))
     return 0
+
+
+def read_study(tracking_uri: str, experiment: str, study: str | None, parent_run_id: str | None):
+    """(client, parent run, trial records) of a recorded study; any failure to read it is one
+    AnalysisError naming the study and the store."""
+    client = open_client(tracking_uri)
+    try:
+        parent = find_parent(client, tracking_uri, experiment, study=study, parent_run_id=parent_run_id)
+        return client, parent, child_runs(client, parent)
+    except AnalysisError:
+        raise
+    except Exception as e:  # an unreachable server, a broken store: say which study and where
+        what = f"study {study!r}" if study is not None else f"run {parent_run_id}"
+        raise AnalysisError(f"cannot read {what} from {tracking_uri}: {first_line(e)}") from e
