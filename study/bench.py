@@ -495,9 +495,13 @@ def bench_epoch(cfg, device, sz, cache_dir) -> dict:
     reports = []
     T.run_trial(cfg.replace(epochs=1), reports.append, cache_dir=cache_dir)
     ref = reports[0]
-    if not math.isclose(ref["loss"], rows[0]["loss"], rel_tol=1e-6):
+    # CPU: the same operations in the same order, so the same loss to rounding. CUDA: cuDNN's backward
+    # kernels accumulate with atomics (run-to-run differences) and its convolutions run in TF32 by
+    # default, so over an epoch's steps the two runs drift apart by ~1e-4 relative (H200, 50 steps).
+    tol = 1e-6 if device.type == "cpu" else 2e-3
+    if not math.isclose(ref["loss"], rows[0]["loss"], rel_tol=tol):
         raise AssertionError(f"the instrumented epoch (loss {rows[0]['loss']}) is not run_trial's "
-                             f"(loss {ref['loss']})")
+                             f"(loss {ref['loss']}; relative tolerance {tol})")
     timed_rows = rows[sz["warmup"]:]
     return {"images": n, "train_set": cfg.train_set, "regularization": cfg.regularization,
             "batch": cfg.batch_size, "epoch_time_s": med([r["epoch_time"] for r in timed_rows]),
