@@ -376,7 +376,7 @@ def format_console(result: dict) -> str:
 
 # --- figures -----------------------------------------------------------------------------------------
 def _footer(fig, result: dict, a: dict) -> None:
-    width = int(fig.get_figwidth() * 20)  # characters of 6.5 pt text per line
+    width = int(fig.get_figwidth() * 17)  # characters of 6.5 pt text per line (20 overran the edge)
     fig.text(0.01, 0.01, textwrap.fill(provenance_line(result["provenance"], a["n_text"]), width),
              fontsize=6.5, va="bottom")
 
