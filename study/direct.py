@@ -28,6 +28,7 @@ import torch
 from search_spaces import ablate_iqa, ablate_levels, ablate_ratios, ablate_tmap
 from search_spaces import table2 as space
 from search_spaces.presets import PRESETS, resolve
+from trainables import data as data_mod
 from trainables import train as T
 from trainables.config import ConfigError, TrialConfig
 from trainables.packed import run_packed
@@ -137,9 +138,9 @@ def main(argv=None) -> int:
         device = T.pick_device(args.device)
         fields = resolve(args.preset, epochs=args.epochs, subset=args.subset, test_subset=args.test_subset)
         from study.bench import default_data
-        fields.update(data=args.data or default_data(), device=str(device))
+        fields.update(data=data_mod.resolve_source(args.data or default_data()), device=str(device))
         TrialConfig(**fields)  # every field checked before any work
-    except (T.TrialError, ConfigError, ValueError) as e:
+    except (T.TrialError, ConfigError, data_mod.DataError, ValueError) as e:
         p.error(str(e).splitlines()[0])
     print(f"study.direct: grid {args.grid} x {args.seeds} seed(s) as one pack on {device}; preset {args.preset}: "
           f"{fields['epochs']} epochs, lr x0.1 every {fields['lr_decay_every']}, subset {fields['subset'] or 'all'}, "

@@ -49,11 +49,12 @@ def test_iqa_grid_runs_as_one_pack_with_the_matched_control_and_prints_differenc
 @pytest.mark.parametrize("argv, words", [(["--grid", "nope"], ["--grid nope", "table2, tmap"]),
                                          (["--seeds", "0"], ["--seeds 0", ">= 1"]),
                                          (["--preset", "fast"], ["preset='fast'", "paper"]),
-                                         (["--epochs", "-1"], ["epochs=-1"])])
+                                         (["--epochs", "-1"], ["epochs=-1"]),
+                                         (["--data", "/nonexistent/cifar"], ["/nonexistent/cifar", "does not exist"])])
 def test_bad_flags_are_refused_in_one_line_before_any_work(argv, words, capsys, monkeypatch):
     monkeypatch.setattr(direct, "run", lambda *a, **k: pytest.fail("ran"))
     with pytest.raises(SystemExit) as e:
-        direct.main(argv + ["--data", FIXTURE, "--device", "cpu"])
+        direct.main(["--data", FIXTURE, "--device", "cpu"] + argv)  # argparse: the last --data wins
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert all(w in err for w in words), err
