@@ -243,12 +243,26 @@ def epochs_left(args, trials: list[Trial], rec, storage: str) -> tuple[dict[str,
                   + (", checkpoints on object storage counted from epoch 0)" if "://" in storage else ")"))
 
 
-def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float = 3.0) -> float:
-    """Training images/s of the Table 1 model at the trial's batch size, on this machine."""
+def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float = 3.0) -> tuple[float, float]:
+    """(training images/s at the trial's batch size, test images/s of the evaluation's forward pass at
+    its batch size) of the Table 1 model on this machine. Measured rather than assumed: on a 2-core
+    CPU the evaluation ran at ~1.7x the training rate per image, not the ~3x a FLOP count suggests."""
     import torch
 
     from trainables.labels import soft_cross_entropy
-    from trainables.train import build_model, build_optimizer, pick_device
+    from trainables.train import EVAL_BATCH, build_model, build_optimizer, pick_device
+
+    def rate(step, batch: int, budget: float) -> float:
+        n, t0 = 0, None
+        while True:
+            step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            n += 1
+            if n == 2:
+                t0 = time.perf_counter()  # two warm-up steps
+            elif t0 and time.perf_counter() - t0 > budget:
+                return (n - 2) * batch / (time.perf_counter() - t0)
 
     old = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
@@ -258,21 +272,33 @@ def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float
         opt = build_optimizer(cfg, model)
         x = torch.randn(cfg.batch_size, 3, 32, 32, device=dev)
         q = torch.full((cfg.batch_size, 10), 0.1, device=dev)
-        steps, t0 = 0, None
-        while True:
+
+        def train_step():
             loss = soft_cross_entropy(model(x), q)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            steps += 1
-            if steps == 2:
-                t0 = time.perf_counter()  # two warm-up steps
-            elif t0 and time.perf_counter() - t0 > seconds:
-                return (steps - 2) * cfg.batch_size / (time.perf_counter() - t0)
+        train_ips = rate(train_step, cfg.batch_size, seconds)
+        xe = torch.randn(EVAL_BATCH, 3, 32, 32, device=dev)
+        model.eval()
+        with torch.no_grad():
+            eval_ips = rate(lambda: model(xe), EVAL_BATCH, seconds / 2)
+        return train_ips, eval_ips
     finally:
         torch.set_num_threads(old)
+
+
+def estimate_seconds(trial_seconds: list[float], parallel: int, shared_device: bool) -> float:
+    """Wall time of runs that each take `trial_seconds` alone at the probed rates. CPU: `parallel` run
+    side by side, each at its own probed rate, in rounds (9 runs on 2 slots take 5 rounds, not 4.5:
+    the last one runs alone). A shared device (GPU): the runs split one device's rate, so their
+    times add up."""
+    if not trial_seconds:
+        return 0.0
+    if shared_device:
+        return sum(trial_seconds)
+    rounds = -(-len(trial_seconds) // max(1, parallel))
+    return sum(trial_seconds) / len(trial_seconds) * rounds
 
 
 def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, plan_lines=(),
@@ -321,7 +347,8 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
     threads = max(1, int(cpus))
     # the probe runs where the driver is: on a cluster whose head has no GPU it cannot measure the
     # workers' GPUs, so the estimate is left out rather than guessed
-    ips = probe_throughput(cfg0, threads, device) if device == "cpu" or torch.cuda.is_available() else None
+    ips, eval_ips = (probe_throughput(cfg0, threads, device) if device == "cpu" or torch.cuda.is_available()
+                     else (None, None))
     total_cpus = os.cpu_count() or 1
     # packs are planned from every trial of the grid (a resumed run packs what is left, below)
     n_ray = (len(make_packs([{"config": t.config.to_dict(), "tags": {}, "cache_dir": ""} for t in trials],
@@ -329,15 +356,15 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
     parallel = max(1, min(n_ray + n_search, int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
     n_test = min(cfg0.test_subset or facts["n_test"], facts["n_test"])
     left, left_note = epochs_left(args, trials, rec, facts["storage"])
-    # eval: 10 test sets, forward only (about a third of a training step per image)
-    work = sum(left[t.key] * n_train + 10 * n_test / 3 for t in trials if t.key in left)
-    if search is not None:  # at most: every search trial runs all its epochs and evaluations
-        work += n_search * (search.base.epochs * n_train + search.evals * 10 * n_test / 3)
-    # CPU: trials side by side each at the probed rate, in rounds of `parallel` (9 trials on 2 slots
-    # take 5 rounds, not 4.5: the last trial runs alone); GPU: trials share one device's rate
-    n_runs = max(1, (len(left) if not packing else n_ray) + n_search)
-    rounds = -(-n_runs // parallel)
-    est = (work / n_runs * rounds / ips if gpus == 0 else work / ips) if ips else None
+    est = None
+    if ips:
+        # seconds of each run alone: its epochs left, then the final evaluation on the 10 test sets
+        secs = [left[t.key] * n_train / ips + 10 * n_test / eval_ips for t in trials if t.key in left]
+        if packing and secs:  # no speed-up from packing assumed: the packs share their members' time
+            secs = [sum(secs) / n_ray] * n_ray
+        if search is not None:  # at most: every search trial runs all its epochs and evaluations
+            secs += [search.base.epochs * n_train / ips + search.evals * 10 * n_test / eval_ips] * n_search
+        est = estimate_seconds(secs, parallel, shared_device=gpus > 0)
     commit = _git_commit()
     vers = versions()
     searched = f" + a search of {n_search}" if search is not None else ""
@@ -355,8 +382,8 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
     if left_note:
         print(f"  {left_note}")
     if ips:
-        print(f"  probe: {ips:.0f} training images/s per trial ({threads} thread(s), batch {cfg0.batch_size}, "
-              f"{tuning.device_name(device)}); estimated wall time {tuning._fmt(est)}")
+        print(f"  probe: {ips:.0f} training images/s, {eval_ips:.0f} test images/s per trial ({threads} thread(s), "
+              f"batch {cfg0.batch_size}, {tuning.device_name(device)}); estimated wall time {tuning._fmt(est)}")
     else:
         print(f"  probe: skipped (the driver has no {device}); no wall-time estimate")
     print(f"  runs -> {args.tracking_uri} (experiment {args.experiment}); checkpoints -> {facts['storage']}/"

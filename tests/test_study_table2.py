@@ -176,3 +176,19 @@ def test_plan_counts_the_epochs_a_resume_leaves(tmp_path):
         {"a": 10, "b": 10, "c": 10}, "")
     left, note = epochs_left(args, trials, rec, "s3://bucket/x")
     assert left == {"b": 10, "c": 10} and "counted from epoch 0" in note
+
+
+def test_estimate_counts_rounds_on_cpu_and_adds_up_on_a_shared_device():
+    from study.runner import estimate_seconds
+    assert estimate_seconds([10.0] * 9, parallel=2, shared_device=False) == 50.0  # 5 rounds, the last alone
+    assert estimate_seconds([10.0] * 8, parallel=2, shared_device=False) == 40.0
+    assert estimate_seconds([10.0, 30.0], parallel=4, shared_device=False) == 20.0  # one round, mean time
+    assert estimate_seconds([10.0] * 9, parallel=4, shared_device=True) == 90.0
+    assert estimate_seconds([], parallel=2, shared_device=False) == 0.0
+
+
+def test_probe_measures_training_and_evaluation_rates():
+    from study.runner import probe_throughput
+    from trainables.config import TrialConfig
+    train_ips, eval_ips = probe_throughput(TrialConfig(), threads=1, device="cpu", seconds=0.5)
+    assert 0 < train_ips < eval_ips  # a forward pass without gradients costs less per image
