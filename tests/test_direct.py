@@ -27,7 +27,8 @@ def test_table2_members_are_the_grid_and_the_pairs_are_the_papers():
 
 
 @pytest.mark.slow
-def test_iqa_grid_runs_as_one_pack_with_the_matched_control_and_prints_differences(tmp_path):
+def test_iqa_grid_runs_as_one_pack_with_the_matched_control_and_prints_differences(tmp_path, monkeypatch):
+    monkeypatch.setenv("IQA_LS_CACHE", str(tmp_path / "cache"))
     res = direct.run("iqa", _fields(), seeds=1, progress=lambda line: None)
     labels = [m["label"] for m in res["members"]]
     assert labels == [st["setting"] for st in ablate_iqa.settings()]
