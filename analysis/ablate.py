@@ -348,14 +348,16 @@ def format_tex(result: dict, a: dict) -> str:
 
 def format_console(result: dict) -> str:
     lines = [f"Ablations, study {result['study']} (parent run {result['parent_run_id']})"]
-    w, lw = 11, 34
+    lw = 34
     for a in result["ablations"].values():
         cells = a["cells"]
+        rows = [(label, [_cell(cells, o, m) for m in METRICS]) for o, label in _orders(cells)]
+        # one space between columns however wide the cells are ("0.423±0.003" with n > 1)
+        w = 1 + max([len(METRIC_LABELS[m]) for m in METRICS] + [len(_ours(c, 3, sep="±")) for _, r in rows for c in r])
         lines += ["", f"[{a['ablation']}] {DESCRIPTIONS[a['ablation']]}",
                   textwrap.fill(provenance_line(result["provenance"], a["n_text"]), 156),
                   f"{'setting':<{lw}}{'n':>3}" + "".join(f"{METRIC_LABELS[m]:>{w}}" for m in METRICS)]
-        for o, label in _orders(cells):
-            row = [_cell(cells, o, m) for m in METRICS]
+        for label, row in rows:
             lines.append(f"{label[:lw - 1]:<{lw}}{row[0]['n']:>3}"
                          + "".join(f"{_ours(c, 3, sep='±'):>{w}}" for c in row))
         for m in a.get("matched", []):
