@@ -165,6 +165,35 @@ def compute(trials: list[TrialRecord], ablation: str, seeds: list[int]) -> dict:
             "settings": settings, "chosen": chosen}
 
 
+TAG_REGULARIZATION = "iqa_ls.regularization"
+PAIRED_METRICS = ACC_METRICS + ("acc_mean_all", "acc_worst")
+
+
+def paired_differences(a: dict) -> tuple[str | None, pd.DataFrame]:
+    """(the one-hot setting's label, each other setting minus it seed by seed, then mean ± sample std
+    over the seeds both have). Settings of one seed share its subset, mixture draws and initial
+    weights, so the per-seed difference removes what the seeds do alike: a tighter error bar than the
+    two settings' own stds. (None, empty) unless exactly one setting is one-hot."""
+    cols = ["order", "setting", "metric", "mean", "std", "n"]
+    refs = [o for o, runs in a["chosen"].items()
+            if runs and all(t.tags.get(TAG_REGULARIZATION) == "onehot" for t in runs)]
+    if len(refs) != 1:
+        return None, pd.DataFrame([], columns=cols)
+    ref = refs[0]
+    base = {t.tag_int(TAG_SEED): run_values(t) for t in a["chosen"][ref]}
+    rows = []
+    for o, runs in a["chosen"].items():
+        if o == ref:
+            continue
+        vals = {t.tag_int(TAG_SEED): run_values(t) for t in runs}
+        common = sorted((k for k in vals if k in base), key=_seed_key)
+        for m in PAIRED_METRICS:
+            mean, std, n = mean_std_n([vals[k][m] - base[k][m] for k in common])
+            rows.append({"order": o, "setting": a["settings"][o][0], "metric": m, "mean": mean, "std": std,
+                         "n": n})
+    return a["settings"][ref][0], pd.DataFrame(rows, columns=cols).astype({"order": "int64", "n": "int64"})
+
+
 def n_text(cells: pd.DataFrame, seeds: list[int], ablation: str) -> str:
     ns = cells.loc[cells["metric"] == "acc_pristine", "n"]
     if ns.empty:
@@ -290,6 +319,16 @@ def format_markdown(result: dict, a: dict) -> str:
     for o, label in _orders(cells):
         row = [_cell(cells, o, m) for m in METRICS]
         out.append(f"| {label} | {row[0]['n']} | " + " | ".join(_ours(c, 4) for c in row) + " |")
+    ref, diffs = a.get("paired", (None, None))
+    if ref is not None and not diffs.empty:
+        out += ["", f"## Difference to {ref}, paired by seed", "",
+                f"Each setting minus {ref} of the same seed (same subset, mixture draws and initial weights), "
+                "then mean ± sample std over the seeds both finished (n); the value alone when n = 1.", "",
+                "| Setting | n | " + " | ".join(METRIC_LABELS[m] for m in PAIRED_METRICS) + " |",
+                "|---|---:|" + "---:|" * len(PAIRED_METRICS)]
+        for o, label in _orders(diffs):
+            row = [_cell(diffs, o, m) for m in PAIRED_METRICS]
+            out.append(f"| {label} | {row[0]['n']} | " + " | ".join(_ours(c, 4) for c in row) + " |")
     if a.get("matched"):
         out += ["", "## The matched uniform control", "",
                 "eps was set in the driver so that q(y) = 1 − eps + eps/K equals the IQA-LS reference's "
@@ -353,13 +392,22 @@ def format_console(result: dict) -> str:
         cells = a["cells"]
         rows = [(label, [_cell(cells, o, m) for m in METRICS]) for o, label in _orders(cells)]
         # one space between columns however wide the cells are ("0.423±0.003" with n > 1)
-        w = 1 + max([len(METRIC_LABELS[m]) for m in METRICS] + [len(_ours(c, 3, sep="±")) for _, r in rows for c in r])
+        ref, diffs = a.get("paired", (None, None))
+        drows = ([] if ref is None or diffs.empty else
+                 [(label, [_cell(diffs, o, m) for m in PAIRED_METRICS]) for o, label in _orders(diffs)])
+        w = 1 + max([len(METRIC_LABELS[m]) for m in METRICS]
+                    + [len(_ours(c, 3, sep="±")) for _, r in rows + drows for c in r])
         lines += ["", f"[{a['ablation']}] {DESCRIPTIONS[a['ablation']]}",
                   textwrap.fill(provenance_line(result["provenance"], a["n_text"]), 156),
                   f"{'setting':<{lw}}{'n':>3}" + "".join(f"{METRIC_LABELS[m]:>{w}}" for m in METRICS)]
         for label, row in rows:
             lines.append(f"{label[:lw - 1]:<{lw}}{row[0]['n']:>3}"
                          + "".join(f"{_ours(c, 3, sep='±'):>{w}}" for c in row))
+        if drows:
+            lines.append(f"  minus {ref}, paired by seed (same columns, without mean T):")
+            for label, row in drows:
+                lines.append(f"  {label[:lw - 3]:<{lw - 2}}{row[0]['n']:>3}"
+                             + "".join(f"{_ours(c, 3, sep='±'):>{w}}" for c in row))
         for m in a.get("matched", []):
             lines.append(f"  matched control, seed {m['seed']}: eps {m['eps']}, uniform mean T "
                          f"{fmt(m['uniform_mean_t'], 6)} vs IQA-LS epoch-1 mean T {fmt(m['iqa_ls_mean_t_epoch1'], 6)}")
@@ -570,6 +618,7 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
     for name in present:
         a = compute(trials, name, seeds)
         a["n_text"] = n_text(a["cells"], seeds, name)
+        a["paired"] = paired_differences(a)
         a["files"] = {}
         stem = f"ablate_{name}"
         if name == "iqa":
@@ -590,6 +639,8 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
         files = a["files"]
         files[f"{stem}.csv"] = write_csv(a["cells"], out / f"{stem}.csv")
         files[f"{stem}.parquet"] = write_parquet(a["cells"], out / f"{stem}.parquet")
+        if a["paired"][0] is not None:
+            files[f"{stem}_paired.csv"] = write_csv(a["paired"][1], out / f"{stem}_paired.csv")
         files[f"{stem}_groups.png"] = groups_plot(result, a, out / f"{stem}_groups.png")
         if name == "tmap":
             files[f"{stem}_curves.png"] = curves_plot(result, a, _score_hists(client, a, a["notes"]),

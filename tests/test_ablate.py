@@ -360,3 +360,30 @@ def test_analysis_summarises_seeds_and_lists_gaps_from_a_fake_store(tmp_path):
     assert gaps[["setting", "status"]].values.tolist() == [["power(gamma=2)", "FAILED"]]
     md = (tmp_path / "out" / "ablate_tmap.md").read_text()
     assert "loss is nan at epoch 2" in md and "| identity | 2 |" in md
+
+
+def _record(setting: str, order: int, seed: int, reg: str, pristine: float, status: str = "FINISHED"):
+    from analysis.common import ACC_METRICS, TrialRecord
+    metrics = {m: 0.5 for m in ACC_METRICS}
+    metrics.update(acc_pristine=pristine, acc_mean_all=0.5, mean_t=0.9)
+    tags = {"iqa_ls.ablation": "iqa", "iqa_ls.setting": setting, "iqa_ls.setting_order": str(order),
+            "iqa_ls.seed": str(seed), "iqa_ls.regularization": reg, "iqa_ls.ablated": "{}"}
+    return TrialRecord(f"{setting}-{seed}", f"{setting}-{seed}", status, seed, seed, tags, {}, metrics)
+
+
+def test_paired_differences_subtract_one_hot_seed_by_seed():
+    from analysis.ablate import compute, paired_differences
+    trials = [_record("ssim", 0, 0, "iqa_ls", 0.52), _record("ssim", 0, 1, "iqa_ls", 0.63),
+              _record("ssim", 0, 2, "iqa_ls", 0.40, status="FAILED"),  # not counted: no pair for seed 2
+              _record("onehot", 1, 0, "onehot", 0.50), _record("onehot", 1, 1, "onehot", 0.60),
+              _record("onehot", 1, 2, "onehot", 0.45)]
+    a = compute(trials, "iqa", [0, 1, 2])
+    ref, diffs = paired_differences(a)
+    assert ref == "onehot"
+    row = diffs[(diffs["setting"] == "ssim") & (diffs["metric"] == "acc_pristine")].iloc[0]
+    # per seed +0.02 and +0.03: mean 0.025, std 0.00707; the unpaired stds would be ~0.07
+    assert row["n"] == 2 and row["mean"] == pytest.approx(0.025) and row["std"] == pytest.approx(0.0070711, abs=1e-6)
+    assert set(diffs["setting"]) == {"ssim"}
+    no_ref = compute([t for t in trials if t.tags["iqa_ls.regularization"] != "onehot"], "iqa", [0, 1, 2])
+    ref, diffs = paired_differences(no_ref)
+    assert ref is None and diffs.empty
