@@ -14,7 +14,7 @@ learning rate still falls x0.1 five times over the run.
   one-hot model fits its training set, as the paper's does (2000 epochs; and the 10k x 64-epoch H200
   run in docs/results/table2-h200-overfit.md); evaluation on 5,000 of each test set's 10,000 images.
   Not the paper's lr shape: a CPU cannot afford enough steps between the scaled decays (an earlier
-  version, 2,000 images x 60 epochs with the decay every 10, ended at 0.72 training accuracy). 100k
+  version, 2,000 images x 60 epochs with the decay every 10, ended at 0.71-0.72 training accuracy). 100k
   training images per trial, about 8 min on one CPU thread with the evaluation: meant for a few
   settings x 3 seeds (`study.ablate --iqa --metrics ssim --seeds 3`), not all of Table 2.
 - smoke: a couple of minutes for all 9 trials on a 2-core CPU: 200 images, 2 epochs, 500 test images.

@@ -33,7 +33,7 @@ from search_spaces import table2 as space
 from search_spaces.presets import resolve
 from trainables import data as data_mod
 from trainables import train as T
-from trainables.config import PAPER_EPOCHS, TrialConfig
+from trainables.config import PAPER_EPOCHS, PAPER_LR_DECAY_EVERY, TrialConfig
 from trainables.packed import run_packed
 
 ALONE_STRATEGY = 9  # MIX_all3 + IQA-LS: the trial with the most per-epoch data work
@@ -57,9 +57,9 @@ def _summary(epoch_times: list[float], wall: float, members: int, n_images: int,
 
 
 def probe(data: str, device: str, epochs: int, seeds: int, cache_dir=None, paper_epochs: int = PAPER_EPOCHS) -> dict:
-    fields = resolve("paper", epochs=epochs)
-    # keep the paper's decay step: the few epochs measured run at lr 0.1, as the paper's first 350 do
-    fields["lr_decay_every"] = resolve("paper")["lr_decay_every"]
+    # the paper's decay step, not one scaled to `epochs`: the epochs measured run at lr 0.1, as the
+    # paper's first 350 do
+    fields = resolve("paper", epochs=epochs, lr_decay_every=PAPER_LR_DECAY_EVERY)
     cfgs = [TrialConfig(**{**fields, **t, "data": data, "device": device, "threads": 0}) for t in space.grid(seeds)]
     k_alone = next(k for k, c in enumerate(cfgs) if c.strategy == ALONE_STRATEGY and c.seed == 0)
     n_images = data_mod.load_split(data, "train", cache_dir).labels.shape[0]
