@@ -18,6 +18,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from trainables.train import EVAL_METRIC_PREFIXES
+
 EXPERIMENT = "iqa-ls"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EPOCH_METRICS = ("loss", "lr", "train_acc", "mean_t", "frac_below_chance",
@@ -167,7 +169,7 @@ class StudyRecorder:
             return False
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())
-                 if (k in EPOCH_METRICS or k in EVAL_METRICS or k.startswith("acc_"))
+                 if (k in EPOCH_METRICS or k in EVAL_METRICS or k.startswith(EVAL_METRIC_PREFIXES))
                  and isinstance(v, (int, float))]
         self.client.log_batch(self.child_ids[key], metrics=batch)
         self.last_step[key] = step
