@@ -161,3 +161,31 @@ def ci_from_summary(mean: float, std: float, n: int, level: float = CI_LEVEL) ->
         return math.nan, math.nan
     half = _t_half(std, n, n - 1, level)
     return mean - half, mean + half
+
+
+def main(argv=None) -> int:
+    """`python -m analysis.stats MEAN STD N [MEAN STD N ...]`: for a summary that printed only mean ±
+    sample std over n (e.g. the seed-by-seed differences of an older page), the 95 % t interval of each
+    mean, the two-sided one-sample t test's p value against 0 (the paired test when the values were
+    paired differences) and Holm's adjustment over all the triples given."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or len(args) % 3:
+        print("usage: python -m analysis.stats MEAN STD N [MEAN STD N ...]", file=sys.stderr)
+        return 2
+    rows = []
+    for i in range(0, len(args), 3):
+        mean, std, n = float(args[i]), float(args[i + 1]), int(args[i + 2])
+        lo, hi = ci_from_summary(mean, std, n)
+        p = _p_two_sided(mean / (std / math.sqrt(n)), n - 1) if n >= 2 and std > 0 else math.nan
+        rows.append({"mean": mean, "std": std, "n": n, "ci_low": lo, "ci_high": hi, "p": p})
+    for r in with_holm(rows):
+        print(f"{r['mean']:+.4f} ± {r['std']:.4f} (n = {r['n']}) -> {CI_LEVEL:.0%} t interval "
+              f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], p {r['p']:.2g}, Holm over {len(rows)} "
+              f"{r['p_holm']:.2g}{r['mark']}: {verdict(r)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -163,6 +163,8 @@ def test_scheduler_stopped_trial_is_killed_with_its_epoch_not_failed(tmp_path, f
     (["--search", "optuna", "--trials", "3", "--resume"], "--resume"),
     (["--tmaps", "identity"], "nothing to run"),
     (["--levels", "--preset", "huge"], "preset='huge'"),
+    (["--search", "optuna", "--trials", "3", "--val-size", "0"], "--val-size 0 is not allowed with --search"),
+    (["--tmap", "--val-size", "-5"], "--val-size -5"),
 ])
 def test_bad_values_are_refused_in_one_line_before_any_work(tmp_path, monkeypatch, capsys, flags, needle):
     from study import ablate

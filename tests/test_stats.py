@@ -93,3 +93,13 @@ def test_ci_from_summary_equals_the_paired_interval():
     lo, hi = stats.ci_from_summary(float(np.mean(d)), float(np.std(d, ddof=1)), len(d))
     r = stats.paired(A, B)
     assert (lo, hi) == pytest.approx((r["ci_low"], r["ci_high"]), rel=1e-12)
+
+
+def test_cli_rereads_a_summary_with_interval_p_and_holm(capsys):
+    d = [B[k] - A[k] for k in sorted(A)]
+    m, sd = float(np.mean(d)), float(np.std(d, ddof=1))
+    assert stats.main([str(m), str(sd), "5", "0.001", "0.01", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    ref = sps.ttest_1samp(d, 0.0)
+    assert f"p {ref.pvalue:.2g}" in out[0] and out[0].endswith("higher") and out[1].endswith("unresolved")
+    assert stats.main(["1", "2"]) == 2
