@@ -187,7 +187,7 @@ def paired_differences(a: dict) -> tuple[str | None, pd.DataFrame]:
     initial weights, so the per-seed difference removes what the seeds do alike (analysis/stats.py).
     (None, empty) unless exactly one setting is one-hot."""
     cols = ["family", "order", "setting", "metric", "diff", "ci_low", "ci_high", "p", "p_holm", "mark", "method",
-            "df", "n"]
+            "df", "n", "no_spread"]
     refs = [o for o, runs in a["chosen"].items()
             if runs and all(t.tags.get(TAG_REGULARIZATION) == "onehot" for t in runs)]
     if len(refs) != 1:
@@ -205,7 +205,8 @@ def paired_differences(a: dict) -> tuple[str | None, pd.DataFrame]:
             for m in metrics:
                 c = stats.compare({k: v[m] for k, v in base.items()}, {k: v[m] for k, v in vals.items()})
                 fam_rows.append({"family": family, "order": o, "setting": a["settings"][o][0], "metric": m,
-                                 **{k: c[k] for k in ("diff", "ci_low", "ci_high", "p", "method", "df", "n")}})
+                                 **{k: c[k] for k in ("diff", "ci_low", "ci_high", "p", "method", "df", "n")},
+                                 "no_spread": bool(c.get("no_spread", False))})
         rows += stats.with_holm(fam_rows)
     return a["settings"][ref][0], pd.DataFrame(rows, columns=cols).astype({"order": "int64", "n": "int64"})
 
@@ -348,6 +349,8 @@ def paired_summary(diffs: pd.DataFrame) -> str:
             f"resolved lower, {verdicts.count('unresolved')} unresolved (interval spans 0)")
     if verdicts.count("n < 2"):
         text += f", {verdicts.count('n < 2')} without an interval (n < 2)"
+    if verdicts.count("no spread"):
+        text += f", {verdicts.count('no spread')} with no spread (identical differences: no p value)"
     return text + f"; {int((diffs['mark'] == '*').sum())} with Holm-adjusted p < {stats.ALPHA:g} (*)"
 
 

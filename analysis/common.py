@@ -250,7 +250,9 @@ def interval_text(row, digits: int = 4, signed: bool = False, mark: bool = True)
     if value is None or not math.isfinite(value):
         return MISSING
     text = fmt(value, digits, signed)
-    if math.isfinite(row.get("ci_low", math.nan)):
+    if row.get("no_spread") is True:
+        text += " (no spread)"
+    elif math.isfinite(row.get("ci_low", math.nan)):
         text += f" [{fmt(row['ci_low'], digits, signed)}, {fmt(row['ci_high'], digits, signed)}]"
     elif row.get("n", 0) >= 1 and key == "diff":
         text += " (n < 2)"

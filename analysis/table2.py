@@ -31,7 +31,8 @@ table2_nll:
   regularization, train_set, test_set, mean, ci_low, ci_high, std, n (accuracy also paper, diff =
   mean − paper)
 - `W_pairs.csv` long, one row per pair × test set: original, iqa_ls, train_set, test_set, diff
-  (= IQA-LS − Original), ci_low, ci_high, p, p_holm, mark, method, df, n (accuracy also paper_diff)
+  (= IQA-LS − Original), ci_low, ci_high, p, p_holm, mark, method, df, n, n_a, n_b, no_spread
+  (accuracy also paper_diff)
 - `table2_heatmap.png` (our mean accuracy), `table2_diff_vs_paper.png` (ours − paper),
   `table2_reliability.png`, `table2_confidence_quality.png`
 Nothing written depends on the clock, so the same runs give the same bytes.
@@ -188,13 +189,14 @@ def compute(trials: list[TrialRecord], seeds: list[int], paper: dict[int, dict[s
         for ts in TEST_SETS:
             c = stats.compare(values[a, ts], values[b, ts], CI_LEVEL)
             row = {"original": a, "iqa_ls": b, "train_set": row_labels(b)[1], "test_set": ts,
-                   **{k: c[k] for k in ("diff", "ci_low", "ci_high", "p", "method", "df", "n", "n_a", "n_b")}}
+                   **{k: c[k] for k in ("diff", "ci_low", "ci_high", "p", "method", "df", "n", "n_a", "n_b")},
+                   "no_spread": bool(c.get("no_spread", False))}
             if with_paper:
                 row["paper_diff"] = paper[b][ts] - paper[a][ts]
             pair_rows.append(row)
     pair_rows = stats.with_holm(pair_rows)
     pcols = ["original", "iqa_ls", "train_set", "test_set", "diff", "ci_low", "ci_high", "p", "p_holm", "mark",
-             "method", "df", "n", "n_a", "n_b"] + (["paper_diff"] if with_paper else [])
+             "method", "df", "n", "n_a", "n_b", "no_spread"] + (["paper_diff"] if with_paper else [])
     pairs = pd.DataFrame(pair_rows, columns=pcols).astype(
         {"original": "int64", "iqa_ls": "int64", "n": "int64", "n_a": "int64", "n_b": "int64"})
     return cells, pairs, gaps, notes
@@ -218,6 +220,7 @@ def pair_summary(pairs: pd.DataFrame) -> dict:
     verdicts = [stats.verdict(r) for r in pairs.to_dict("records")]
     return {"higher": verdicts.count("higher"), "lower": verdicts.count("lower"),
             "unresolved": verdicts.count("unresolved"), "no_ci": verdicts.count("n < 2"),
+            "no_spread": verdicts.count("no spread"),
             "holm": int((pairs["mark"] == "*").sum()), "total": len(verdicts),
             "welch": int((pairs["method"] == stats.WELCH).sum())}
 
@@ -228,6 +231,8 @@ def summary_text(pairs: pd.DataFrame) -> str:
             f"{s['unresolved']} unresolved (interval spans 0)")
     if s["no_ci"]:
         text += f", {s['no_ci']} without an interval (n < 2)"
+    if s["no_spread"]:
+        text += f", {s['no_spread']} with no spread (identical differences: no p value)"
     text += f"; {s['holm']} with Holm-adjusted p < {stats.ALPHA:g} (*)"
     if s["welch"]:
         text += f"; {s['welch']} unpaired (Welch: the arms share no seed)"
@@ -298,7 +303,7 @@ def format_markdown(result: dict, what: str = "acc") -> str:
             "(strategy, regularization, train_set, test_set, mean, ci_low, ci_high, std, n"
             + (", paper, diff = mean − paper" if fam["paper"] else "") + ").",
             f"- `{stem}_pairs.csv`: one row per pair × test set (original, iqa_ls, train_set, test_set, diff = "
-            "IQA-LS − Original, ci_low, ci_high, p, p_holm, mark, method, df, n, n_a, n_b"
+            "IQA-LS − Original, ci_low, ci_high, p, p_holm, mark, method, df, n, n_a, n_b, no_spread"
             + (", paper_diff" if fam["paper"] else "") + ").",
             f"- `{stem}.tex`" + (", `table2_heatmap.png`, `table2_diff_vs_paper.png`" if fam["paper"] else "")
             + ": the same numbers.",
@@ -379,8 +384,8 @@ def format_console(result: dict) -> str:
             f"interval. {summary_text(pairs)}.", 156) + [head]
         for a, b in PAIRS:
             prs = [p for _, p in pairs[(pairs["original"] == a) & (pairs["iqa_ls"] == b)].iterrows()]
-            half = ["n<2" if not math.isfinite(p["ci_low"]) else "±" + fmt((p["ci_high"] - p["ci_low"]) / 2, 3)
-                    for p in prs]
+            half = ["n<2" if not math.isfinite(p["ci_low"]) else "no spread" if p["no_spread"]
+                    else "±" + fmt((p["ci_high"] - p["ci_low"]) / 2, 3) for p in prs]
             lines.append(f"{f'{b} − {a} {row_labels(b)[1]}':<{lw}}{'ours Δ':<10}"
                          + "".join(f"{fmt(p['diff'], 3, True) + p['mark']:>{w}}" for p in prs))
             lines.append(f"{'':<{lw}}{'95% CI':<10}" + "".join(f"{h:>{w}}" for h in half))
@@ -453,8 +458,12 @@ def calibration_plots(result: dict, docs: dict[int, list[dict]], out: Path) -> d
     panels: dict[str, dict] = {}
     for s, (train, _) in STRATEGY_ROWS.items():
         panels.setdefault(TRAIN_SET_LABELS[train], {})[_series_label(s)] = docs.get(s, [])
-    qual = cal.quality_plot(panels, _styles(), "Confidence against quality: mean top-1 confidence (solid) and accuracy "
-                            f"(dashed) per SSIM bin of the 9 distorted test sets ({result['n_text']})", footer,
+    # within a training set's panel: Original grey, IQA-LS blue (solid: confidence, dashed: accuracy)
+    qstyles = {_series_label(s): {"color": "tab:blue" if reg == "iqa_ls" else "dimgray"}
+               for s, (_, reg) in STRATEGY_ROWS.items()}
+    qual = cal.quality_plot(panels, qstyles, "Confidence against quality: mean top-1 confidence (solid) and accuracy "
+                            f"(dashed) per SSIM bin of the 9 distorted test sets ({result['n_text']}; grey: Original, "
+                            "blue: IQA-LS)", footer,
                             out / "table2_confidence_quality.png", new_figure, save_figure)
     return {"table2_reliability.png": rel, "table2_confidence_quality.png": qual}
 

@@ -81,11 +81,14 @@ def test_verdict_says_unresolved_when_the_interval_spans_zero():
     assert stats.verdict({"ci_low": -0.01, "ci_high": -0.001}) == "lower"
 
 
-def test_identical_differences_give_a_zero_width_interval():
+def test_identical_differences_give_a_zero_width_interval_and_no_p_value():
     r = stats.paired({0: 0.25, 1: 0.5}, {0: 0.5, 1: 0.75})
-    assert r["ci_low"] == pytest.approx(r["ci_high"]) and r["p"] == 0.0
-    r0 = stats.paired({0: 0.1, 1: 0.2}, {0: 0.1, 1: 0.2})
-    assert r0["p"] == 1.0
+    assert r["ci_low"] == r["ci_high"] == 0.25 and math.isnan(r["p"])
+    assert stats.verdict(r) == "no spread"
+    assert stats.with_holm([r, {"p": 0.01}])[0]["mark"] == ""  # left out of Holm's family
+    assert math.isnan(stats.welch([0.5, 0.5], [0.6, 0.6])["p"])
+    # identical up to float rounding (0.15 - 0.13 != 0.12 - 0.10 in binary) is still no spread
+    assert stats.verdict(stats.paired({0: 0.13, 1: 0.10}, {0: 0.15, 1: 0.12})) == "no spread"
 
 
 def test_ci_from_summary_equals_the_paired_interval():
