@@ -59,7 +59,7 @@ SPATTER_C = ((0.62, 0.1, 0.7, 0.7, 0.5, 0),
              (0.65, 0.1, 0.8, 0.7, 0.5, 0),
              (0.65, 0.3, 1, 0.69, 0.5, 0),
              (0.65, 0.1, 0.7, 0.69, 0.6, 1),
-             (0.65, 0.1, 0.5, 0.68, 0.6, 1))  # spatter: loc, scale, sigma, threshold, intensity, mud (not implemented)
+             (0.65, 0.1, 0.5, 0.68, 0.6, 1))  # spatter: loc, scale, sigma, threshold, intensity, mud
 CONTRAST_C = (.75, .5, .4, .3, 0.15)  # contrast: factor about the per-channel mean
 BRIGHTNESS_C = (.05, .1, .15, .2, .3)  # brightness: added to HSV value
 SATURATE_C = ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2))  # saturate: HSV saturation * a + b
@@ -162,12 +162,14 @@ def _correlate_sym(x: torch.Tensor, taps: np.ndarray, dim: int, mode: str) -> to
 
 def _sk_gaussian(x: torch.Tensor, sigma: float, mode: str = "nearest",
                  truncate: float = SK_GAUSSIAN_TRUNCATE) -> torch.Tensor:
-    """skimage.filters.gaussian(x, sigma, mode, truncate) on float64 ... x H x W (channels not
-    mixed: the reference's multichannel=True): scipy's gaussian_filter along H, then W."""
+    """skimage.filters.gaussian(x, sigma, mode, truncate) on float ... x H x W (channels not
+    mixed: the reference's multichannel=True): scipy's gaussian_filter along H, then W, each
+    pass computed in float64 and stored in x's dtype (scipy's output array keeps the input's)."""
     taps = _scipy_gaussian_taps(sigma, truncate)
     if taps is None:
         return x.clone()
-    return _correlate_sym(_correlate_sym(x, taps, -2, mode), taps, -1, mode)
+    h = _correlate_sym(x.to(torch.float64), taps, -2, mode).to(x.dtype)
+    return _correlate_sym(h.to(torch.float64), taps, -1, mode).to(x.dtype)
 
 
 def _zoom_matrix(z: float, device) -> tuple[torch.Tensor, int]:
@@ -495,9 +497,12 @@ def fog(images, c, generator=None):
 
 # ---------------------------------------------------------------- digital
 def contrast(images, c, generator=None):
-    """reference contrast: (x - m) c + m, m the per-image, per-channel mean (float64)."""
+    """reference contrast: (x - m) c + m, m the per-image, per-channel mean (float64). numpy's
+    mean over axes (0, 1) of an H x W x 3 array adds the pixels one after another (the channel axis
+    is the inner loop), so m is a sequential sum here too (cumsum; torch.mean sums pairwise and
+    lands on another last bit, which moves ~0.05 % of the saved values by 1)."""
     x = _unit(images)
-    means = x.mean((2, 3), keepdim=True)
+    means = (x.flatten(2).cumsum(-1)[..., -1:] / (x.shape[2] * x.shape[3])).unsqueeze(-1)
     return _save((x - means) * c + means)
 
 
@@ -683,6 +688,191 @@ def elastic_transform(images, c, generator=None):
     return elastic_from_draws(images, c, jitter, dx, dy)
 
 
+# ---------------------------------------------------------------- spatter (OpenCV pieces)
+CANNY_LOW, CANNY_HIGH = 50, 150  # reference spatter: cv2.Canny(liquid_layer, 50, 150)
+CANNY_TG22 = 13573  # OpenCV canny.cpp: tan(22.5 deg) * 2^15, rounded
+DIST_L2_MASK5 = (1.0, 1.4, 2.1969)  # OpenCV getDistanceTransformMask(52): DIST_L2, 5 x 5 chamfer (float32)
+DIST_TRUNC = 20  # reference spatter: cv2.threshold(dist, 20, 20, THRESH_TRUNC)
+WATER_RGB = (175, 238, 238)  # reference spatter: "pale turquoise", added to channels 0, 1, 2 (R, G, B)
+MUD_RGB = (63, 42, 20)  # reference spatter: "mud brown"
+SPATTER_EMBOSS = ((-2, -1, 0), (-1, 1, 1), (0, 1, 2))  # reference spatter: filter2D kernel
+BOX_SHIFT = 23  # OpenCV box_filter ColumnSum<ushort, uchar>: fixed-point division by the window size
+
+
+def _pad_border(x: torch.Tensor, r: int, mode: str, value=None) -> torch.Tensor:
+    """Pad the last two dims by r: a scipy/OpenCV border `mode`, or the constant `value`."""
+    if value is not None:
+        return torch.nn.functional.pad(x, (r, r, r, r), value=value)
+    idx_h = _border_index(x.shape[-2], r, mode, x.device)
+    idx_w = _border_index(x.shape[-1], r, mode, x.device)
+    return x.index_select(-2, idx_h).index_select(-1, idx_w)
+
+
+def _cv_canny(src: torch.Tensor) -> torch.Tensor:
+    """cv2.Canny(src, 50, 150) (aperture 3, L1 gradient) on uint8 N x H x W -> bool edges, as
+    OpenCV 4 computes it: Sobel with replicated borders, |dx| + |dy|, non-maximum suppression by
+    the sector of (dx, dy) (tan 22.5 deg in fixed point; ties kept on one side only), pixels > 150
+    seed edges that grow through 8-connected pixels > 50 that survived suppression."""
+    p = _pad_border(src.to(torch.int64), 1, "nearest")
+    dx = (p[:, :-2, 2:] + 2 * p[:, 1:-1, 2:] + p[:, 2:, 2:]) - (p[:, :-2, :-2] + 2 * p[:, 1:-1, :-2] + p[:, 2:, :-2])
+    dy = (p[:, 2:, :-2] + 2 * p[:, 2:, 1:-1] + p[:, 2:, 2:]) - (p[:, :-2, :-2] + 2 * p[:, :-2, 1:-1] + p[:, :-2, 2:])
+    mag = dx.abs() + dy.abs()
+    mp = torch.nn.functional.pad(mag, (1, 1, 1, 1))  # magnitudes outside the image are 0
+
+    def at(di, dj):  # mag at (i + di, j + dj)
+        return mp[:, 1 + di:mp.shape[1] - 1 + di, 1 + dj:mp.shape[2] - 1 + dj]
+
+    ax, ay = dx.abs(), dy.abs() << 15
+    tg22x = ax * CANNY_TG22
+    tg67x = tg22x + (ax << 16)
+    horizontal = ay < tg22x
+    vertical = ~horizontal & (ay > tg67x)
+    s_neg = (dx ^ dy) < 0  # s = -1: the diagonal runs from (i - 1, j + 1) to (i + 1, j - 1)
+    keep_h = (mag > at(0, -1)) & (mag >= at(0, 1))
+    keep_v = (mag > at(-1, 0)) & (mag >= at(1, 0))
+    keep_d = torch.where(s_neg, (mag > at(-1, 1)) & (mag > at(1, -1)), (mag > at(-1, -1)) & (mag > at(1, 1)))
+    keep = torch.where(horizontal, keep_h, torch.where(vertical, keep_v, keep_d))
+    candidate = (mag > CANNY_LOW) & keep
+    edges = candidate & (mag > CANNY_HIGH)
+    while True:  # hysteresis: grow the seeds through 8-connected candidates
+        grown = candidate & (torch.nn.functional.max_pool2d(edges[:, None].to(torch.float32), 3, 1, 1)[:, 0] > 0)
+        grown |= edges
+        if torch.equal(grown, edges):
+            return edges
+        edges = grown
+
+
+def _cv_distance_l2_mask5(src_zero: torch.Tensor) -> torch.Tensor:
+    """cv2.distanceTransform(src, DIST_L2, 5) -> float32, min(., 20) folded in: the 5 x 5 chamfer
+    distance (weights 1, 1.4, 2.1969 as float32) to the nearest zero pixel of src (`src_zero`
+    marks them), as the IPP path of opencv-python's wheels computes it (checked against
+    cv2 4.10): a forward and a backward raster pass, each pixel the minimum of its neighbours'
+    float32 sums, outside pixels unreachable. (OpenCV's own code, used without IPP, sums in 16-bit
+    fixed point instead: distances differ by ~1e-5 px.) Rows are vectorised; the within-row
+    recurrence runs left to right (right to left) as in the raster pass, over the batch."""
+    n, hgt, wid = src_zero.shape
+    hv, diag, long_ = (float(np.float32(w)) for w in DIST_L2_MASK5)
+    far = float(np.finfo(np.float32).max)
+    b = 2
+    tmp = torch.full((n, hgt + 2 * b, wid + 2 * b), far, dtype=torch.float32, device=src_zero.device)
+
+    def look(r, dj):  # tmp at padded row r, columns j + dj
+        return tmp[:, r, b + dj:b + dj + wid]
+
+    for i in range(hgt):  # forward pass: rows above, then the left neighbour
+        r = b + i
+        t = torch.stack([look(r - 2, -1) + long_, look(r - 2, 1) + long_, look(r - 1, -2) + long_,
+                         look(r - 1, -1) + diag, look(r - 1, 0) + hv, look(r - 1, 1) + diag,
+                         look(r - 1, 2) + long_]).amin(0)
+        t = torch.where(src_zero[:, i], torch.zeros_like(t), t)
+        for j in range(1, wid):
+            t[:, j] = torch.minimum(t[:, j], t[:, j - 1] + hv)
+        tmp[:, r, b:b + wid] = t
+    for i in range(hgt - 1, -1, -1):  # backward pass: rows below, then the right neighbour
+        r = b + i
+        t = torch.stack([look(r, 0), look(r + 2, 1) + long_, look(r + 2, -1) + long_,
+                         look(r + 1, 2) + long_, look(r + 1, 1) + diag, look(r + 1, 0) + hv,
+                         look(r + 1, -1) + diag, look(r + 1, -2) + long_]).amin(0)
+        for j in range(wid - 2, -1, -1):
+            t[:, j] = torch.minimum(t[:, j], t[:, j + 1] + hv)
+        tmp[:, r, b:b + wid] = t
+    return tmp[:, b:b + hgt, b:b + wid].clamp(max=float(DIST_TRUNC))
+
+
+def _cv_blur3_float(x: torch.Tensor) -> torch.Tensor:
+    """cv2.blur(x, (3, 3)) on float32 N x H x W: 3 x 3 sums in double, times 1/9 in double, to
+    float32; mirrored borders. (OpenCV slides a running sum; nine float32 values of at most 20
+    sum exactly in double whatever the order, so the result is the same.)"""
+    p = _pad_border(x.to(torch.float64), 1, "mirror")
+    s = sum(p[:, i:i + x.shape[1], j:j + x.shape[2]] for i in range(3) for j in range(3))
+    return (s * (1.0 / 9.0)).to(torch.float32)
+
+
+def _cv_blur3_uint8(x: torch.Tensor) -> torch.Tensor:
+    """cv2.blur(x, (3, 3)) on uint8 N x H x W: integer 3 x 3 sums s, ((s + 4) * 932068) >> 23
+    (OpenCV's fixed-point division by 9, equal to rounding s / 9), mirrored borders."""
+    p = _pad_border(x.to(torch.int64), 1, "mirror")
+    s = sum(p[:, i:i + x.shape[1], j:j + x.shape[2]] for i in range(3) for j in range(3))
+    d = 9
+    scalef = float(1 << BOX_SHIFT) / d
+    div_scale = math.floor(scalef)
+    div_delta = d // 2
+    if scalef - div_scale < 0.5:
+        div_delta += 1
+    else:
+        div_scale += 1
+    return (((s + div_delta) * div_scale) >> BOX_SHIFT).to(torch.uint8)
+
+
+def _cv_equalize_hist(x: torch.Tensor) -> torch.Tensor:
+    """cv2.equalizeHist on uint8 N x H x W: lut[i] = round(cumulative count above the lowest used
+    level * 255 / (total - count of that level)) in float32, lowest level -> 0; a one-level image
+    stays as it is."""
+    n = x.shape[0]
+    flat = x.flatten(1).to(torch.int64)
+    total = flat.shape[1]
+    hist = torch.zeros((n, 256), dtype=torch.int64, device=x.device)
+    hist.scatter_add_(1, flat, torch.ones_like(flat))
+    levels = torch.arange(256, device=x.device)
+    first = torch.where(hist > 0, levels, 256).amin(1, keepdim=True)
+    first_count = hist.gather(1, first.clamp(max=255))
+    scale = torch.tensor(255.0, dtype=torch.float32, device=x.device) / (total - first_count).clamp(min=1).to(torch.float32)
+    above = torch.where(levels > first, hist, torch.zeros_like(hist)).cumsum(1)
+    lut = torch.round(above.to(torch.float32) * scale).clamp(0, 255)
+    lut = torch.where(levels >= first, lut, torch.zeros_like(lut))
+    single = first_count == total
+    lut = torch.where(single, first.to(lut.dtype).expand(-1, 256), lut)
+    return lut.gather(1, flat).to(torch.uint8).view_as(x)
+
+
+def _cv_filter2d_uint8(x: torch.Tensor, kernel) -> torch.Tensor:
+    """cv2.filter2D(x, CV_8U, kernel) with an integer 3 x 3 kernel: correlation, mirrored borders,
+    exact integer sums saturated to 0..255."""
+    p = _pad_border(x.to(torch.int64), 1, "mirror")
+    out = sum(int(kernel[i][j]) * p[:, i:i + x.shape[1], j:j + x.shape[2]]
+              for i in range(3) for j in range(3) if kernel[i][j])
+    return out.clamp(0, 255).to(torch.uint8)
+
+
+def _float_to_uint8_wrap(x: torch.Tensor) -> torch.Tensor:
+    """numpy's float -> uint8 cast on x86-64: truncate to int32, keep the low byte (so 300 -> 44)."""
+    return (x.trunc().to(torch.int64) & 0xFF).to(torch.uint8)
+
+
+def spatter_from_draws(images, c, base):
+    """spatter given its N(loc, scale) draws `base` (float64 N x 32 x 32)."""
+    x = _unit(images, torch.float32)
+    liquid = _sk_gaussian(base, c[2])
+    liquid = torch.where(liquid < c[3], torch.zeros_like(liquid), liquid)
+    if c[5] == 0:  # water: liquid layer with embossed, equalised edge distances
+        layer = _float_to_uint8_wrap(liquid * 255)
+        dist = _cv_distance_l2_mask5(_cv_canny(layer))
+        dist = _cv_blur3_float(dist).trunc().to(torch.uint8)  # .astype(np.uint8)
+        dist = _cv_equalize_hist(dist)
+        dist = _cv_filter2d_uint8(dist, SPATTER_EMBOSS)
+        dist = _cv_blur3_uint8(dist).to(torch.float32)
+        m = layer.to(torch.float32) * dist  # GRAY2BGRA: the same m on B, G, R; alpha 1 is dropped
+        m = m / m.amax((1, 2), keepdim=True)  # 0 / 0 -> nan where the layer is empty, as in the reference
+        m = m * np.float32(c[4]).item()
+        color = torch.tensor([np.float32(v / 255.) for v in WATER_RGB], device=x.device).view(1, 3, 1, 1)
+        out = (x + m[:, None] * color).clamp(0, 1) * 255
+        return torch.nan_to_num(out, nan=0.0).trunc().to(torch.uint8)  # np.uint8(nan) is 0 on x86-64
+    m = (liquid > c[3]).to(torch.float32)  # mud
+    m = _sk_gaussian(m, c[4])
+    m = torch.where(m < 0.8, torch.zeros_like(m), m)[:, None]
+    color = torch.tensor([np.float32(v / 255.) for v in MUD_RGB], device=x.device).view(1, 3, 1, 1) * m
+    return _save(x * (1 - m) + color)
+
+
+def spatter(images, c, generator=None):
+    """reference spatter: a Gaussian-smoothed N(loc, scale) liquid layer, thresholded; water
+    (severities 1-3): drops tinted pale turquoise, shaded by the equalised, embossed distance to
+    the layer's Canny edges; mud (4-5): a smoothed mask blended with mud brown."""
+    base = c[0] + c[1] * torch.randn((images.shape[0], IMAGE_SIZE, IMAGE_SIZE), generator=generator,
+                                     device=images.device, dtype=torch.float64)
+    return spatter_from_draws(images, c, base)
+
+
 # ---------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Corruption:
@@ -721,6 +911,9 @@ CORRUPTIONS: dict[str, Corruption] = {
     "jpeg_compression": Corruption(jpeg_compression, JPEG_COMPRESSION_C, True, False, True),
     "speckle_noise": Corruption(speckle_noise, SPECKLE_NOISE_C, False, True, False),
     "gaussian_blur": Corruption(gaussian_blur, GAUSSIAN_BLUR_C, True, False, False),
+    "spatter": Corruption(spatter, SPATTER_C, False, True, False,
+                          "OpenCV's Canny, distanceTransform, blur, equalizeHist and filter2D "
+                          "re-implemented from its source (no OpenCV at run time)"),
     "saturate": Corruption(saturate, SATURATE_C, False, False, False),
 }
 assert _SEEN == {k for k, v in CORRUPTIONS.items() if v.seen}
