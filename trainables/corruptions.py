@@ -13,8 +13,11 @@ corruption) on [0, 1] or [0, 255] and saves `np.uint8(result)`, which truncates;
 random draws follow the reference's distributions (torch's generator, not numpy's: the published
 files cannot be reproduced bit for bit, only their recipe). Where the reference calls a library
 routine (scikit-image, scipy, OpenCV, PIL, ImageMagick) the routine's arithmetic is written out
-here as that library's source does it, so that the deterministic corruptions give the library's
-bits (the tests check scipy, scikit-image and PIL ones against those libraries).
+here as that library's source does it, so that given the same draws every corruption gives the
+bytes the reference gives: tests/test_cifar10c.py checks the scipy, scikit-image and PIL ones
+against those libraries and the OpenCV and ImageMagick ones against their stored outputs
+(tests/fixtures/cifar10c-golden); tests/fixtures/cifar10c-golden/compare_reference.py runs the
+reference's own functions on our draws. Only torch, torchvision (libjpeg) and numpy run here.
 
 `CORRUPTIONS` is the registry (name -> `Corruption`), `SEVERITIES = (1, ..., 5)`, and
 `NOT_IMPLEMENTED` names what is left out and why. `corrupt(images, name, severity, generator)`
@@ -136,16 +139,16 @@ def _border_index(n: int, r: int, mode: str, device) -> torch.Tensor:
 
 
 def _scipy_gaussian_taps(sigma: float, truncate: float) -> np.ndarray | None:
-    """scipy.ndimage.gaussian_filter1d's weights (float64), computed as scipy computes them:
-    radius int(truncate * sigma + 0.5), exp of the polynomial -x^2 / 2 sigma^2, normalised by
-    numpy's sum. None where scipy skips the axis (sigma <= 1e-15)."""
+    """scipy.ndimage.gaussian_filter1d's weights (float64), computed as scipy 1.17 computes them:
+    radius int(truncate * sigma + 0.5), exp(-0.5 / sigma^2 * x^2), divided by numpy's sum (older
+    scipy evaluated the exponent as a polynomial: a last-bit difference in some weights). None
+    where scipy skips the axis (sigma <= 1e-15)."""
     if sigma <= 1e-15:
         return None
     radius = int(truncate * float(sigma) + 0.5)
     x = np.arange(-radius, radius + 1)
-    phi = np.exp(np.polynomial.Polynomial([0, 0, -0.5 / (sigma * sigma)])(x), dtype=np.double)
-    phi /= phi.sum()
-    return phi
+    phi = np.exp(-0.5 / (sigma * sigma) * x ** 2)
+    return phi / phi.sum()
 
 
 def _correlate_sym(x: torch.Tensor, taps: np.ndarray, dim: int, mode: str) -> torch.Tensor:
@@ -747,8 +750,8 @@ def _cv_distance_l2_mask5(src_zero: torch.Tensor) -> torch.Tensor:
     distance (weights 1, 1.4, 2.1969 as float32) to the nearest zero pixel of src (`src_zero`
     marks them), as the IPP path of opencv-python's wheels computes it (checked against
     cv2 4.10): a forward and a backward raster pass, each pixel the minimum of its neighbours'
-    float32 sums, outside pixels unreachable. (OpenCV's own code, used without IPP, sums in 16-bit
-    fixed point instead: distances differ by ~1e-5 px.) Rows are vectorised; the within-row
+    float32 sums, outside pixels unreachable. (OpenCV's own code, used without IPP, sums 16-bit
+    fixed-point weights instead: other last digits.) Rows are vectorised; the within-row
     recurrence runs left to right (right to left) as in the raster pass, over the batch."""
     n, hgt, wid = src_zero.shape
     hv, diag, long_ = (float(np.float32(w)) for w in DIST_L2_MASK5)
@@ -882,7 +885,7 @@ class Corruption:
     seen: bool  # True: one of our training distortions (Gaussian noise, JPEG, Gaussian blur)
     random: bool  # False: the same images give the same bytes whatever the generator
     benchmark: bool  # True: one of the 15 of the CIFAR-10-C benchmark; False: the 4 extras
-    deviation: str = ""  # "" where it follows the reference's arithmetic; else what differs
+    deviation: str = ""  # what can differ from the reference's own run besides the random draws
 
 
 _SEEN = {"gaussian_noise", "jpeg_compression", "gaussian_blur"}  # issue 14: our mixtures' distortions
@@ -892,28 +895,28 @@ CORRUPTIONS: dict[str, Corruption] = {
     "shot_noise": Corruption(shot_noise, SHOT_NOISE_C, False, True, True),
     "impulse_noise": Corruption(impulse_noise, IMPULSE_NOISE_C, False, True, True),
     "defocus_blur": Corruption(defocus_blur, DEFOCUS_BLUR_C, False, False, True,
-                               "cv2.filter2D (DFT for a 17 x 17 kernel) replaced by a direct float64 "
-                               "correlation with the kernel's non-zero core"),
+                               "cv2.filter2D's DFT (17 x 17 kernel) done as a direct float64 correlation "
+                               "with the kernel's non-zero core; same bytes in our checks"),
     "glass_blur": Corruption(glass_blur, GLASS_BLUR_C, False, True, True),
     "motion_blur": Corruption(motion_blur, MOTION_BLUR_C, False, True, True,
-                              "ImageMagick's MotionBlurImage re-implemented from its source "
-                              "(no ImageMagick at run time)"),
+                              "ImageMagick 6.9.11 Q16's MotionBlurImage and 8-bit export (truncating); an "
+                              "ImageMagick that rounds at export gives +1 on about half the values"),
     "zoom_blur": Corruption(zoom_blur, ZOOM_BLUR_C, False, False, True),
     "snow": Corruption(snow, SNOW_C, False, True, True,
-                       "the snow layer's ImageMagick motion blur re-implemented from its source"),
+                       "motion blur as motion_blur's; luma in OpenCV 4.10's (AVX2) fused multiply-add order"),
     "fog": Corruption(fog, FOG_C, False, True, True),
     "brightness": Corruption(brightness, BRIGHTNESS_C, False, False, True),
     "contrast": Corruption(contrast, CONTRAST_C, False, False, True),
     "elastic_transform": Corruption(elastic_transform, ELASTIC_C, False, True, True,
-                                    "cv2.getAffineTransform/warpAffine re-implemented from OpenCV's "
-                                    "source (no OpenCV at run time)"),
+                                    "OpenCV's warpAffine (1/32-pixel fixed-point bilinear) as OpenCV 4.10 "
+                                    "computes it; the affine solved by numpy's LU, not OpenCV's"),
     "pixelate": Corruption(pixelate, PIXELATE_C, False, False, True),
     "jpeg_compression": Corruption(jpeg_compression, JPEG_COMPRESSION_C, True, False, True),
     "speckle_noise": Corruption(speckle_noise, SPECKLE_NOISE_C, False, True, False),
     "gaussian_blur": Corruption(gaussian_blur, GAUSSIAN_BLUR_C, True, False, False),
     "spatter": Corruption(spatter, SPATTER_C, False, True, False,
-                          "OpenCV's Canny, distanceTransform, blur, equalizeHist and filter2D "
-                          "re-implemented from its source (no OpenCV at run time)"),
+                          "distanceTransform as opencv-python 4.10's IPP path (float32 sums); OpenCV "
+                          "without IPP sums fixed-point weights (other last digits)"),
     "saturate": Corruption(saturate, SATURATE_C, False, False, False),
 }
 assert _SEEN == {k for k, v in CORRUPTIONS.items() if v.seen}
