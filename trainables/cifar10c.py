@@ -59,10 +59,12 @@ class Source:
 
     def describe(self) -> str:
         """One line for logs and tables, e.g. "regenerated (18 corruptions, seed 0, implementation 1)"."""
-        extra = "" if self.kind == KIND_OFFICIAL else f", seed {self.seed}, implementation {self.implementation}"
+        extra = "" if self.kind == KIND_OFFICIAL else \
+            f", seed {self.seed}, implementation {self.implementation}"
         missing = [c for c in BENCHMARK if c not in self.corruptions]
         lacks = f"; lacks {', '.join(missing)}" if missing else ""
-        return f"{self.kind} ({len(self.corruptions)} corruptions{extra}{lacks}): {', '.join(self.corruptions)}"
+        names = ", ".join(self.corruptions)
+        return f"{self.kind} ({len(self.corruptions)} corruptions{extra}{lacks}): {names}"
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value
@@ -87,7 +89,8 @@ def _check_names(corruptions, allowed, what: str) -> tuple[str, ...]:
         raise CIFAR10CError(f"corruption(s) {bad} are not {what}{' (' + why + ')' if why else ''}; "
                             f"allowed: {list(allowed)}")
     if not names or len(set(names)) != len(names):
-        raise CIFAR10CError(f"corruptions={names!r} is not allowed; allowed: a non-empty list without repeats")
+        raise CIFAR10CError(f"corruptions={names!r} is not allowed; allowed: a non-empty list "
+                            f"without repeats")
     return _ordered(names)
 
 
@@ -97,10 +100,12 @@ def _npy_header(path: Path) -> tuple[tuple, np.dtype]:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as e:  # not a .npy, truncated header, object array, ...
-        raise CIFAR10CError(f"CIFAR-10-C file {str(path)!r} is not a readable .npy array "
-                            f"({type(e).__name__}: {' '.join(str(e).split())}); expected a numpy .npy file") from None
+        why = " ".join(f"{type(e).__name__}: {e}".split())
+        raise CIFAR10CError(f"CIFAR-10-C file {str(path)!r} is not a readable .npy array ({why}); "
+                            f"expected a numpy .npy file") from None
     if not isinstance(arr, np.ndarray):
-        raise CIFAR10CError(f"CIFAR-10-C file {str(path)!r} holds {type(arr).__name__}; expected one .npy array")
+        raise CIFAR10CError(f"CIFAR-10-C file {str(path)!r} holds {type(arr).__name__}; "
+                            f"expected one .npy array")
     return arr.shape, arr.dtype
 
 
@@ -146,17 +151,19 @@ def read_cifar10c(folder, corruptions=None, per_severity: int | None = OFFICIAL_
     blocks = raw.reshape(len(SEVERITIES), n)
     if not (blocks == blocks[0]).all():
         bad = int(np.nonzero((blocks != blocks[0]).any(1))[0][0]) + 1
-        raise CIFAR10CError(f"CIFAR-10-C labels file {str(labels_path)!r}: severity {bad}'s block differs from "
-                            f"severity 1's; expected the same {n} labels repeated per severity")
+        raise CIFAR10CError(f"CIFAR-10-C labels file {str(labels_path)!r}: severity {bad}'s block "
+                            f"differs from severity 1's; expected the same {n} labels repeated per severity")
     if raw.min() < 0 or raw.max() >= NUM_CLASSES:
         raise CIFAR10CError(f"CIFAR-10-C labels file {str(labels_path)!r} holds labels {int(raw.min())}.."
                             f"{int(raw.max())}; expected 0..{NUM_CLASSES - 1}")
     images = {}
     for name in names:
         arr = np.load(root / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-        images[name] = {s: torch.from_numpy(np.ascontiguousarray(arr[(s - 1) * n:s * n].transpose(0, 3, 1, 2)))
-                        for s in SEVERITIES}
-    return Cifar10C(images, torch.from_numpy(blocks[0].copy()), Source(KIND_OFFICIAL, names, str(root.resolve())))
+        blocks_hwc = (arr[(s - 1) * n:s * n] for s in SEVERITIES)
+        images[name] = {s: torch.from_numpy(np.ascontiguousarray(b.transpose(0, 3, 1, 2)))
+                        for s, b in zip(SEVERITIES, blocks_hwc)}
+    source = Source(KIND_OFFICIAL, names, str(root.resolve()))
+    return Cifar10C(images, torch.from_numpy(blocks[0].copy()), source)
 
 
 # ---------------------------------------------------------------- regenerated
@@ -243,12 +250,14 @@ def build_cifar10c(images: torch.Tensor, labels: torch.Tensor, corruptions=None,
     cached per corruption under `cache_dir` (None: <IQA_LS_CACHE or ~/.cache/iqa-ls>/cifar10c)."""
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
             or tuple(images.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE) or images.shape[0] == 0:
-        what = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        what = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) \
+            else type(images).__name__
         raise CIFAR10CError(f"images of {what} are not allowed; allowed: a uint8 torch.Tensor N x 3 x "
                             f"{IMAGE_SIZE} x {IMAGE_SIZE}, N >= 1")
     if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool \
             or labels.shape != (images.shape[0],):
-        what = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        what = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) \
+            else type(labels).__name__
         raise CIFAR10CError(f"labels of {what} are not allowed; allowed: an integer torch.Tensor of shape "
                             f"({images.shape[0]},)")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

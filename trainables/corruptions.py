@@ -46,8 +46,10 @@ SHOT_NOISE_C = (500, 250, 100, 75, 50)  # shot_noise: Poisson rate per unit inte
 IMPULSE_NOISE_C = (.01, .02, .03, .05, .07)  # impulse_noise: s&p amount (skimage random_noise)
 SPECKLE_NOISE_C = (.06, .1, .12, .16, .2)  # speckle_noise: std of the multiplicative noise
 GAUSSIAN_BLUR_C = (.4, .6, 0.7, .8, 1)  # gaussian_blur: sigma (px)
-GLASS_BLUR_C = ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))  # glass_blur: sigma, max_delta, iterations
-DEFOCUS_BLUR_C = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))  # defocus_blur: disk radius, alias_blur
+# glass_blur: sigma, max_delta, iterations
+GLASS_BLUR_C = ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))
+# defocus_blur: disk radius, alias_blur
+DEFOCUS_BLUR_C = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))
 MOTION_BLUR_C = ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))  # motion_blur: ImageMagick radius, sigma
 ZOOM_BLUR_C = ((1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.01),
                (1, 1.26, 0.01))  # zoom_blur: np.arange(start, stop, step) of zoom factors
@@ -56,7 +58,8 @@ SNOW_C = ((0.1, 0.2, 1, 0.6, 8, 3, 0.95),
           (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
           (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
           (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8))  # snow: loc, scale, zoom, threshold, radius, sigma, blend
-FROST_C = ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))  # frost: image, frost weights (not implemented)
+# frost: weights of the image and of the frost photograph (frost is not implemented)
+FROST_C = ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))
 FOG_C = ((.2, 3), (.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))  # fog: fractal weight, wibbledecay
 SPATTER_C = ((0.62, 0.1, 0.7, 0.7, 0.5, 0),
              (0.65, 0.1, 0.8, 0.7, 0.5, 0),
@@ -107,11 +110,6 @@ def _unit(images: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
 def _save(x01: torch.Tensor) -> torch.Tensor:
     """np.uint8(np.clip(x, 0, 1) * 255): clip, scale in x's own dtype, truncate."""
     return (x01.clamp(0.0, 1.0) * 255).trunc_().to(torch.uint8)
-
-
-def _save255(x: torch.Tensor) -> torch.Tensor:
-    """np.uint8(np.clip(x, 0, 255)) for results already on [0, 255]."""
-    return x.clamp(0.0, 255.0).trunc_().to(torch.uint8)
 
 
 def _uniform(shape, low: float, high: float, generator, device) -> torch.Tensor:
@@ -717,8 +715,10 @@ def _cv_canny(src: torch.Tensor) -> torch.Tensor:
     the sector of (dx, dy) (tan 22.5 deg in fixed point; ties kept on one side only), pixels > 150
     seed edges that grow through 8-connected pixels > 50 that survived suppression."""
     p = _pad_border(src.to(torch.int64), 1, "nearest")
-    dx = (p[:, :-2, 2:] + 2 * p[:, 1:-1, 2:] + p[:, 2:, 2:]) - (p[:, :-2, :-2] + 2 * p[:, 1:-1, :-2] + p[:, 2:, :-2])
-    dy = (p[:, 2:, :-2] + 2 * p[:, 2:, 1:-1] + p[:, 2:, 2:]) - (p[:, :-2, :-2] + 2 * p[:, :-2, 1:-1] + p[:, :-2, 2:])
+    dx = (p[:, :-2, 2:] + 2 * p[:, 1:-1, 2:] + p[:, 2:, 2:]) \
+        - (p[:, :-2, :-2] + 2 * p[:, 1:-1, :-2] + p[:, 2:, :-2])
+    dy = (p[:, 2:, :-2] + 2 * p[:, 2:, 1:-1] + p[:, 2:, 2:]) \
+        - (p[:, :-2, :-2] + 2 * p[:, :-2, 1:-1] + p[:, :-2, 2:])
     mag = dx.abs() + dy.abs()
     mp = torch.nn.functional.pad(mag, (1, 1, 1, 1))  # magnitudes outside the image are 0
 
@@ -738,7 +738,8 @@ def _cv_canny(src: torch.Tensor) -> torch.Tensor:
     candidate = (mag > CANNY_LOW) & keep
     edges = candidate & (mag > CANNY_HIGH)
     while True:  # hysteresis: grow the seeds through 8-connected candidates
-        grown = candidate & (torch.nn.functional.max_pool2d(edges[:, None].to(torch.float32), 3, 1, 1)[:, 0] > 0)
+        near = torch.nn.functional.max_pool2d(edges[:, None].to(torch.float32), 3, 1, 1)[:, 0] > 0
+        grown = candidate & near
         grown |= edges
         if torch.equal(grown, edges):
             return edges
@@ -819,7 +820,8 @@ def _cv_equalize_hist(x: torch.Tensor) -> torch.Tensor:
     levels = torch.arange(256, device=x.device)
     first = torch.where(hist > 0, levels, 256).amin(1, keepdim=True)
     first_count = hist.gather(1, first.clamp(max=255))
-    scale = torch.tensor(255.0, dtype=torch.float32, device=x.device) / (total - first_count).clamp(min=1).to(torch.float32)
+    rest = (total - first_count).clamp(min=1).to(torch.float32)  # total - hist[first]
+    scale = torch.tensor(255.0, dtype=torch.float32, device=x.device) / rest  # float32, as OpenCV
     above = torch.where(levels > first, hist, torch.zeros_like(hist)).cumsum(1)
     lut = torch.round(above.to(torch.float32) * scale).clamp(0, 255)
     lut = torch.where(levels >= first, lut, torch.zeros_like(lut))
