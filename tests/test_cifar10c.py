@@ -169,8 +169,10 @@ def test_published_parameters_are_the_reference_values():
     assert C.CORRUPTIONS["glass_blur"].params[3] == (0.25, 1, 2)
     assert C.CORRUPTIONS["snow"].params[4] == (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)
     assert C.CORRUPTIONS["elastic_transform"].params[1] == (0.05, 0.2, 0.07)  # x IMSIZE = 32
-    # np.arange(1, 1.06, 0.01) etc. include their float end points
+    # round-off: np.arange(1, 1.06, 0.01) ends at 1.06 and np.arange(1, 1.11, 0.01) at 1.11; the others
+    # stop one step short of their stop value
     assert [len(C.zoom_factors(c)) for c in C.ZOOM_BLUR_C] == [7, 12, 16, 21, 26]
+    assert np.allclose([C.zoom_factors(c)[-1] for c in C.ZOOM_BLUR_C], [1.06, 1.11, 1.15, 1.20, 1.25])
 
 
 # ---------------------------------------------------------------- severity ordering in SSIM
@@ -200,8 +202,9 @@ def test_higher_severity_gives_lower_mean_ssim(mean_ssim, name):
 
 
 def test_glass_blur_second_pass_lowers_ssim(mean_ssim):
-    # (sigma, delta, passes) = (.05,1,1) (.25,1,1) (.4,1,1) (.25,1,2) (.4,1,2): SSIM is not monotone (the larger
-    # sigma of 2 and 3 smooths the local copies, SSIM rises 1 -> 3); a second pass at equal sigma lowers it
+    # (sigma, delta, passes) = (.05,1,1) (.25,1,1) (.4,1,1) (.25,1,2) (.4,1,2): SSIM is not monotone (the
+    # larger sigma of 2 and 3 smooths the local copies, SSIM rises 1 -> 3); a second pass at equal sigma
+    # lowers it
     m = mean_ssim["glass_blur"]
     assert m[3] < m[1] and m[4] < m[2], m
 

@@ -408,7 +408,8 @@ def motion_blur(images, c, generator=None):
 
 def zoom_factors(c) -> np.ndarray:
     """The reference's np.arange(start, stop, step) of zoom factors, float quirks included (it
-    holds 7, 12, 16, 21, 26 factors for severities 1..5: 1.06, 1.11, ... are included)."""
+    holds 7, 12, 16, 21, 26 factors for severities 1..5: round-off puts 1.06 and 1.11 inside the first
+    two ranges, not 1.16, 1.21, 1.26 inside the others)."""
     return np.arange(*c)
 
 
