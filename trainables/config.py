@@ -42,6 +42,7 @@ REGULARIZATIONS = ("onehot", "iqa_ls", "uniform")
 # How a distorted image's IQA score enters T: its own ("image", Eq. 1) or its (type, level) group
 # mean ("level": the labels then carry the distortion level and nothing of the image content).
 SCORE_POOLINGS = ("image", "level")
+PRECISIONS = ("fp32", "tf32", "bf16")  # TrialConfig.precision; trainables.train.numerics applies it
 
 
 class ConfigError(ValueError):
@@ -77,6 +78,11 @@ class TrialConfig:
     input_norm: str = "per_image"  # "per_image" (tf.image.per_image_standardization) | "dataset" | "none"
     lrn_impl: str = "fast"  # "fast" (banded 1x1 conv, exact) | "torch" (nn.LocalResponseNorm)
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU (measured, see README)
+    # numerics of the forward/backward passes (docs/paper-mapping.md): "fp32" = float32 everywhere (on
+    # CUDA with TF32 switched off), "tf32" = float32 with TF32 matmuls/convolutions on CUDA (on a CPU the
+    # same as fp32), "bf16" = bfloat16 autocast with float32 master weights and float32 loss. The study
+    # commands pick bf16 on CUDA and fp32 on a CPU unless --precision says otherwise
+    precision: str = "fp32"
     # --- distortion choices the paper leaves open ---
     blur_truncate: float = 3.0  # Gaussian kernel radius = ceil(blur_truncate * sigma)
     blur_border: str = "reflect"  # border rule of the blur: reflect | replicate | circular
@@ -202,6 +208,8 @@ class TrialConfig:
             bad("init", self.init, ["tf_cifar10", "torch"])
         if self.input_norm not in ("per_image", "dataset", "none"):
             bad("input_norm", self.input_norm, ["per_image", "dataset", "none"])
+        if self.precision not in PRECISIONS:
+            bad("precision", self.precision, list(PRECISIONS))
         if self.lrn_impl not in ("fast", "torch"):
             bad("lrn_impl", self.lrn_impl, ["fast", "torch"])
         if not (self.blur_truncate > 0):
