@@ -43,6 +43,7 @@ REGULARIZATIONS = ("onehot", "iqa_ls", "uniform")
 # mean ("level": the labels then carry the distortion level and nothing of the image content).
 SCORE_POOLINGS = ("image", "level")
 PRECISIONS = ("fp32", "tf32", "bf16")  # TrialConfig.precision; trainables.train.numerics applies it
+STEP_IMPLS = ("auto", "eager", "cuda_graph")  # TrialConfig.step_impl; trainables/fast.py (same tuple)
 
 
 class ConfigError(ValueError):
@@ -107,6 +108,9 @@ class TrialConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     precompute: bool = True  # cache the deterministic distortions (blur, JPEG) and their scores
     threads: int = 0  # torch intra-op threads (0 = leave torch's default)
+    # how a training step is launched (trainables/fast.py): "auto" = one CUDA graph per step on CUDA,
+    # eager on a CPU; "eager"; "cuda_graph". The replayed kernels are the eager ones: it only runs a trial
+    step_impl: str = "auto"
 
     def __post_init__(self):
         # tuples/dicts arrive as lists from JSON; normalise so equality and hashing of values hold
@@ -208,6 +212,8 @@ class TrialConfig:
             bad("init", self.init, ["tf_cifar10", "torch"])
         if self.input_norm not in ("per_image", "dataset", "none"):
             bad("input_norm", self.input_norm, ["per_image", "dataset", "none"])
+        if self.step_impl not in STEP_IMPLS:
+            bad("step_impl", self.step_impl, list(STEP_IMPLS))
         if self.precision not in PRECISIONS:
             bad("precision", self.precision, list(PRECISIONS))
         if self.lrn_impl not in ("fast", "torch"):

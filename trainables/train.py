@@ -87,8 +87,20 @@ def numerics(cfg: TrialConfig, device: torch.device):
         torch.backends.cuda.matmul.allow_tf32 = allow
         torch.backends.cudnn.allow_tf32 = allow
     if cfg.precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+        # no weight cache: a captured CUDA graph (trainables/fast.py) must not hold cached casts, and in
+        # a step every weight is cast once anyway
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext
+
+
+def step_impl_for(cfg: TrialConfig, device: torch.device) -> str:
+    """The trial's step_impl resolved for its device (trainables/fast.py); a bad pairing is a TrialError."""
+    from trainables.fast import CaptureError, resolve_step_impl
+
+    try:
+        return resolve_step_impl(cfg.step_impl, device)
+    except CaptureError as e:
+        raise TrialError(str(e)) from None
 
 
 def pick_device(name: str) -> torch.device:
@@ -425,6 +437,7 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
     model = build_model(cfg, device)
     opt = build_optimizer(cfg, model)
     amp = numerics(cfg, device)
+    impl = step_impl_for(cfg, device)
     start_epoch = 0
     history: list[dict] = []  # every epoch's reported metrics, kept in the checkpoint (see below)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -442,6 +455,21 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
             torch.set_rng_state(state["rng"]["torch"])
             start_epoch = state["epoch"]
             history = list(state.get("history", []))
+    def loss_fn(xb, qb):
+        with amp():
+            logits = model(xb)
+        return labels.soft_cross_entropy(logits.float(), qb), logits
+
+    if impl == "cuda_graph":  # after the checkpoint is loaded: the captured graph holds these tensors
+        from trainables.fast import CapturedStep
+        step = CapturedStep(loss_fn, opt, list(model.parameters()))
+    else:
+        def step(xb, qb):
+            loss, logits = loss_fn(xb, qb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.detach(), logits.detach()
     last: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -466,14 +494,9 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
         steps = 0
         for i in range(0, n, cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            with amp():
-                logits = model(norm(xs[idx]))
-            loss = labels.soft_cross_entropy(logits.float(), targets[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == y_train[idx]).sum()
+            loss, logits = step(norm(xs[idx]), targets[idx])
+            loss_sum += loss
+            correct += (logits.argmax(1) == y_train[idx]).sum()
             steps += 1
         # per-batch record of Eq. 1's hazard, vectorised: targets below 1/K per batch of the order
         below = (t[order] < 1.0 / NUM_CLASSES).float()
