@@ -124,3 +124,15 @@ def test_graph_step_equals_eager_on_cuda_including_an_lr_change_and_a_partial_ba
     assert ga.failed is None and ga.graph is not None
     for p, r in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, r, atol=1e-4)
+
+
+def test_gpu_check_refuses_without_cuda_and_builds_valid_pack_configs(capsys, monkeypatch):
+    from study import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--data", "x"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    cfgs = gpu_check._grid_cfgs("cifar10", "cuda", (1, 8, 9), 3, epochs=8, precision="bf16")
+    assert len(cfgs) == 9 and {c.subset_seed for c in cfgs} == {0, 1, 2}
+    from trainables.packed import pack_key
+    assert len({pack_key(c) for c in cfgs}) == 1  # one pack: they differ only where a pack allows
