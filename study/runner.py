@@ -355,7 +355,9 @@ def check_resume_matches(args, settings: dict, recorded_manifest: dict | None, r
                 raise StudyError(_mismatch(args, f"trial {key}'s {k}", _shown(a), _shown(b)))
         return
     # a study recorded before manifests: its parent run's params hold the flags and the schedule
-    current = {**{k: _val(v) for k, v in given.items()}}
+    first = next(iter(settings["trials"].values()), {})
+    current = {**{k: _val(first[k]) for k in SCHEDULE_PARAMS if k in first},
+               **{k: _val(v) for k, v in given.items()}}
     for k in sorted(recorded_params):
         if k in RUN_FLAGS or k == "n_trials":
             continue
@@ -371,11 +373,13 @@ def _mismatch(args, what: str, recorded: str, given: str) -> str:
             "the recorded value, or start a new study under another --name")
 
 
+SCHEDULE_PARAMS = ("epochs", "batch_size", "lr", "lr_decay_every", "subset", "test_subset", "data")
+
+
 def resume_schedule_params(trials: list[Trial], search) -> dict:
     """The schedule as the parent run's params record it (compared on a resume of an older study)."""
     cfg0 = trials[0].config if trials else search.base
-    return {k: getattr(cfg0, k) for k in ("epochs", "batch_size", "lr", "lr_decay_every", "subset",
-                                          "test_subset", "data")}
+    return {k: getattr(cfg0, k) for k in SCHEDULE_PARAMS}
 
 
 def take_lock(storage: str, name: str):
@@ -574,11 +578,12 @@ def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, 
                          f"study named {args.name!r} to resume")
     check_no_checkpoints(args, storage)  # read-only; again below, under the lock
     settings = study_settings(args, trials, search)
-    rec = tracking.StudyRecorder(args.tracking_uri, args.name, kind, args.experiment)
+    # the lock first: a second driver is refused before it writes anything (not even a new store)
     lock = take_lock(storage, args.name)
     held.callback(lock.release)  # on return, exception, Ctrl-C and SIGTERM (Ray's handler exits)
     # under the lock: what the study's records say now cannot change until we are done
     check_no_checkpoints(args, storage)
+    rec = tracking.StudyRecorder(args.tracking_uri, args.name, kind, args.experiment)
     recorded = rec.recorded()
     if recorded and not args.resume:
         raise StudyError(f"study {args.name!r} already exists in {args.tracking_uri}; "
@@ -809,6 +814,9 @@ def main_wrapper(fn) -> int:
     """Run a study main; a refusal is one line on stderr and exit code 2."""
     from study.tracking import TrackingError
 
+    import logging
+    for name in ("mlflow", "alembic"):  # store-creation INFO lines would bury the one-line messages
+        logging.getLogger(name).setLevel(logging.WARNING)
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         # SIGTERM ends the command through Python's `finally` (the study lock is released, runs KILLED)

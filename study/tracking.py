@@ -101,10 +101,10 @@ class StudyRecorder:
 
     def __init__(self, tracking_uri: str, study: str, kind: str, experiment: str = EXPERIMENT):
         self.uri, self.study, self.kind, self.experiment = tracking_uri, study, kind, experiment
-        self.client = MlflowClient(tracking_uri)
         exp = None
         for attempt in range(OPEN_TRIES):
-            try:  # the first use of a new SQLite file creates its tables (alembic migrations)
+            try:  # the client's first use of a new SQLite file creates its tables (alembic migrations)
+                self.client = MlflowClient(tracking_uri)
                 exp = self.client.get_experiment_by_name(experiment)
                 break
             except Exception as e:  # two starts creating one store: one of them sees half-made tables
