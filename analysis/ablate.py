@@ -34,19 +34,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from analysis import calibration as cal
+from analysis import stats
 from analysis.common import (ACC_METRICS, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, MISSING,
                              TAG_ERROR, TAG_KIND, TAG_SEED, TAG_SEEDS, TEST_SET_LABELS, TEST_SETS, AnalysisError,
-                             TrialRecord, first_line, fmt, log_files, mean_std_n, new_figure, provenance,
-                             provenance_line, provenance_warnings, read_study, run_cli, save_figure, study_main, write_csv,
-                             write_parquet, write_text)
+                             TrialRecord, download_json, first_line, fmt, interval_text, log_files, new_figure,
+                             plus_minus, provenance, provenance_line, provenance_warnings, read_study, run_cli,
+                             save_figure, study_main, write_csv, write_parquet, write_text)
 
 ABLATIONS = ("tmap", "iqa", "ratios", "levels", "search")  # table order
 DESCRIPTIONS = {
@@ -67,12 +67,19 @@ TAG_MATCHED = "iqa_ls.matched_mean_t"
 TAG_MATCHED_TO = "iqa_ls.matched_to"
 TAG_SEARCH = "iqa_ls.search"  # parent: the search's space, objective and ASHA settings (JSON)
 SCORES_HIST = "scores_hist.json"
-PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 NUM_CLASSES = 10  # CIFAR-10 (Sec. 4.1): chance level 1/K in the T plot
 
 METRICS = ACC_METRICS + ("acc_mean_all", "acc_worst", "mean_t")
+# the calibration companion (trainables.calibration): ECE and NLL on pristine, over the 9 distorted
+# sets and over all 10, then Brier, mean confidence and mean p(true class) over all 10
+CAL_METRICS = ("ece_pristine", "ece_mean_distorted", "ece_mean_all", "nll_pristine", "nll_mean_distorted",
+               "nll_mean_all", "brier_mean_all", "conf_mean_all", "ptrue_mean_all")
+VAL = "val_"  # a search selects on the validation sets: its table shows val_<metric>
 METRIC_LABELS = {**{f"acc_{t}": TEST_SET_LABELS[t] for t in TEST_SETS}, "acc_mean_all": "Mean",
-                 "acc_worst": "Worst", "mean_t": "mean T"}
+                 "acc_worst": "Worst", "mean_t": "mean T",
+                 "ece_pristine": "ECE pristine", "ece_mean_distorted": "ECE dist.", "ece_mean_all": "ECE all",
+                 "nll_pristine": "NLL pristine", "nll_mean_distorted": "NLL dist.", "nll_mean_all": "NLL all",
+                 "brier_mean_all": "Brier all", "conf_mean_all": "conf all", "ptrue_mean_all": "p(y) all"}
 GROUPS = {"Pristine": ("acc_pristine",),
           **{label: tuple(f"acc_{d}_{k}" for k in (1, 2, 3))
              for d, label in (("blur", "Blur"), ("noise", "Noise"), ("jpeg", "JPEG"))}}
@@ -80,9 +87,11 @@ GROUP_COLORS = {"Pristine": "black", "Blur": "tab:blue", "Noise": "tab:orange", 
 
 
 # --- selecting runs --------------------------------------------------------------------------------
-def run_values(t: TrialRecord) -> dict[str, float]:
-    """A run's table values: the 10 accuracies, their mean, the worst of them, and the last mean T."""
-    v = {m: t.metrics.get(m, math.nan) for m in ACC_METRICS + ("acc_mean_all", "mean_t")}
+def run_values(t: TrialRecord, prefix: str = "") -> dict[str, float]:
+    """A run's table values under the table's names: the 10 accuracies, their mean, the worst of them,
+    the last mean T and the calibration metrics; `prefix` "val_" reads the validation sets instead."""
+    v = {m: t.metrics.get(prefix + m, math.nan) for m in ACC_METRICS + ("acc_mean_all",) + CAL_METRICS}
+    v["mean_t"] = t.metrics.get("mean_t", math.nan)
     accs = [v[m] for m in ACC_METRICS]
     v["acc_worst"] = min(accs) if all(math.isfinite(a) for a in accs) else math.nan
     return v
@@ -143,55 +152,80 @@ def _label(ablation: str, label: str, runs: list[TrialRecord]) -> str:
 
 
 def compute(trials: list[TrialRecord], ablation: str, seeds: list[int]) -> dict:
-    """The long cells frame, the group values per setting, gaps and notes (pure: no MLflow, no files)."""
+    """The long cells frame (mean over seeds with its t interval per setting x metric), the group
+    values per setting, gaps and notes (pure: no MLflow, no files). A search's cells are its
+    validation metrics (what it selected on)."""
     settings, chosen, gaps, notes = select(trials, ablation, seeds)
+    prefix = VAL if ablation == "search" else ""
     rows, groups = [], []
     for o, (label, ablated) in settings.items():
-        vals = [run_values(t) for t in chosen[o]]
+        vals = [run_values(t, prefix) for t in chosen[o]]
         shown = _label(ablation, label, chosen[o])
-        for m in METRICS:
-            mean, std, n = mean_std_n([v[m] for v in vals])
-            rows.append({"ablation": ablation, "order": o, "setting": shown, "metric": m, "mean": mean,
-                         "std": std, "n": n})
+        for m in METRICS + CAL_METRICS:
+            rows.append({"ablation": ablation, "order": o, "setting": shown, "metric": m,
+                         **stats.mean_ci([v[m] for v in vals])})
         for g, ms in GROUPS.items():
             per_run = [float(np.mean([v[m] for m in ms])) for v in vals]
-            mean, std, n = mean_std_n(per_run)
-            groups.append({"order": o, "setting": shown, "ablated": ablated, "group": g, "mean": mean,
-                           "std": std, "n": n})
-    cells = pd.DataFrame(rows, columns=["ablation", "order", "setting", "metric", "mean", "std", "n"])
-    cells = cells.astype({"order": "int64", "n": "int64"})
+            groups.append({"order": o, "setting": shown, "ablated": ablated, "group": g, **stats.mean_ci(per_run)})
+    cols = ["ablation", "order", "setting", "metric", "mean", "ci_low", "ci_high", "std", "n"]
+    cells = pd.DataFrame(rows, columns=cols).astype({"order": "int64", "n": "int64"})
     gaps_df = pd.DataFrame(gaps, columns=["setting", "seed", "run_name", "status", "error"], dtype=object)
     return {"ablation": ablation, "cells": cells, "groups": groups, "gaps": gaps_df, "notes": notes,
-            "settings": settings, "chosen": chosen}
+            "settings": settings, "chosen": chosen, "prefix": prefix}
 
 
 TAG_REGULARIZATION = "iqa_ls.regularization"
 PAIRED_METRICS = ACC_METRICS + ("acc_mean_all", "acc_worst")
+# the two tables of paired differences; Holm runs over each table's comparisons
+PAIRED_FAMILIES = {"accuracy": PAIRED_METRICS, "calibration": CAL_METRICS}
 
 
 def paired_differences(a: dict) -> tuple[str | None, pd.DataFrame]:
-    """(the one-hot setting's label, each other setting minus it seed by seed, then mean ± sample std
-    over the seeds both have). Settings of one seed share its subset, mixture draws and initial
-    weights, so the per-seed difference removes what the seeds do alike: a tighter error bar than the
-    two settings' own stds. (None, empty) unless exactly one setting is one-hot."""
-    cols = ["order", "setting", "metric", "mean", "std", "n"]
+    """(the one-hot setting's label, each other setting minus it, paired by seed over the seeds both
+    finished: mean difference, 95 % t interval, n, paired p; Holm-adjusted within the accuracy table
+    and within the calibration table). Settings of one seed share its subset, mixture draws and
+    initial weights, so the per-seed difference removes what the seeds do alike (analysis/stats.py).
+    (None, empty) unless exactly one setting is one-hot."""
+    cols = ["family", "order", "setting", "metric", "diff", "ci_low", "ci_high", "p", "p_holm", "mark", "method",
+            "df", "n", "no_spread"]
     refs = [o for o, runs in a["chosen"].items()
             if runs and all(t.tags.get(TAG_REGULARIZATION) == "onehot" for t in runs)]
     if len(refs) != 1:
         return None, pd.DataFrame([], columns=cols)
     ref = refs[0]
-    base = {t.tag_int(TAG_SEED): run_values(t) for t in a["chosen"][ref]}
+    prefix = a.get("prefix", "")
+    base = {t.tag_int(TAG_SEED): run_values(t, prefix) for t in a["chosen"][ref]}
     rows = []
-    for o, runs in a["chosen"].items():
-        if o == ref:
-            continue
-        vals = {t.tag_int(TAG_SEED): run_values(t) for t in runs}
-        common = sorted((k for k in vals if k in base), key=_seed_key)
-        for m in PAIRED_METRICS:
-            mean, std, n = mean_std_n([vals[k][m] - base[k][m] for k in common])
-            rows.append({"order": o, "setting": a["settings"][o][0], "metric": m, "mean": mean, "std": std,
-                         "n": n})
+    for family, metrics in PAIRED_FAMILIES.items():
+        fam_rows = []
+        for o, runs in a["chosen"].items():
+            if o == ref:
+                continue
+            vals = {t.tag_int(TAG_SEED): run_values(t, prefix) for t in runs}
+            for m in metrics:
+                c = stats.compare({k: v[m] for k, v in base.items()}, {k: v[m] for k, v in vals.items()})
+                fam_rows.append({"family": family, "order": o, "setting": a["settings"][o][0], "metric": m,
+                                 **{k: c[k] for k in ("diff", "ci_low", "ci_high", "p", "method", "df", "n")},
+                                 "no_spread": bool(c.get("no_spread", False))})
+        rows += stats.with_holm(fam_rows)
     return a["settings"][ref][0], pd.DataFrame(rows, columns=cols).astype({"order": "int64", "n": "int64"})
+
+
+def chosen_setting(a: dict) -> dict | None:
+    """The search's choice: the counted trial with the best objective (a validation metric), and its
+    test accuracies (its last epoch's; a trial stopped early has none: it never reached the test)."""
+    best = None
+    for o, runs in a["chosen"].items():
+        for t in runs:
+            obj = t.metrics.get("objective", math.nan)
+            if math.isfinite(obj) and (best is None or obj > best[0]):
+                best = (obj, o, t)
+    if best is None:
+        return None
+    obj, o, t = best
+    test = run_values(t)
+    return {"order": o, "setting": a["settings"][o][0], "run_name": t.run_name, "objective": obj,
+            "finished": t.finished, "test": {m: test[m] for m in PAIRED_METRICS}}
 
 
 def n_text(cells: pd.DataFrame, seeds: list[int], ablation: str) -> str:
@@ -291,12 +325,8 @@ def _cell(cells: pd.DataFrame, order: int, metric: str) -> pd.Series:
     return cells[(cells["order"] == order) & (cells["metric"] == metric)].iloc[0]
 
 
-def _ours(c: pd.Series, digits: int, sep: str = " ± ") -> str:
-    if c["n"] == 0:
-        return MISSING
-    if c["n"] == 1:
-        return fmt(c["mean"], digits)
-    return fmt(c["mean"], digits) + sep + fmt(c["std"], digits)
+def _ours(c: pd.Series, digits: int) -> str:
+    return MISSING if c["n"] == 0 else interval_text(c, digits)
 
 
 def _orders(cells: pd.DataFrame) -> list[tuple[int, str]]:
@@ -304,31 +334,67 @@ def _orders(cells: pd.DataFrame) -> list[tuple[int, str]]:
     return list(zip(first["order"].tolist(), first["setting"].tolist()))
 
 
+def _value_table(cells: pd.DataFrame, metrics: tuple[str, ...], digits: int) -> list[str]:
+    out = ["| Setting | n | " + " | ".join(METRIC_LABELS[m] for m in metrics) + " |",
+           "|---|---:|" + "---:|" * len(metrics)]
+    for o, label in _orders(cells):
+        row = [_cell(cells, o, m) for m in metrics]
+        out.append(f"| {label} | {row[0]['n']} | " + " | ".join(_ours(c, digits) for c in row) + " |")
+    return out
+
+
+def paired_summary(diffs: pd.DataFrame) -> str:
+    verdicts = [stats.verdict(r) for r in diffs.to_dict("records")]
+    text = (f"{len(verdicts)} comparisons: {verdicts.count('higher')} resolved higher, {verdicts.count('lower')} "
+            f"resolved lower, {verdicts.count('unresolved')} unresolved (interval spans 0)")
+    if verdicts.count("n < 2"):
+        text += f", {verdicts.count('n < 2')} without an interval (n < 2)"
+    if verdicts.count("no spread"):
+        text += f", {verdicts.count('no spread')} with no spread (identical differences: no p value)"
+    return text + f"; {int((diffs['mark'] == '*').sum())} with Holm-adjusted p < {stats.ALPHA:g} (*)"
+
+
+def _paired_table(diffs: pd.DataFrame, metrics: tuple[str, ...], digits: int) -> list[str]:
+    out = ["| Setting | n | " + " | ".join(METRIC_LABELS[m] for m in metrics) + " |",
+           "|---|---:|" + "---:|" * len(metrics)]
+    for o, label in _orders(diffs):
+        row = [_cell(diffs, o, m) for m in metrics]
+        n = "/".join(map(str, sorted({int(c["n"]) for c in row})))
+        out.append(f"| {label} | {n} | " + " | ".join(interval_text(c, digits, signed=True) for c in row) + " |")
+    return out
+
+
 def format_markdown(result: dict, a: dict) -> str:
     cells, gaps = a["cells"], a["gaps"]
-    heads = [METRIC_LABELS[m] for m in METRICS]
+    search = a["ablation"] == "search"
+    where = ("validation sets (a held-out split of the training pool, what the search selects on)" if search
+             else "test sets")
     out = [f"# Ablation `{a['ablation']}` — study `{result['study']}`", "",
            f"_{provenance_line(result['provenance'], a['n_text'])}_", "",
            f"{DESCRIPTIONS[a['ablation']]} Parent run `{result['parent_run_id']}` in experiment "
-           f"`{result['experiment']}`. Top-1 accuracy on the 10 CIFAR-10 test sets of Sec. 4.2: mean ± "
-           "sample std over seeds (the value alone when n = 1); Mean = mean of the 10; Worst = the lowest of "
-           "the 10 (per run); mean T = the last epoch's mean true-class target.", ""]
+           f"`{result['experiment']}`. Top-1 accuracy on the 10 CIFAR-10 {where} of Sec. 4.2: mean over seeds "
+           f"with the {stats.CI_LEVEL:.0%} t interval of the mean in brackets (the value alone when n = 1); "
+           "Mean = mean of the 10; Worst = the lowest of the 10 (per run); mean T = the last epoch's mean "
+           "true-class target.", ""]
     notes = provenance_warnings(result["provenance"]) + a["notes"]
     out += [f"- note: {w}" for w in notes] + ([""] if notes else [])
-    out += ["| Setting | n | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(heads)]
-    for o, label in _orders(cells):
-        row = [_cell(cells, o, m) for m in METRICS]
-        out.append(f"| {label} | {row[0]['n']} | " + " | ".join(_ours(c, 4) for c in row) + " |")
+    out += _value_table(cells, METRICS, 4)
+    out += ["", "## Calibration", "",
+            f"On the same {where}: expected calibration error (15 equal-width bins, top-label), negative "
+            "log-likelihood (nats), Brier score, mean top-1 confidence and mean probability of the true class; "
+            "'dist.' = mean over the 9 distorted sets, 'all' = over all 10. Lower ECE / NLL / Brier is better.", ""]
+    out += _value_table(cells, CAL_METRICS, 4)
     ref, diffs = a.get("paired", (None, None))
     if ref is not None and not diffs.empty:
-        out += ["", f"## Difference to {ref}, paired by seed", "",
-                f"Each setting minus {ref} of the same seed (same subset, mixture draws and initial weights), "
-                "then mean ± sample std over the seeds both finished (n); the value alone when n = 1.", "",
-                "| Setting | n | " + " | ".join(METRIC_LABELS[m] for m in PAIRED_METRICS) + " |",
-                "|---|---:|" + "---:|" * len(PAIRED_METRICS)]
-        for o, label in _orders(diffs):
-            row = [_cell(diffs, o, m) for m in PAIRED_METRICS]
-            out.append(f"| {label} | {row[0]['n']} | " + " | ".join(_ours(c, 4) for c in row) + " |")
+        for family, metrics in PAIRED_FAMILIES.items():
+            d = diffs[diffs["family"] == family]
+            out += ["", f"## Difference to {ref}, paired by seed ({family})", "",
+                    f"Each setting minus {ref} of the same seed (same subset, mixture draws and initial weights), "
+                    f"over the seeds both finished (n): mean difference with its {stats.CI_LEVEL:.0%} t interval; "
+                    f"* = Holm-adjusted p < {stats.ALPHA:g} over the {len(d)} comparisons of this table. An "
+                    "interval that spans 0 is unresolved, whatever its sign; '(n < 2)': no interval.", "",
+                    f"Summary: {paired_summary(d)}.", ""]
+            out += _paired_table(d, metrics, 4)
     if a.get("matched"):
         out += ["", "## The matched uniform control", "",
                 "eps was set in the driver so that q(y) = 1 − eps + eps/K equals the IQA-LS reference's "
@@ -337,12 +403,25 @@ def format_markdown(result: dict, a: dict) -> str:
                 "|---:|---:|---:|---:|---:|"]
         out += [f"| {m['seed']} | {m['eps']} | {fmt(m['matched_mean_t'], 6)} | {fmt(m['uniform_mean_t'], 6)} | "
                 f"{fmt(m['iqa_ls_mean_t_epoch1'], 6)} |" for m in a["matched"]]
-    if a["ablation"] == "search":
+    if search:
         st = a["search_trials"]
-        out += ["", "## Optuna trials", "", f"Objective: {a['objective_text']}.", "",
+        out += ["", "## Optuna trials", "", f"Objective: {a['objective_text']} (validation sets).", "",
                 "| # | Key | Setting | Status | Epochs | Objective |", "|---:|---|---|---|---:|---:|"]
         out += [f"| {r['number']} | {r['key']} | {r['setting']} | {r['status']} | {r['epochs']} | "
                 f"{fmt(r['objective'], 4)} |" for _, r in st.iterrows()]
+        out += ["", "## The chosen setting on the test sets", ""]
+        ch = a.get("chosen_setting")
+        if ch is None:
+            out.append("No trial has an objective: nothing was chosen.")
+        else:
+            out += [f"Chosen on the validation sets: `{ch['run_name']}` ({ch['setting']}), objective "
+                    f"{fmt(ch['objective'], 4)}. Its test accuracies (reported only; never selected on; one run, "
+                    "seed 0, so no interval):", "",
+                    "| " + " | ".join(METRIC_LABELS[m] for m in PAIRED_METRICS) + " |",
+                    "|" + "---:|" * len(PAIRED_METRICS),
+                    "| " + " | ".join(fmt(ch["test"][m], 4) for m in PAIRED_METRICS) + " |"]
+            if not ch["finished"]:
+                out.append("\n(The chosen trial did not finish, so it has no test accuracies.)")
         out += ["", "## Parameter importances (fANOVA, seed 0)", ""]
         if a["importance"].empty:
             out.append(f"Not available: {a['importance_note']}.")
@@ -376,11 +455,11 @@ def format_tex(result: dict, a: dict) -> str:
            "Setting & $n$ & " + " & ".join(heads) + r" \\", r"\midrule"]
     for o, label in _orders(cells):
         row = [_cell(cells, o, m) for m in METRICS]
-        vals = ["--" if c["n"] == 0 else "$" + _ours(c, 3, sep=r" \pm ") + "$" for c in row]
+        vals = ["--" if c["n"] == 0 else "$" + plus_minus(c, 3).replace("±", r" \pm ") + "$" for c in row]
         out.append(f"{_tex_escape(label)} & {row[0]['n']} & " + " & ".join(vals) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}",
             r"\caption{Ablation " + _tex_escape(a["ablation"]) + ": " + _tex_escape(DESCRIPTIONS[a["ablation"]])
-            + r" Top-1 accuracy, mean $\pm$ sample std over seeds. " + prov + "}",
+            + r" Top-1 accuracy, mean over seeds $\pm$ half-width of the 95\,\% t interval of the mean. " + prov + "}",
             r"\label{tab:ablate-" + _tex_escape(a["ablation"]) + "}", r"\end{table*}", ""]
     return "\n".join(out)
 
@@ -390,28 +469,41 @@ def format_console(result: dict) -> str:
     lw = 34
     for a in result["ablations"].values():
         cells = a["cells"]
-        rows = [(label, [_cell(cells, o, m) for m in METRICS]) for o, label in _orders(cells)]
-        # one space between columns however wide the cells are ("0.423±0.003" with n > 1)
         ref, diffs = a.get("paired", (None, None))
-        drows = ([] if ref is None or diffs.empty else
-                 [(label, [_cell(diffs, o, m) for m in PAIRED_METRICS]) for o, label in _orders(diffs)])
-        w = 1 + max([len(METRIC_LABELS[m]) for m in METRICS]
-                    + [len(_ours(c, 3, sep="±")) for _, r in rows + drows for c in r])
+        diffs = diffs if diffs is not None else pd.DataFrame()
         lines += ["", f"[{a['ablation']}] {DESCRIPTIONS[a['ablation']]}",
                   textwrap.fill(provenance_line(result["provenance"], a["n_text"]), 156),
-                  f"{'setting':<{lw}}{'n':>3}" + "".join(f"{METRIC_LABELS[m]:>{w}}" for m in METRICS)]
-        for label, row in rows:
-            lines.append(f"{label[:lw - 1]:<{lw}}{row[0]['n']:>3}"
-                         + "".join(f"{_ours(c, 3, sep='±'):>{w}}" for c in row))
-        if drows:
-            lines.append(f"  minus {ref}, paired by seed (same columns, without mean T):")
-            for label, row in drows:
-                lines.append(f"  {label[:lw - 3]:<{lw - 2}}{row[0]['n']:>3}"
-                             + "".join(f"{_ours(c, 3, sep='±'):>{w}}" for c in row))
+                  f"mean over seeds ± half-width of its {stats.CI_LEVEL:.0%} t interval (value alone when n = 1)"
+                  + ("; VALIDATION sets (what the search selects on)" if a["ablation"] == "search" else "")]
+        for title, metrics, family in (("accuracy", METRICS, "accuracy"), ("calibration", CAL_METRICS, "calibration")):
+            rows = [(label, [_cell(cells, o, m) for m in metrics]) for o, label in _orders(cells)]
+            d = diffs[diffs["family"] == family] if not diffs.empty else diffs
+            pm = PAIRED_METRICS if family == "accuracy" else CAL_METRICS
+            drows = [] if d.empty else [(label, [_cell(d, o, m) for m in pm]) for o, label in _orders(d)]
+            # one space between columns however wide the cells are
+            w = 1 + max([len(METRIC_LABELS[m]) for m in metrics]
+                        + [len(plus_minus(c, 3)) for _, r in rows for c in r]
+                        + [len(plus_minus(c, 3, True) + c["mark"]) for _, r in drows for c in r])
+            lines.append(f"{title + ':':<{lw}}{'n':>3}" + "".join(f"{METRIC_LABELS[m]:>{w}}" for m in metrics))
+            for label, row in rows:
+                lines.append(f"{label[:lw - 1]:<{lw}}{row[0]['n']:>3}" + "".join(f"{plus_minus(c, 3):>{w}}" for c in row))
+            if drows:
+                lines += textwrap.wrap(f"  minus {ref}, paired by seed (same columns"
+                                       + (", without mean T" if family == "accuracy" else "")
+                                       + f"; * = Holm-adjusted p < {stats.ALPHA:g}): {paired_summary(d)}", 156)
+                for label, row in drows:
+                    lines.append(f"  {label[:lw - 3]:<{lw - 2}}{row[0]['n']:>3}"
+                                 + "".join(f"{plus_minus(c, 3, True) + c['mark']:>{w}}" for c in row))
         for m in a.get("matched", []):
             lines.append(f"  matched control, seed {m['seed']}: eps {m['eps']}, uniform mean T "
                          f"{fmt(m['uniform_mean_t'], 6)} vs IQA-LS epoch-1 mean T {fmt(m['iqa_ls_mean_t_epoch1'], 6)}")
         if a["ablation"] == "search":
+            ch = a.get("chosen_setting")
+            if ch is not None:
+                lines.append(f"  chosen on validation: {ch['run_name']} ({ch['setting']}), objective "
+                             f"{fmt(ch['objective'], 4)}; its TEST accuracies: "
+                             + ", ".join(f"{METRIC_LABELS[m]} {fmt(ch['test'][m], 3)}"
+                                         for m in ("acc_pristine", "acc_mean_all", "acc_worst")))
             imp = ", ".join(f"{r['param']} {fmt(r['importance'], 2)}" for _, r in a["importance"].iterrows())
             lines.append(f"  importances: {imp or a['importance_note']}")
         if not a["gaps"].empty:
@@ -459,7 +551,7 @@ def groups_plot(result: dict, a: dict, path: Path) -> Path:
             else:
                 xs = [cats.index(str(p["x"])) for p in mine]
             ys = [p["mean"] for p in mine]
-            err = [0.0 if not math.isfinite(p["std"]) else p["std"] for p in mine]
+            err = [0.0 if not math.isfinite(p["ci_low"]) else (p["ci_high"] - p["ci_low"]) / 2 for p in mine]
             unique = len(set(xs)) == len(xs) and not scatter
             ax.errorbar(xs, ys, yerr=err, color=color, marker="o", ms=4, capsize=3,
                         linestyle="-" if unique else "none", label=group)
@@ -471,7 +563,7 @@ def groups_plot(result: dict, a: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=8)
-    fig.suptitle(f"Ablation {a['ablation']}: accuracy per test group ({a['n_text']}; error bars: std over seeds)",
+    fig.suptitle(f"Ablation {a['ablation']}: accuracy per test group ({a['n_text']}; error bars: 95% t interval of the mean over seeds)",
                  fontsize=10)
     _footer(fig, result, a)
     fig.subplots_adjust(left=0.7 / fig.get_figwidth(), right=0.98, top=0.9, bottom=0.32, wspace=0.25)
@@ -558,27 +650,42 @@ def importance_plot(result: dict, a: dict, path: Path) -> Path:
 
 def _score_hists(client, a: dict, notes: list[str]) -> dict[int, dict]:
     """The first (lowest seed) counted run's scores_hist.json of every setting that has one."""
+    found = download_json(client, [t.run_id for runs in a["chosen"].values() for t in runs], SCORES_HIST)
     out = {}
-    quiet = os.environ.get(PROGRESS_BAR_ENV)
-    os.environ[PROGRESS_BAR_ENV] = "false"  # one tqdm bar per download would bury the console table
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for o, runs in a["chosen"].items():
-                for t in runs:
-                    try:
-                        f = client.download_artifacts(t.run_id, SCORES_HIST, str(Path(tmp) / t.run_id))
-                    except Exception:  # noqa: BLE001 - an older run without the artifact
-                        continue
-                    out[o] = json.loads(Path(f).read_text())
-                    break
-    finally:
-        if quiet is None:
-            os.environ.pop(PROGRESS_BAR_ENV, None)
-        else:
-            os.environ[PROGRESS_BAR_ENV] = quiet
+    for o, runs in a["chosen"].items():
+        doc = next((found[t.run_id] for t in runs if t.run_id in found), None)
+        if doc is not None:
+            out[o] = doc
     if not out:
         notes.append(f"no run of the tmap ablation has a {SCORES_HIST} artifact; the T plot has no histogram")
     return out
+
+
+def calibration_plots(client, result: dict, a: dict, out: Path) -> dict[str, Path]:
+    """Reliability per test group (one line per setting) and confidence against quality (one panel per
+    setting, the one-hot reference beside it), from the runs' calibration.json artifacts."""
+    stem = f"ablate_{a['ablation']}"
+    found = download_json(client, [t.run_id for runs in a["chosen"].values() for t in runs], cal.CALIBRATION_FILE)
+    docs = {label: [found[t.run_id] for t in a["chosen"][o] if t.run_id in found]
+            for o, (label, _) in a["settings"].items()}
+    if not any(docs.values()):
+        a["notes"].append(f"no run has a {cal.CALIBRATION_FILE} artifact; the calibration plots are empty")
+    group = "val" if a["ablation"] == "search" else "test"
+    if group == "val":  # the search's records: its validation sets (its test sets are seen once, at the end)
+        docs = {k: [{"test": d.get("val", {})} for d in v] for k, v in docs.items()}
+    colors = [f"C{i % 10}" for i in range(len(docs))]
+    styles = {label: {"color": c} for label, c in zip(docs, colors)}
+    footer = provenance_line(result["provenance"], a["n_text"])
+    ref = (a.get("paired") or (None, None))[0]
+    panels = {label: ({label: d, ref: docs[ref]} if ref and label != ref else {label: d}) for label, d in docs.items()}
+    where = "validation" if group == "val" else "test"
+    return {f"{stem}_reliability.png": cal.reliability_plot(
+                docs, styles, f"Ablation {a['ablation']}: reliability per {where} group ({a['n_text']})", footer,
+                out / f"{stem}_reliability.png", new_figure, save_figure),
+            f"{stem}_confidence_quality.png": cal.quality_plot(
+                panels, styles, f"Ablation {a['ablation']}: confidence (solid) and accuracy (dashed) against the SSIM "
+                f"of the distorted {where} image to its pristine version ({a['n_text']})", footer,
+                out / f"{stem}_confidence_quality.png", new_figure, save_figure)}
 
 
 # --- the pipeline --------------------------------------------------------------------------------------
@@ -620,6 +727,8 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
         a["n_text"] = n_text(a["cells"], seeds, name)
         a["paired"] = paired_differences(a)
         a["files"] = {}
+        if name == "search":
+            a["chosen_setting"] = chosen_setting(a)
         stem = f"ablate_{name}"
         if name == "iqa":
             a["matched"] = matched_check(client, a)
@@ -642,6 +751,7 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
         if a["paired"][0] is not None:
             files[f"{stem}_paired.csv"] = write_csv(a["paired"][1], out / f"{stem}_paired.csv")
         files[f"{stem}_groups.png"] = groups_plot(result, a, out / f"{stem}_groups.png")
+        files.update(calibration_plots(client, result, a, out))
         if name == "tmap":
             files[f"{stem}_curves.png"] = curves_plot(result, a, _score_hists(client, a, a["notes"]),
                                                       out / f"{stem}_curves.png")

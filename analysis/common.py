@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 # --- MLflow names (docs/mlflow-schema.md) -----------------------------------------------------------
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -148,6 +147,32 @@ def child_runs(client, parent) -> list[TrialRecord]:
     return sorted(records, key=lambda t: (t.start_time, t.run_id))
 
 
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+def download_json(client, run_ids: Iterable[str], name: str) -> dict[str, dict]:
+    """run id -> the run's JSON artifact `name` parsed, for the runs that have it (older runs may not)."""
+    import tempfile
+
+    out = {}
+    quiet = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"  # one tqdm bar per download would bury the console table
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for run_id in run_ids:
+                try:
+                    f = client.download_artifacts(run_id, name, str(Path(tmp) / run_id))
+                except Exception:  # noqa: BLE001 - a run without the artifact
+                    continue
+                out[run_id] = json.loads(Path(f).read_text())
+    finally:
+        if quiet is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = quiet
+    return out
+
+
 def log_files(client, run_id: str, paths: Iterable[Path], artifact_path: str = ARTIFACT_DIR) -> None:
     """Log exactly these files (not the whole folder, which other analyses share) to the run."""
     for p in paths:
@@ -216,36 +241,41 @@ def provenance_warnings(prov: dict) -> list[str]:
             for key, values in sorted(prov["disagree"].items())]
 
 
-# --- statistics --------------------------------------------------------------------------------------
-def mean_std_n(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean, sample std (ddof=1; NaN when n < 2) and n of the finite values."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    n = int(x.size)
-    mean = float(x.mean()) if n else math.nan
-    std = float(x.std(ddof=1)) if n >= 2 else math.nan
-    return mean, std, n
+# --- statistics: analysis/stats.py; how its intervals read ------------------------------------------
+def interval_text(row, digits: int = 4, signed: bool = False, mark: bool = True) -> str:
+    """A mean or difference with its 95 % interval: '0.7940 [0.7901, 0.7979]'; 'n < 2' beside the
+    value when there is no interval; '—' for no value; the Holm mark ('*') and '(Welch)' appended."""
+    key = "mean" if "mean" in row else "diff"  # a cell (mean over seeds) or a comparison (difference)
+    value = row[key]
+    if value is None or not math.isfinite(value):
+        return MISSING
+    text = fmt(value, digits, signed)
+    if row.get("no_spread") is True:
+        text += " (no spread)"
+    elif math.isfinite(row.get("ci_low", math.nan)):
+        text += f" [{fmt(row['ci_low'], digits, signed)}, {fmt(row['ci_high'], digits, signed)}]"
+    elif row.get("n", 0) >= 1 and key == "diff":
+        text += " (n < 2)"
+    if mark and row.get("mark"):
+        text += row["mark"]
+    if row.get("method") == "welch":
+        text += " (Welch)"
+    return text
 
 
-def welch_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
-    """Mean(b) - mean(a) with a Welch t interval. The interval is NaN (not available) when either side
-    has fewer than 2 values: one seed says nothing about the seed-to-seed spread."""
-    ma, sa, na = mean_std_n(a)
-    mb, sb, nb = mean_std_n(b)
-    out = {"diff": mb - ma if na and nb else math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "df": math.nan, "n_a": na, "n_b": nb}
-    if na < 2 or nb < 2:
-        return out
-    va, vb = sa * sa / na, sb * sb / nb
-    se = math.sqrt(va + vb)
-    if se == 0.0:  # every seed identical on both sides: a zero-width interval, df undefined
-        out["ci_low"] = out["ci_high"] = out["diff"]
-        return out
-    from scipy.stats import t  # scipy comes with mlflow
+def half_width(row) -> float:
+    """Half the 95 % interval's width (NaN without one): the '±' of the compact console cells."""
+    lo, hi = row.get("ci_low", math.nan), row.get("ci_high", math.nan)
+    return (hi - lo) / 2 if math.isfinite(lo) and math.isfinite(hi) else math.nan
 
-    df = (va + vb) ** 2 / (va * va / (na - 1) + vb * vb / (nb - 1))
-    half = float(t.ppf(0.5 + level / 2, df)) * se
-    out.update(ci_low=out["diff"] - half, ci_high=out["diff"] + half, df=df)
-    return out
+
+def plus_minus(row, digits: int = 3, signed: bool = False) -> str:
+    """Compact '0.794±0.004' (± = half-width of the 95 % t interval); the value alone when n < 2."""
+    key = "mean" if "mean" in row else "diff"
+    if row[key] is None or not math.isfinite(row[key]):
+        return MISSING
+    h = half_width(row)
+    return fmt(row[key], digits, signed) + ("" if not math.isfinite(h) else "±" + fmt(h, digits))
 
 
 # --- deterministic text and files -------------------------------------------------------------------

@@ -1,9 +1,19 @@
-"""Table 2 of the paper (Sec. 4.3, "Performance comparisons") regenerated from a recorded study.
+"""Table 2 of the paper (Sec. 4.3, "Performance comparisons") regenerated from a recorded study, with
+its calibration companions.
 
 Reads the study's parent run and its child runs from MLflow (names: docs/mlflow-schema.md), puts the
-mean ± sample std over seeds of the ten test-set accuracies of strategies 1-9 beside the paper's
-Table 2 (analysis/paper_table2.json, the single copy of the published numbers), and compares each
-IQA-LS strategy with its "Original" twin (Sec. 4.3.3) with a 95 % Welch t interval over seeds.
+mean over seeds of the ten test-set accuracies of strategies 1-9, with the 95 % t interval of that
+mean, beside the paper's Table 2 (analysis/paper_table2.json, the single copy of the published
+numbers), and compares each IQA-LS strategy with its "Original" twin (Sec. 4.3.3) PAIRED BY SEED
+(both arms of a seed share the subset, the mixture draws, the batch order and the initial weights):
+mean difference, 95 % t interval, n and the paired p value, Holm-adjusted over the table's 4 pairs x
+10 test sets ("*" = adjusted p < 0.05); Welch's interval only where the arms share no seed, labelled
+so (analysis/stats.py). A difference whose interval spans 0 is unresolved, whatever its sign.
+
+The same layout for the expected calibration error (`ece_*`) and the negative log-likelihood
+(`nll_*`) of every test set: `table2_ece.*`, `table2_nll.*` (no paper row: the paper reports accuracy
+only). From the trials' `calibration.json` artifacts: reliability diagrams per test group and the
+confidence against the test image's SSIM per strategy (analysis/calibration.py).
 
 Launch: `python -m analysis.table2 --study NAME [--tracking-uri sqlite:///mlflow.db]
 [--experiment iqa-ls] [--out results/NAME]` (or `--run-id PARENT_RUN_ID`). The study command calls
@@ -13,14 +23,18 @@ Only FINISHED child runs are results. A (strategy, seed) with no FINISHED run is
 its status and `iqa_ls.error`; a strategy without any FINISHED run shows "—" (NaN in the files). When
 a (strategy, seed) has several FINISHED runs (a resumed study), the latest started one counts.
 
-Outputs (in `out_dir`, and logged under `analysis/` of the parent run):
-- `table2.md`        provenance line, ours ± std (n) / paper / Δ per strategy, the pairs, the gaps
-- `table2.tex`       the same comparison as a booktabs table
-- `table2.csv`, `table2.parquet`  the same LONG frame, one row per strategy × test set, columns
-  strategy, regularization, train_set, test_set, mean, std, n, paper, diff (= mean − paper)
-- `table2_pairs.csv` long, one row per pair × test set: original, iqa_ls, train_set, test_set, diff
-  (= mean IQA-LS − mean Original), ci_low, ci_high, df, n_original, n_iqa_ls, paper_diff
-- `table2_heatmap.png` (our mean accuracy) and `table2_diff_vs_paper.png` (ours − paper)
+Outputs (in `out_dir`, and logged under `analysis/` of the parent run), for W in table2, table2_ece,
+table2_nll:
+- `W.md`        provenance line, ours [95 % CI] (n) / paper / Δ per strategy, the pairs, the gaps
+- `W.tex`       the same cells as a booktabs table (± = half-width of the 95 % interval)
+- `W.csv`, `W.parquet`  the same LONG frame, one row per strategy × test set, columns strategy,
+  regularization, train_set, test_set, mean, ci_low, ci_high, std, n (accuracy also paper, diff =
+  mean − paper)
+- `W_pairs.csv` long, one row per pair × test set: original, iqa_ls, train_set, test_set, diff
+  (= IQA-LS − Original), ci_low, ci_high, p, p_holm, mark, method, df, n, n_a, n_b, no_spread
+  (accuracy also paper_diff)
+- `table2_heatmap.png` (our mean accuracy), `table2_diff_vs_paper.png` (ours − paper),
+  `table2_reliability.png`, `table2_confidence_quality.png`
 Nothing written depends on the clock, so the same runs give the same bytes.
 """
 from __future__ import annotations
@@ -33,11 +47,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.common import (ACC_METRICS, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, MISSING,
-                             TAG_ERROR, TAG_KIND, TAG_REGULARIZATION, TAG_SEED, TAG_SEEDS, TAG_STRATEGY,
-                             TAG_TRAIN_SET, TEST_SET_LABELS, TEST_SETS, AnalysisError, TrialRecord, fmt,
-                             log_files, mean_std_n, provenance, new_figure, provenance_line, provenance_warnings, read_study,
-                             run_cli, save_figure, study_main, welch_ci, write_csv, write_parquet, write_text)
+from analysis import calibration as cal
+from analysis import stats
+from analysis.common import (DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, MISSING, TAG_ERROR, TAG_KIND,
+                             TAG_REGULARIZATION, TAG_SEED, TAG_SEEDS, TAG_STRATEGY, TAG_TRAIN_SET,
+                             TEST_SET_LABELS, TEST_SETS, AnalysisError, TrialRecord, download_json, fmt,
+                             interval_text, log_files, new_figure, plus_minus, provenance, provenance_line,
+                             provenance_warnings, read_study, run_cli, save_figure, study_main, write_csv,
+                             write_parquet, write_text)
 
 PAPER_JSON = Path(__file__).with_name("paper_table2.json")
 
@@ -54,7 +71,19 @@ PAIRS: tuple[tuple[int, int], ...] = ((2, 3), (4, 5), (6, 7), (8, 9))
 REGULARIZATION_LABELS = {"onehot": "Original", "iqa_ls": "IQA-LS"}  # Table 2 "Regularization Method"
 TRAIN_SET_LABELS = {"pristine": "Pristine", "mix_blur": "MIX_blur", "mix_noise": "MIX_noise",
                     "mix_jpeg": "MIX_JPEG", "mix_all3": "MIX_all3"}
-CI_LEVEL = 0.95
+CI_LEVEL = stats.CI_LEVEL
+# The tables: what (the metric family, metric = "<what>_<test set>"), file stem, title, and whether the
+# paper has numbers for it (accuracy only). ECE and NLL: lower is better.
+FAMILIES: dict[str, dict] = {
+    "acc": {"stem": "table2", "title": "top-1 accuracy", "paper": True, "better": "higher"},
+    "ece": {"stem": "table2_ece", "title": "expected calibration error (15 equal-width bins, top-label)",
+            "paper": False, "better": "lower"},
+    "nll": {"stem": "table2_nll", "title": "negative log-likelihood of the true class (nats)",
+            "paper": False, "better": "lower"},
+}
+TRAIN_SET_COLORS = {"pristine": "black", "mix_blur": "tab:blue", "mix_noise": "tab:orange",
+                    "mix_jpeg": "tab:green", "mix_all3": "tab:red"}
+
 
 def load_paper(path: Path = PAPER_JSON) -> dict[int, dict[str, float]]:
     """The paper's Table 2: strategy -> test set -> accuracy."""
@@ -134,30 +163,42 @@ def _seed_key(seed: int | None) -> tuple[int, int]:
     return (1, 0) if seed is None else (0, seed)
 
 
-def compute(trials: list[TrialRecord], seeds: list[int], paper: dict[int, dict[str, float]]):
-    """The long cells frame, the pairs frame, the gaps frame and notes (pure: no MLflow, no files)."""
+def compute(trials: list[TrialRecord], seeds: list[int], paper: dict[int, dict[str, float]],
+            what: str = "acc"):
+    """The long cells frame, the pairs frame, the gaps frame and notes of metric family `what`
+    (pure: no MLflow, no files). Cells: the mean over seeds with its t interval; pairs: IQA-LS −
+    Original paired by seed (analysis/stats.py), Holm-adjusted over the table's 40 comparisons."""
     selected, gaps, notes = select_trials(trials, seeds)
-    values = {(s, ts): [t.metrics.get(m, math.nan) for t in selected[s]]
-              for s in STRATEGY_ROWS for ts, m in zip(TEST_SETS, ACC_METRICS)}
+    with_paper = FAMILIES[what]["paper"]
+    values = {(s, ts): {t.tag_int(TAG_SEED): t.metrics.get(f"{what}_{ts}", math.nan) for t in selected[s]}
+              for s in STRATEGY_ROWS for ts in TEST_SETS}
     rows = []
     for s in STRATEGY_ROWS:
         reg, train = row_labels(s)
         for ts in TEST_SETS:
-            mean, std, n = mean_std_n(values[s, ts])
-            rows.append({"strategy": s, "regularization": reg, "train_set": train, "test_set": ts,
-                         "mean": mean, "std": std, "n": n, "paper": paper[s][ts],
-                         "diff": mean - paper[s][ts]})
-    cells = pd.DataFrame(rows).astype({"strategy": "int64", "n": "int64"})
+            c = stats.mean_ci(list(values[s, ts].values()))
+            row = {"strategy": s, "regularization": reg, "train_set": train, "test_set": ts, **c}
+            if with_paper:
+                row.update(paper=paper[s][ts], diff=c["mean"] - paper[s][ts])
+            rows.append(row)
+    cols = ["strategy", "regularization", "train_set", "test_set", "mean", "ci_low", "ci_high", "std", "n"]
+    cells = pd.DataFrame(rows, columns=cols + (["paper", "diff"] if with_paper else []))
+    cells = cells.astype({"strategy": "int64", "n": "int64"})
     pair_rows = []
     for a, b in PAIRS:
         for ts in TEST_SETS:
-            w = welch_ci(values[a, ts], values[b, ts], CI_LEVEL)
-            pair_rows.append({"original": a, "iqa_ls": b, "train_set": row_labels(b)[1], "test_set": ts,
-                              "diff": w["diff"], "ci_low": w["ci_low"], "ci_high": w["ci_high"],
-                              "df": w["df"], "n_original": w["n_a"], "n_iqa_ls": w["n_b"],
-                              "paper_diff": paper[b][ts] - paper[a][ts]})
-    pairs = pd.DataFrame(pair_rows).astype({"original": "int64", "iqa_ls": "int64", "n_original": "int64",
-                                            "n_iqa_ls": "int64"})
+            c = stats.compare(values[a, ts], values[b, ts], CI_LEVEL)
+            row = {"original": a, "iqa_ls": b, "train_set": row_labels(b)[1], "test_set": ts,
+                   **{k: c[k] for k in ("diff", "ci_low", "ci_high", "p", "method", "df", "n", "n_a", "n_b")},
+                   "no_spread": bool(c.get("no_spread", False))}
+            if with_paper:
+                row["paper_diff"] = paper[b][ts] - paper[a][ts]
+            pair_rows.append(row)
+    pair_rows = stats.with_holm(pair_rows)
+    pcols = ["original", "iqa_ls", "train_set", "test_set", "diff", "ci_low", "ci_high", "p", "p_holm", "mark",
+             "method", "df", "n", "n_a", "n_b", "no_spread"] + (["paper_diff"] if with_paper else [])
+    pairs = pd.DataFrame(pair_rows, columns=pcols).astype(
+        {"original": "int64", "iqa_ls": "int64", "n": "int64", "n_a": "int64", "n_b": "int64"})
     return cells, pairs, gaps, notes
 
 
@@ -173,33 +214,54 @@ def n_text(cells: pd.DataFrame, seeds: list[int]) -> str:
     return text
 
 
+def pair_summary(pairs: pd.DataFrame) -> dict:
+    """How many of the table's comparisons are resolved (interval excludes 0) up / down, unresolved,
+    without an interval, and Holm-significant."""
+    verdicts = [stats.verdict(r) for r in pairs.to_dict("records")]
+    return {"higher": verdicts.count("higher"), "lower": verdicts.count("lower"),
+            "unresolved": verdicts.count("unresolved"), "no_ci": verdicts.count("n < 2"),
+            "no_spread": verdicts.count("no spread"),
+            "holm": int((pairs["mark"] == "*").sum()), "total": len(verdicts),
+            "welch": int((pairs["method"] == stats.WELCH).sum())}
+
+
+def summary_text(pairs: pd.DataFrame) -> str:
+    s = pair_summary(pairs)
+    text = (f"{s['total']} comparisons: {s['higher']} resolved higher, {s['lower']} resolved lower, "
+            f"{s['unresolved']} unresolved (interval spans 0)")
+    if s["no_ci"]:
+        text += f", {s['no_ci']} without an interval (n < 2)"
+    if s["no_spread"]:
+        text += f", {s['no_spread']} with no spread (identical differences: no p value)"
+    text += f"; {s['holm']} with Holm-adjusted p < {stats.ALPHA:g} (*)"
+    if s["welch"]:
+        text += f"; {s['welch']} unpaired (Welch: the arms share no seed)"
+    return text
+
+
 # --- text outputs ------------------------------------------------------------------------------------
 def _cell(cells: pd.DataFrame, s: int, ts: str) -> pd.Series:
     return cells.iloc[(s - 1) * len(TEST_SETS) + TEST_SETS.index(ts)]
 
 
-def _ours(c: pd.Series, digits: int, sep: str = " ± ", with_n: bool = True) -> str:
+def _ours(c: pd.Series, digits: int) -> str:
     if c["n"] == 0:
         return MISSING
-    if c["n"] == 1:  # one seed: the value alone, no spread to state
-        return fmt(c["mean"], digits)
-    return fmt(c["mean"], digits) + sep + fmt(c["std"], digits) + (f" ({c['n']})" if with_n else "")
+    return interval_text(c, digits)
 
 
-def _pair_ci(p: pd.Series, digits: int = 4) -> str:
-    if math.isnan(p["ci_low"]):
-        return f"CI n/a (n={p['n_original']}/{p['n_iqa_ls']})"
-    return f"[{fmt(p['ci_low'], digits, True)}, {fmt(p['ci_high'], digits, True)}]"
-
-
-def format_markdown(result: dict) -> str:
-    cells, pairs, gaps = result["cells"], result["pairs"], result["gaps"]
-    labels = [TEST_SET_LABELS[t] for t in TEST_SETS]
-    out = [f"# Table 2 — study `{result['study']}`, ours vs the paper", "",
+def format_markdown(result: dict, what: str = "acc") -> str:
+    fam = FAMILIES[what]
+    t = result["tables"][what]
+    cells, pairs, gaps = t["cells"], t["pairs"], result["gaps"]
+    labels = [TEST_SET_LABELS[x] for x in TEST_SETS]
+    title = "ours vs the paper" if fam["paper"] else f"{fam['title']} ({fam['better']} is better)"
+    out = [f"# Table 2{'' if what == 'acc' else ' — ' + what.upper()} — study `{result['study']}`, {title}", "",
            f"_{provenance_line(result['provenance'], result['n_text'])}_", "",
-           f"Parent run `{result['parent_run_id']}` in experiment `{result['experiment']}`. Top-1 accuracy "
-           "on the CIFAR-10 test sets (Sec. 4.3, Table 2). ours: mean ± sample std (n finished seeds; "
-           "the value alone when n = 1); paper: Table 2 as published; Δ = ours − paper.", ""]
+           f"Parent run `{result['parent_run_id']}` in experiment `{result['experiment']}`. {fam['title'].capitalize()} "
+           f"on the CIFAR-10 test sets (Sec. 4.3, Table 2). ours: mean over the n finished seeds with the "
+           f"{CI_LEVEL:.0%} t interval of the mean in brackets (no interval when n = 1)"
+           + ("; paper: Table 2 as published; Δ = ours − paper." if fam["paper"] else "."), ""]
     notes = provenance_warnings(result["provenance"]) + result["notes"]
     out += [f"- note: {w}" for w in notes] + ([""] if notes else [])
     out += ["| Strategy | Regularization | Training set | | " + " | ".join(labels) + " |",
@@ -208,19 +270,26 @@ def format_markdown(result: dict) -> str:
         reg, train = row_labels(s)
         row = [_cell(cells, s, ts) for ts in TEST_SETS]
         out.append(f"| {s} | {reg} | {train} | ours | " + " | ".join(_ours(c, 4) for c in row) + " |")
-        out.append("| | | | paper | " + " | ".join(fmt(c["paper"], 3) for c in row) + " |")
-        out.append("| | | | Δ | " + " | ".join(fmt(c["diff"], 4, True) for c in row) + " |")
-    out += ["", "## IQA-LS − Original (Sec. 4.3.3)", "",
-            f"Difference of the mean accuracy, IQA-LS strategy minus its Original twin, with a "
-            f"{CI_LEVEL:.0%} Welch t interval over seeds (not available when a side has fewer than 2 "
-            "finished seeds); paper: the same difference in the published Table 2.", "",
-            "| Pair | Training set | | " + " | ".join(labels) + " |", "|---|---|---|" + "---:|" * len(labels)]
+        if fam["paper"]:
+            out.append("| | | | paper | " + " | ".join(fmt(c["paper"], 3) for c in row) + " |")
+            out.append("| | | | Δ | " + " | ".join(fmt(c["diff"], 4, True) for c in row) + " |")
+    out += ["", "## IQA-LS − Original (Sec. 4.3.3), paired by seed", "",
+            f"IQA-LS strategy minus its Original twin, seed by seed over the seeds both finished (same subset, "
+            f"mixture draws, batch order and initial weights), then the mean difference with its {CI_LEVEL:.0%} "
+            f"t interval; * = Holm-adjusted p < {stats.ALPHA:g} over the {len(pairs)} comparisons of this table. "
+            "An interval that spans 0 is unresolved, whatever its sign; '(n < 2)': fewer than 2 paired seeds, no "
+            "interval; '(Welch)': the arms share no seed, unpaired interval."
+            + (" paper: the same difference in the published Table 2." if fam["paper"] else ""), "",
+            f"Summary: {summary_text(pairs)}.", "",
+            "| Pair | Training set | | n | " + " | ".join(labels) + " |", "|---|---|---|---:|" + "---:|" * len(labels)]
     for a, b in PAIRS:
         prs = pairs[(pairs["original"] == a) & (pairs["iqa_ls"] == b)]
-        out.append(f"| {b} − {a} | {row_labels(b)[1]} | ours | "
-                   + " | ".join(f"{fmt(p['diff'], 4, True)} {_pair_ci(p)}" for _, p in prs.iterrows()) + " |")
-        out.append("| | | paper | " + " | ".join(fmt(p["paper_diff"], 3, True) for _, p in prs.iterrows())
-                   + " |")
+        n = sorted(set(prs["n"].tolist()))
+        out.append(f"| {b} − {a} | {row_labels(b)[1]} | ours | {'/'.join(map(str, n))} | "
+                   + " | ".join(interval_text(p, 4, signed=True) for _, p in prs.iterrows()) + " |")
+        if fam["paper"]:
+            out.append("| | | paper | | " + " | ".join(fmt(p["paper_diff"], 3, True) for _, p in prs.iterrows())
+                       + " |")
     out += ["", "## Gaps", ""]
     if gaps.empty:
         out.append("None: every planned (strategy, seed) has a FINISHED run.")
@@ -228,12 +297,18 @@ def format_markdown(result: dict) -> str:
         name = f" `{g['run_name']}`" if g["run_name"] else ""
         out.append(f"- strategy {g['strategy']}, seed {g['seed']}:{name} {g['status']} — "
                    f"{g['error'] or 'no error tag'}")
+    stem = fam["stem"]
     out += ["", "## Files", "",
-            "- `table2.csv`, `table2.parquet`: the same long frame, one row per strategy × test set "
-            "(strategy, regularization, train_set, test_set, mean, std, n, paper, diff = mean − paper).",
-            "- `table2_pairs.csv`: one row per pair × test set (original, iqa_ls, train_set, test_set, "
-            "diff = IQA-LS − Original, ci_low, ci_high, df, n_original, n_iqa_ls, paper_diff).",
-            "- `table2.tex`, `table2_heatmap.png`, `table2_diff_vs_paper.png`: the same numbers.", ""]
+            f"- `{stem}.csv`, `{stem}.parquet`: the same long frame, one row per strategy × test set "
+            "(strategy, regularization, train_set, test_set, mean, ci_low, ci_high, std, n"
+            + (", paper, diff = mean − paper" if fam["paper"] else "") + ").",
+            f"- `{stem}_pairs.csv`: one row per pair × test set (original, iqa_ls, train_set, test_set, diff = "
+            "IQA-LS − Original, ci_low, ci_high, p, p_holm, mark, method, df, n, n_a, n_b, no_spread"
+            + (", paper_diff" if fam["paper"] else "") + ").",
+            f"- `{stem}.tex`" + (", `table2_heatmap.png`, `table2_diff_vs_paper.png`" if fam["paper"] else "")
+            + ": the same numbers.",
+            "- companions: " + ", ".join(f"`{FAMILIES[w]['stem']}.md` ({w.upper()})" for w in FAMILIES if w != what)
+            + "; `table2_reliability.png`, `table2_confidence_quality.png` (from the runs' calibration.json).", ""]
     return "\n".join(out)
 
 
@@ -251,10 +326,11 @@ def _tex_num(x: float, digits: int, signed: bool = False) -> str:
     return "--" if not math.isfinite(x) else f"${fmt(x, digits, signed)}$"
 
 
-def format_tex(result: dict) -> str:
-    cells = result["cells"]
+def format_tex(result: dict, what: str = "acc") -> str:
+    fam = FAMILIES[what]
+    cells = result["tables"][what]["cells"]
     prov = _tex_escape(provenance_line(result["provenance"], result["n_text"]).replace("·", ";"))
-    out = [f"% Table 2 regenerated from MLflow study {_tex_escape(result['study'])} "
+    out = [f"% Table 2 ({what}) regenerated from MLflow study {_tex_escape(result['study'])} "
            f"(parent run {result['parent_run_id']}); requires booktabs.",
            r"\begin{table*}[t]", r"\centering", r"\small",
            r"\begin{tabular}{rlll" + "r" * len(TEST_SETS) + "}",
@@ -267,45 +343,54 @@ def format_tex(result: dict) -> str:
     for s in STRATEGY_ROWS:
         reg, train = row_labels(s)
         row = [_cell(cells, s, ts) for ts in TEST_SETS]
-        ours = ["--" if c["n"] == 0 else "$" + _ours(c, 3, sep=r" \pm ", with_n=False) + "$" for c in row]
+        ours = ["--" if c["n"] == 0 else "$" + plus_minus(c, 3).replace("±", r" \pm ") + "$" for c in row]
         out.append(f"{s} & {reg} & {_tex_train(train)} & ours & " + " & ".join(ours) + r" \\")
-        out.append(r" & & & paper & " + " & ".join(_tex_num(c["paper"], 3) for c in row) + r" \\")
-        out.append(r" & & & $\Delta$ & " + " & ".join(_tex_num(c["diff"], 3, True) for c in row) + r" \\")
+        if fam["paper"]:
+            out.append(r" & & & paper & " + " & ".join(_tex_num(c["paper"], 3) for c in row) + r" \\")
+            out.append(r" & & & $\Delta$ & " + " & ".join(_tex_num(c["diff"], 3, True) for c in row) + r" \\")
         out.append(r"\midrule" if s != max(STRATEGY_ROWS) else r"\bottomrule")
     out += [r"\end{tabular}",
-            r"\caption{Top-1 accuracy of strategies 1--9 (Table 2): ours (mean $\pm$ sample std over seeds), "
-            r"the paper's value, and $\Delta$ = ours $-$ paper. " + prov + "}",
-            r"\label{tab:table2-" + _tex_escape(result["study"]).replace("\\", "") + "}", r"\end{table*}", ""]
+            r"\caption{" + _tex_escape(fam["title"].capitalize()) + r" of strategies 1--9 (Table 2): ours (mean "
+            r"over seeds $\pm$ half-width of the 95\,\% t interval of the mean)"
+            + (r", the paper's value, and $\Delta$ = ours $-$ paper. " if fam["paper"] else ". ") + prov + "}",
+            r"\label{tab:" + fam["stem"].replace("_", "-") + "-" + _tex_escape(result["study"]).replace("\\", "") + "}",
+            r"\end{table*}", ""]
     return "\n".join(out)
 
 
 def format_console(result: dict) -> str:
-    """Compact Table 2 (ours / paper / Δ per strategy, ≤ 160 columns), the pairs, the files written."""
-    cells, pairs, gaps = result["cells"], result["pairs"], result["gaps"]
+    """Compact Table 2 (ours / paper / Δ per strategy, ≤ 160 columns), the pairs with their intervals
+    and Holm marks, the ECE and NLL pairs, the files written."""
+    t = result["tables"]["acc"]
+    cells, gaps = t["cells"], result["gaps"]
     w, lw = 12, 21  # cell width; width of "9 Original MIX_noise "
-    head = " " * (lw + 10) + "".join(f"{TEST_SET_LABELS[t]:>{w}}" for t in TEST_SETS)
+    head = " " * (lw + 10) + "".join(f"{TEST_SET_LABELS[x]:>{w}}" for x in TEST_SETS)
     lines = [f"Table 2, study {result['study']} (parent run {result['parent_run_id']})",
-             textwrap.fill(provenance_line(result["provenance"], result["n_text"]), 156), head]
+             textwrap.fill(provenance_line(result["provenance"], result["n_text"]), 156),
+             f"ours: mean over seeds ± half-width of its {CI_LEVEL:.0%} t interval (the value alone when n = 1)", head]
     for s in STRATEGY_ROWS:
         reg, train = row_labels(s)
         row = [_cell(cells, s, ts) for ts in TEST_SETS]
         ns = sorted({int(c["n"]) for c in row})
         n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
-        lines.append(f"{f'{s} {reg} {train}':<{lw}}{'ours ' + n:<10}"
-                     + "".join(f"{_ours(c, 3, sep='±', with_n=False):>{w}}" for c in row))
+        lines.append(f"{f'{s} {reg} {train}':<{lw}}{'ours ' + n:<10}" + "".join(f"{plus_minus(c, 3):>{w}}" for c in row))
         lines.append(f"{'':<{lw}}{'paper':<10}" + "".join(f"{fmt(c['paper'], 3):>{w}}" for c in row))
         lines.append(f"{'':<{lw}}{'Δ':<10}" + "".join(f"{fmt(c['diff'], 3, True):>{w}}" for c in row))
-    lines += ["", f"IQA-LS − Original (Sec. 4.3.3): Δ of means, ± half-width of the {CI_LEVEL:.0%} Welch "
-              "interval over seeds (n/a below 2 seeds a side), and the paper's Δ", head]
-    for a, b in PAIRS:
-        prs = [p for _, p in pairs[(pairs["original"] == a) & (pairs["iqa_ls"] == b)].iterrows()]
-        half = ["n/a" if math.isnan(p["ci_low"]) else "±" + fmt((p["ci_high"] - p["ci_low"]) / 2, 3)
-                for p in prs]
-        lines.append(f"{f'{b} − {a} {row_labels(b)[1]}':<{lw}}{'ours Δ':<10}"
-                     + "".join(f"{fmt(p['diff'], 3, True):>{w}}" for p in prs))
-        lines.append(f"{'':<{lw}}{'95% CI':<10}" + "".join(f"{h:>{w}}" for h in half))
-        lines.append(f"{'':<{lw}}{'paper Δ':<10}"
-                     + "".join(f"{fmt(p['paper_diff'], 3, True):>{w}}" for p in prs))
+    for what, fam in FAMILIES.items():
+        pairs = result["tables"][what]["pairs"]
+        lines += [""] + textwrap.wrap(
+            f"IQA-LS − Original, {fam['title']} ({fam['better']} is better), paired by seed: Δ of the means "
+            f"(* = Holm-adjusted p < {stats.ALPHA:g} over {len(pairs)}), ± half-width of the {CI_LEVEL:.0%} t "
+            f"interval. {summary_text(pairs)}.", 156) + [head]
+        for a, b in PAIRS:
+            prs = [p for _, p in pairs[(pairs["original"] == a) & (pairs["iqa_ls"] == b)].iterrows()]
+            half = ["n<2" if not math.isfinite(p["ci_low"]) else "no spread" if p["no_spread"]
+                    else "±" + fmt((p["ci_high"] - p["ci_low"]) / 2, 3) for p in prs]
+            lines.append(f"{f'{b} − {a} {row_labels(b)[1]}':<{lw}}{'ours Δ':<10}"
+                         + "".join(f"{fmt(p['diff'], 3, True) + p['mark']:>{w}}" for p in prs))
+            lines.append(f"{'':<{lw}}{'95% CI':<10}" + "".join(f"{h:>{w}}" for h in half))
+            if fam["paper"]:
+                lines.append(f"{'':<{lw}}{'paper Δ':<10}" + "".join(f"{fmt(p['paper_diff'], 3, True):>{w}}" for p in prs))
     if not gaps.empty:
         lines += ["", f"Gaps ({len(gaps)}):"]
         lines += [f"  strategy {g['strategy']} seed {g['seed']} {g['run_name'] or '(no run)'}: "
@@ -352,15 +437,52 @@ def _heatmap(result: dict, values: np.ndarray, title: str, cmap: str, signed: bo
     return save_figure(fig, path)
 
 
+def _series_label(s: int) -> str:
+    reg, train = row_labels(s)
+    return f"{s} {reg} {train}"
+
+
+def _styles() -> dict[str, dict]:
+    return {_series_label(s): {"color": TRAIN_SET_COLORS[STRATEGY_ROWS[s][0]],
+                               "ls": "-" if STRATEGY_ROWS[s][1] == "iqa_ls" else "--"} for s in STRATEGY_ROWS}
+
+
+def calibration_plots(result: dict, docs: dict[int, list[dict]], out: Path) -> dict[str, Path]:
+    """The reliability diagrams per test group and the confidence against quality per training set,
+    from the strategies' calibration artifacts (`docs`: strategy -> the runs' calibration.json)."""
+    footer = provenance_line(result["provenance"], result["n_text"])
+    series = {_series_label(s): docs.get(s, []) for s in STRATEGY_ROWS}
+    rel = cal.reliability_plot(series, _styles(), f"Reliability per test group (test sets pooled over their levels "
+                               f"and the seeds; {result['n_text']}; solid: IQA-LS, dashed: Original)", footer,
+                               out / "table2_reliability.png", new_figure, save_figure)
+    panels: dict[str, dict] = {}
+    for s, (train, _) in STRATEGY_ROWS.items():
+        panels.setdefault(TRAIN_SET_LABELS[train], {})[_series_label(s)] = docs.get(s, [])
+    # within a training set's panel: Original grey, IQA-LS blue (solid: confidence, dashed: accuracy)
+    qstyles = {_series_label(s): {"color": "tab:blue" if reg == "iqa_ls" else "dimgray"}
+               for s, (_, reg) in STRATEGY_ROWS.items()}
+    qual = cal.quality_plot(panels, qstyles, "Confidence against quality: mean top-1 confidence (solid) and accuracy "
+                            f"(dashed) per SSIM bin of the 9 distorted test sets ({result['n_text']}; grey: Original, "
+                            "blue: IQA-LS)", footer,
+                            out / "table2_confidence_quality.png", new_figure, save_figure)
+    return {"table2_reliability.png": rel, "table2_confidence_quality.png": qual}
+
+
 # --- the pipeline --------------------------------------------------------------------------------------
 def build_table2(study: str | None = None, parent_run_id: str | None = None,
                  tracking_uri: str = DEFAULT_TRACKING_URI, experiment: str = DEFAULT_EXPERIMENT,
                  out_dir: str | Path | None = None, log_to_parent: bool = True) -> dict:
-    """Read the study, write the Table 2 files to `out_dir` (default results/<study>) and, with
-    `log_to_parent`, log them to the parent run under `analysis/`. Returns the frames and file paths."""
+    """Read the study, write the Table 2 files and their ECE / NLL companions to `out_dir` (default
+    results/<study>) and, with `log_to_parent`, log them to the parent run under `analysis/`. Returns
+    the frames and file paths."""
     client, parent, trials = read_study(tracking_uri, experiment, study, parent_run_id)
     seeds = planned_seeds(parent.data.tags.get(TAG_SEEDS))
-    cells, pairs, gaps, notes = compute(trials, seeds, load_paper())
+    paper = load_paper()
+    tables = {}
+    for what in FAMILIES:
+        cells, pairs, gaps, notes = compute(trials, seeds, paper, what)
+        tables[what] = {"cells": cells, "pairs": pairs}
+    cells = tables["acc"]["cells"]
     kind = parent.data.tags.get(TAG_KIND)
     if kind not in (None, "table2"):
         notes.append(f"the parent run is a {kind!r} study, not 'table2'")
@@ -369,23 +491,31 @@ def build_table2(study: str | None = None, parent_run_id: str | None = None,
     out = Path(out_dir) if out_dir is not None else Path("results") / study
     out.mkdir(parents=True, exist_ok=True)
     result = {"study": study, "parent_run_id": parent.info.run_id, "tracking_uri": tracking_uri,
-              "experiment": experiment, "out_dir": out, "cells": cells, "pairs": pairs, "gaps": gaps,
-              "notes": notes, "provenance": prov, "n_text": n_text(cells, seeds), "logged": False}
+              "experiment": experiment, "out_dir": out, "tables": tables, "cells": cells,
+              "pairs": tables["acc"]["pairs"], "gaps": gaps, "notes": notes, "provenance": prov,
+              "n_text": n_text(cells, seeds), "logged": False}
+    selected, _, _ = select_trials(trials, seeds)
+    found = download_json(client, [t.run_id for runs in selected.values() for t in runs], cal.CALIBRATION_FILE)
+    docs = {s: [found[t.run_id] for t in runs if t.run_id in found] for s, runs in selected.items()}
+    if not any(docs.values()):
+        notes.append(f"no run has a {cal.CALIBRATION_FILE} artifact (recorded before it existed?); the "
+                     "calibration plots are empty")
 
-    files = {
-        "table2.md": write_text(out / "table2.md", format_markdown(result)),
-        "table2.csv": write_csv(cells, out / "table2.csv"),
-        "table2.tex": write_text(out / "table2.tex", format_tex(result)),
-        "table2.parquet": write_parquet(cells, out / "table2.parquet"),
-        "table2_pairs.csv": write_csv(pairs, out / "table2_pairs.csv"),
-        "table2_heatmap.png": _heatmap(result, _matrix(cells, "mean"),
-                                       f"Table 2, ours: top-1 accuracy (mean, {result['n_text']})",
-                                       "viridis", False, out / "table2_heatmap.png"),
-        "table2_diff_vs_paper.png": _heatmap(result, _matrix(cells, "diff"),
-                                             f"Table 2: ours − paper (mean, {result['n_text']}); "
-                                             "blue = ours higher", "RdBu", True,
-                                             out / "table2_diff_vs_paper.png"),
-    }
+    files = {}
+    for what, fam in FAMILIES.items():
+        stem, t = fam["stem"], tables[what]
+        files[f"{stem}.md"] = write_text(out / f"{stem}.md", format_markdown(result, what))
+        files[f"{stem}.csv"] = write_csv(t["cells"], out / f"{stem}.csv")
+        files[f"{stem}.tex"] = write_text(out / f"{stem}.tex", format_tex(result, what))
+        files[f"{stem}.parquet"] = write_parquet(t["cells"], out / f"{stem}.parquet")
+        files[f"{stem}_pairs.csv"] = write_csv(t["pairs"], out / f"{stem}_pairs.csv")
+    files["table2_heatmap.png"] = _heatmap(result, _matrix(cells, "mean"),
+                                           f"Table 2, ours: top-1 accuracy (mean, {result['n_text']})",
+                                           "viridis", False, out / "table2_heatmap.png")
+    files["table2_diff_vs_paper.png"] = _heatmap(result, _matrix(cells, "diff"),
+                                                 f"Table 2: ours − paper (mean, {result['n_text']}); "
+                                                 "blue = ours higher", "RdBu", True, out / "table2_diff_vs_paper.png")
+    files.update(calibration_plots(result, docs, out))
     result["files"] = files
     if log_to_parent:
         log_files(client, parent.info.run_id, files.values())

@@ -22,7 +22,7 @@ import sys
 
 from search_spaces import ablate_iqa, ablate_levels, ablate_ratios, ablate_search, ablate_tmap
 from study.runner import (Search, StudyError, Trial, add_common_flags, main_wrapper, make_config,
-                          run_study, schedule_fields)
+                          run_study, schedule_fields, seed_fields, val_size)
 from trainables.config import NUM_CLASSES, TRAIN_SETS
 
 GRIDS = ("tmap", "iqa", "ratios", "levels")  # grid ablations, in the order they run and are tabled
@@ -139,14 +139,14 @@ def grid_settings(args, grid: str) -> list[dict]:
     return ablate_levels.settings()
 
 
-def matched_controls(base: dict, seeds: int) -> dict[int, tuple[float, float]]:
+def matched_controls(args, base: dict) -> dict[int, tuple[float, float]]:
     """seed -> (mean T of the IQA-LS reference in epoch 1, eps of uniform LS with that q(y)): built
     from the same data, subset, mixture draw and scores as that trial's first epoch."""
     from trainables.train import epoch_targets
 
     out = {}
-    for seed in range(seeds):
-        cfg = make_config({**base, **ablate_iqa.MATCH_TO, "seed": seed, "device": "cpu"})
+    for seed in range(args.seeds):
+        cfg = make_config({**base, **ablate_iqa.MATCH_TO, **seed_fields(args, seed), "device": "cpu"})
         mean_t = float(epoch_targets(cfg).mean())
         eps = ablate_iqa.matched_epsilon(mean_t, NUM_CLASSES)
         if not 0.0 <= eps < 1.0:
@@ -160,18 +160,19 @@ def build(args):
     """(grid trials, the search or None, plan lines); every value is checked before anything runs."""
     fields = schedule_fields(args)
     base = {**fields, "data": args.data, "train_set": args.train_set, "strategy": 0}
+    grid_base = {**base, "val_size": val_size(args)}
     plan, todo = [], []
     for grid in [g for g in GRIDS if getattr(args, g)]:
         settings = grid_settings(args, grid)
         for order, st in enumerate(settings):
             for seed in range(args.seeds):
-                cfg = make_config({**base, **st["fields"], "seed": seed})  # refuses bad names / shares
+                cfg = make_config({**grid_base, **st["fields"], **seed_fields(args, seed)})  # refuses bad values
                 todo.append((grid, order, st, seed, cfg))
         plan.append(f"--{grid}: {len(settings)} settings x {args.seeds} seed(s): "
                     + "; ".join(s["setting"] for s in settings))
     matched = {}
     if any(st.get("match") for _, _, st, _, _ in todo):
-        matched = matched_controls(base, args.seeds)
+        matched = matched_controls(args, grid_base)
         plan.append("uniform LS control: " + "; ".join(
             f"seed {s}: eps = {eps:.5f} so that q(y) = {mt:.5f} = IQA-LS (ssim, identity) mean T in epoch 1"
             for s, (mt, eps) in matched.items()))
@@ -189,7 +190,15 @@ def build(args):
     if args.search:
         objective = args.objective or "mean"
         grace = ablate_search.grace_period(fields["epochs"])
-        search_base = make_config({**base, "seed": 0, "eval_every": grace, "regularization": "iqa_ls"})
+        from trainables.data import load_split
+        pool = load_split(args.data, "train").images.shape[0]
+        n_val = val_size(args, ablate_search.default_val_size(pool, fields.get("test_subset", 0)))
+        if n_val == 0:
+            raise StudyError("--val-size 0 is not allowed with --search: the search would select on the test "
+                             "sets; allowed: an integer >= 1 (default: "
+                             f"{ablate_search.default_val_size(pool, fields.get('test_subset', 0))})")
+        search_base = make_config({**base, **seed_fields(args, 0), "val_size": n_val, "eval_every": grace,
+                                   "regularization": "iqa_ls"})
         space = json.dumps(ablate_search.SPACE, sort_keys=True)
         search = Search(base=search_base, n_trials=args.trials, suggest=ablate_search.suggest,
                         objective_of=ablate_search.OBJECTIVES[objective], grace_period=grace,
@@ -211,6 +220,9 @@ def build(args):
                     f"{', '.join(ablate_search.OBJECTIVES[objective])}; evaluated every {grace} epoch(s); ASHA "
                     f"stops at epochs {', '.join(map(str, rungs)) or '(none: too few epochs)'} the trials "
                     f"below the best 1/{ablate_search.REDUCTION_FACTOR}; seed 0; keys search-<n>")
+        plan.append(f"--search selects on a validation split of {n_val} images held out of the {pool}-image "
+                    "training pool (never trained on; val_* metrics); the test sets are evaluated once, at "
+                    "each trial's last epoch, and only reported")
     return trials, search, plan
 
 

@@ -12,7 +12,7 @@ would). What it lacks is what Ray and MLflow give: no checkpoints or resume, no 
 run records; a member whose loss turns NaN is reported failed and the rest go on. Use
 `study.table2` / `study.ablate` wherever they run. It prints each setting's accuracies as mean ±
 sample std over seeds and the differences to the reference (Table 2: IQA-LS - Original per pair;
-an ablation: setting - one-hot), paired by seed.
+an ablation: setting - one-hot), paired by seed, with their 95 % t intervals (analysis/stats.py).
 """
 from __future__ import annotations
 
@@ -44,11 +44,23 @@ def _ms(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.4f}±{statistics.stdev(xs):.4f}"
 
 
+def _ci(d: dict) -> str:
+    if d["ci_low"] != d["ci_low"]:  # NaN: fewer than 2 paired seeds
+        return f"{d['diff']:+.4f}"
+    return f"{d['diff']:+.4f}[{d['ci_low']:+.3f},{d['ci_high']:+.3f}]"
+
+
 def members(grid: str, fields: dict, seeds: int) -> tuple[list[tuple[str, TrialConfig]], list[tuple[str, str]]]:
     """(label, config) per member in grid order, and the (reference, compared) label pairs."""
+    from types import SimpleNamespace
+
+    from study.runner import seed_fields  # the study commands' rule: the subset follows the seed
+
+    args = SimpleNamespace(seeds=seeds, fixed_subset=False)
     if grid == "table2":
         label = {s: f"{s} {ts} {reg}" for s, (ts, reg) in space.STRATEGIES.items()}
-        out = [(label[t["strategy"]], TrialConfig(**{**fields, **t})) for t in space.grid(seeds)]
+        out = [(label[t["strategy"]], TrialConfig(**{**fields, **t, **seed_fields(args, t["seed"])}))
+               for t in space.grid(seeds)]
         return out, [(label[a], label[b]) for a, b in space.PAIRS]
     settings = {"tmap": ablate_tmap.settings, "iqa": ablate_iqa.settings, "ratios": ablate_ratios.settings,
                 "levels": ablate_levels.settings}[grid]()
@@ -56,11 +68,11 @@ def members(grid: str, fields: dict, seeds: int) -> tuple[list[tuple[str, TrialC
     matched = {}
     if any(st.get("match") for st in settings):
         from study.ablate import matched_controls  # imports neither Ray nor MLflow
-        matched = matched_controls(base, seeds)
+        matched = matched_controls(args, base)
     out = []
     for st in settings:
         for seed in range(seeds):
-            cfg = TrialConfig(**{**base, **st["fields"], "seed": seed})
+            cfg = TrialConfig(**{**base, **st["fields"], **seed_fields(args, seed)})
             if st.get("match"):
                 cfg = cfg.replace(ls_epsilon=matched[seed][1])
             out.append((st["setting"], cfg))
@@ -101,14 +113,18 @@ def summarize(res: dict) -> str:
             continue
         cells = "".join(f"{_ms([m['result'][f'acc_{c}'] for m in ms]):>17}" for c in COLUMNS)
         lines.append(f"{lab:<{w}}{len(ms):>3}{cells}{_ms([m['result']['train_acc'] for m in ms]):>17}")
-    lines += ["", "difference to the reference, paired by seed (mean±std over seeds):"]
+    lines += ["", "difference to the reference, paired by seed: mean and 95 % t interval (analysis.stats; "
+              "n < 2: no interval)"]
+    from analysis.stats import paired
+
     for ref, lab in res["pairs"]:
         a = {m["config"]["seed"]: m for m in by_label.get(ref, [])}
         b = {m["config"]["seed"]: m for m in by_label.get(lab, [])}
         common = sorted(set(a) & set(b))
         if common:
-            cells = "".join(f"{_ms([b[k]['result'][f'acc_{c}'] - a[k]['result'][f'acc_{c}'] for k in common]):>17}"
-                            for c in COLUMNS)
+            diffs = [paired({k: a[k]["result"][f"acc_{c}"] for k in common},
+                            {k: b[k]["result"][f"acc_{c}"] for k in common}) for c in COLUMNS]
+            cells = "".join(f"{_ci(d):>24}" for d in diffs)
             lines.append(f"{f'{lab} - {ref}':<{w}}{len(common):>3}{cells}")
     failed = [m for m in res["members"] if "error" in m["result"]]
     if failed:

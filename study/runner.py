@@ -80,6 +80,18 @@ class Search:
     tags: dict = field(default_factory=dict)  # MLflow tags of every search trial
     parent_tags: dict = field(default_factory=dict)  # MLflow tags of the study's parent run
 
+    def __post_init__(self):
+        # selection reads the validation split only: an objective on a test metric would fit the
+        # choice to the test set that is then reported as if it were independent of it
+        from trainables.train import VAL_PREFIX
+
+        test = [m for m in self.objective_of if not m.startswith(VAL_PREFIX)]
+        if test:
+            raise StudyError(f"search objective {test} is not allowed; allowed: validation metrics "
+                             f"({VAL_PREFIX}*, e.g. {VAL_PREFIX}acc_mean_all): the test sets only report")
+        if not self.base.val_size:
+            raise StudyError("a search needs a validation split (val_size >= 1); allowed: --val-size N >= 1")
+
     def key(self, number: int) -> str:
         return self.key_format.format(n=number)
 
@@ -126,6 +138,29 @@ def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
                    "model per Ray trial: auto (on CUDA only) | on | off (default auto)")
     p.add_argument("--pack-size", type=int, default=DEFAULT_PACK_SIZE,
                    help=f"most members per pack (default {DEFAULT_PACK_SIZE})")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="images held out of the training pool as a validation split (stratified, never "
+                   "trained on; evaluated on the 10 sets like the test set). Default: 0 for grids (the "
+                   "paper's full training set; they select nothing), 10%% of the pool for a search")
+    p.add_argument("--fixed-subset", action="store_true",
+                   help="draw the training subset with seed 0 for every trial (default: the trial's seed, "
+                   "so the spread over seeds includes the subset's sampling; both arms of a pair share it)")
+
+
+def seed_fields(args, seed: int) -> dict:
+    """TrialConfig fields that follow the trial seed: the seed itself and the training subset's seed
+    (the trial seed, or 0 for every trial with --fixed-subset; docs/paper-mapping.md)."""
+    return {"seed": seed, "subset_seed": 0 if getattr(args, "fixed_subset", False) else seed}
+
+
+def val_size(args, default: int = 0) -> int:
+    """--val-size, or `default` when not given; refused below 0."""
+    v = getattr(args, "val_size", None)
+    if v is None:
+        return default
+    if v < 0:
+        raise StudyError(f"--val-size {v} is not allowed; allowed: an integer >= 0 (0 = no validation split)")
+    return v
 
 
 def schedule_fields(args) -> dict:

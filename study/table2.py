@@ -13,7 +13,8 @@ import argparse
 import sys
 
 from search_spaces import table2 as space
-from study.runner import Trial, add_common_flags, main_wrapper, make_config, run_study, schedule_fields
+from study.runner import (Trial, add_common_flags, main_wrapper, make_config, run_study, schedule_fields,
+                          seed_fields, val_size)
 
 
 def trial_tags(config: dict) -> dict:
@@ -21,9 +22,10 @@ def trial_tags(config: dict) -> dict:
 
 
 def build_trials(args) -> list[Trial]:
-    fields = schedule_fields(args)
+    fields = {**schedule_fields(args), "val_size": val_size(args)}
     data = args.data
-    return [Trial(f"s{t['strategy']}-seed{t['seed']}", make_config({**fields, **t, "data": data}),
+    return [Trial(f"s{t['strategy']}-seed{t['seed']}",
+                  make_config({**fields, **t, **seed_fields(args, t["seed"]), "data": data}),
                   title=space.title(t["strategy"], t["seed"]))
             for t in space.grid(args.seeds)]
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from trainables.train import EVAL_METRIC_PREFIXES
+
 EXPERIMENT = "iqa-ls"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EPOCH_METRICS = ("loss", "lr", "train_acc", "mean_t", "frac_below_chance",
@@ -125,7 +127,7 @@ class StudyRecorder:
         db = sqlite_path(self.uri)
         return (db.resolve().parent / ARTIFACT_DIR).as_uri() if db else "the tracking server's artifact store"
 
-    def _ensure_experiment(self) -> None:
+    def ensure_experiment(self) -> None:
         if self.experiment_id is not None:
             return
         # MLflow's default artifact root for a SQLite store is ./mlruns of whatever folder the command
@@ -196,7 +198,7 @@ class StudyRecorder:
                     old = found.data.tags.get(NOTE, "")
                     self.client.set_tag(self.parent_id, NOTE, _note(old + "\n\n" + description))
         else:
-            self._ensure_experiment()
+            self.ensure_experiment()
             run = self.client.create_run(self.experiment_id, run_name=self.study, tags={
                 f"{T}role": "parent", f"{T}study": self.study, f"{T}kind": self.kind,
                 **({NOTE: _note(description)} if description else {}),
@@ -265,7 +267,7 @@ class StudyRecorder:
             return False
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())
-                 if (k in EPOCH_METRICS or k in EVAL_METRICS or k.startswith("acc_"))
+                 if (k in EPOCH_METRICS or k in EVAL_METRICS or k.startswith(EVAL_METRIC_PREFIXES))
                  and isinstance(v, (int, float))]
         self.client.log_batch(self.child_ids[key], metrics=batch)
         self.last_step[key] = step
@@ -359,3 +361,129 @@ def _note(text: str) -> str:
     text = text.strip()
     return text if len(text) <= NOTE_MAX else "...\n" + text[-NOTE_MAX:]
 
+
+
+# ------------------------------------------------------------------ a study as files (export / import)
+EXPORT_TABLES = ("runs", "params", "tags", "metrics")  # <name>.parquet in an export folder
+EXPORT_ARTIFACTS = (".json", ".md", ".csv", ".txt")  # small files kept with the runs; never weights
+MANIFEST = "manifest.json"
+MLFLOW_BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's limits per log_batch call
+
+
+def export_study(tracking_uri: str, study: str, out_dir, experiment: str = EXPERIMENT) -> dict:
+    """Write study `study` (its parent run and every child run) as parquet tables into `out_dir`:
+    runs (id, name, status, times, parent), params, tags and the full metric histories (key, value,
+    step, timestamp), plus each run's small artifacts (EXPORT_ARTIFACTS: calibration.json,
+    scores_hist.json, config.json; never model weights) under artifacts/<run id>/, and a manifest
+    with the files' sha256. Together they rebuild every table of `analysis` (import_study). Returns
+    the manifest."""
+    import hashlib
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per downloaded file
+    rec = StudyRecorder(tracking_uri, study, "export", experiment)
+    parent = rec.find_parent()
+    if parent is None:
+        raise TrackingError(f"no study named {study!r} in {tracking_uri} (experiment {experiment})")
+    rec.parent_id = parent.info.run_id
+    runs = [parent] + sorted(rec.children().values(), key=lambda r: (r.data.tags.get(f"{T}trial_key", ""),
+                                                                       r.info.run_id))
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise TrackingError(f"export folder {out} is not empty; allowed: a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[dict]] = {name: [] for name in EXPORT_TABLES}
+    for r in runs:
+        rid = r.info.run_id
+        rows["runs"].append({"run_id": rid, "run_name": r.info.run_name or "", "status": r.info.status,
+                             "start_time": int(r.info.start_time or 0), "end_time": int(r.info.end_time or 0),
+                             "parent_run_id": r.data.tags.get("mlflow.parentRunId", "")})
+        rows["params"] += [{"run_id": rid, "key": k, "value": v} for k, v in sorted(r.data.params.items())]
+        rows["tags"] += [{"run_id": rid, "key": k, "value": v} for k, v in sorted(r.data.tags.items())]
+        for key in sorted(r.data.metrics):
+            rows["metrics"] += [{"run_id": rid, "key": key, "value": float(m.value), "step": int(m.step),
+                                 "timestamp": int(m.timestamp)}
+                                for m in sorted(rec.client.get_metric_history(rid, key),
+                                                key=lambda m: (m.step, m.timestamp))]
+        with tempfile.TemporaryDirectory() as tmp:
+            for a in rec.client.list_artifacts(rid):
+                if a.is_dir or not a.path.endswith(EXPORT_ARTIFACTS):
+                    continue
+                local = rec.client.download_artifacts(rid, a.path, tmp)
+                dest = out / "artifacts" / rid / a.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(Path(local).read_bytes())
+    schemas = {"runs": {"run_id": pa.string(), "run_name": pa.string(), "status": pa.string(),
+                        "start_time": pa.int64(), "end_time": pa.int64(), "parent_run_id": pa.string()},
+               "params": {"run_id": pa.string(), "key": pa.string(), "value": pa.string()},
+               "tags": {"run_id": pa.string(), "key": pa.string(), "value": pa.string()},
+               "metrics": {"run_id": pa.string(), "key": pa.string(), "value": pa.float64(), "step": pa.int64(),
+                           "timestamp": pa.int64()}}
+    for name in EXPORT_TABLES:
+        schema = pa.schema(list(schemas[name].items()))
+        pq.write_table(pa.Table.from_pylist(rows[name], schema=schema), out / f"{name}.parquet")
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    manifest = {"study": study, "experiment": experiment, "parent_run_id": parent.info.run_id,
+                "runs": len(runs), "metric_points": len(rows["metrics"]),
+                "files": {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def import_study(export_dir, tracking_uri: str, experiment: str = EXPERIMENT) -> str:
+    """Re-create an exported study in `tracking_uri` (same run names, tags, params, metric histories
+    with their steps and timestamps, statuses, times and small artifacts; new run ids, the child runs
+    nested under the new parent). Refused if the study already exists there or a file does not match
+    the manifest. Returns the new parent run id."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    src = Path(export_dir)
+    mf = src / MANIFEST
+    if not mf.is_file():
+        raise TrackingError(f"{src} has no {MANIFEST}; allowed: a folder written by export_study")
+    manifest = json.loads(mf.read_text())
+    for rel, sha in manifest["files"].items():
+        f = src / rel
+        if not f.is_file() or hashlib.sha256(f.read_bytes()).hexdigest() != sha:
+            raise TrackingError(f"{f} is missing or does not match {MANIFEST} (sha256); the export is damaged")
+    study = manifest["study"]
+    rec = StudyRecorder(tracking_uri, study, "import", experiment)
+    if rec.find_parent() is not None:
+        raise TrackingError(f"study {study!r} already exists in {tracking_uri}; import into another store "
+                            "or experiment")
+    rec.ensure_experiment()
+    tables = {name: pq.read_table(src / f"{name}.parquet").to_pylist() for name in EXPORT_TABLES}
+    by_run: dict[str, dict[str, list]] = {}
+    for name in ("params", "tags", "metrics"):
+        for row in tables[name]:
+            by_run.setdefault(row["run_id"], {}).setdefault(name, []).append(row)
+    old_parent = manifest["parent_run_id"]
+    new_ids: dict[str, str] = {}
+    for run in sorted(tables["runs"], key=lambda r: r["run_id"] != old_parent):  # the parent first
+        old = run["run_id"]
+        parts = by_run.get(old, {})
+        tags = {t["key"]: t["value"] for t in parts.get("tags", [])}
+        if run["parent_run_id"]:
+            tags["mlflow.parentRunId"] = new_ids[run["parent_run_id"]]
+        tags.pop("mlflow.runName", None)
+        created = rec.client.create_run(rec.experiment_id, start_time=run["start_time"] or None,
+                                        tags=tags, run_name=run["run_name"] or None)
+        rid = new_ids[old] = created.info.run_id
+        params = [Param(p["key"], p["value"]) for p in parts.get("params", [])]
+        metrics = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in parts.get("metrics", [])]
+        for i in range(0, len(params), MLFLOW_BATCH["params"]):
+            rec.client.log_batch(rid, params=params[i:i + MLFLOW_BATCH["params"]])
+        for i in range(0, len(metrics), MLFLOW_BATCH["metrics"]):
+            rec.client.log_batch(rid, metrics=metrics[i:i + MLFLOW_BATCH["metrics"]])
+        art = src / "artifacts" / old
+        if art.is_dir():
+            for f in sorted(p for p in art.rglob("*") if p.is_file()):
+                rel = f.relative_to(art).parent
+                rec.client.log_artifact(rid, str(f), None if str(rel) == "." else str(rel))
+        rec.client.set_terminated(rid, status=run["status"], end_time=run["end_time"] or None)
+    return new_ids[old_parent]

@@ -45,7 +45,8 @@ FAULT_KINDS = {
     # the trainable raises before training, on every attempt: a crash, retried --max-failures times
     "raise": None,
 }
-OPTIONAL_ARTIFACTS = ("scores_hist.json",)  # logged when the trial wrote them (epoch 1's score histogram)
+# logged when the trial wrote them: epoch 1's score histogram, the final evaluation's calibration bins
+OPTIONAL_ARTIFACTS = ("scores_hist.json", "calibration.json")
 STRICT_METRICS_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 
 

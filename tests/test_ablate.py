@@ -163,6 +163,8 @@ def test_scheduler_stopped_trial_is_killed_with_its_epoch_not_failed(tmp_path, f
     (["--search", "optuna", "--trials", "3", "--resume"], "--resume"),
     (["--tmaps", "identity"], "nothing to run"),
     (["--levels", "--preset", "huge"], "preset='huge'"),
+    (["--search", "optuna", "--trials", "3", "--val-size", "0"], "--val-size 0 is not allowed with --search"),
+    (["--tmap", "--val-size", "-5"], "--val-size -5"),
 ])
 def test_bad_values_are_refused_in_one_line_before_any_work(tmp_path, monkeypatch, capsys, flags, needle):
     from study import ablate
@@ -238,7 +240,11 @@ def test_every_grid_trial_finished_with_every_metric_and_its_score_histogram(uni
         assert set(ACC + ["acc_mean_all", "acc_mean_distorted"]) <= set(r.data.metrics)
         for m in EPOCH_METRICS:
             assert [p.step for p in c.get_metric_history(r.info.run_id, m)] == [1, 2], (r.info.run_name, m)
-        assert {"final_weights.pt", "config.json", "scores_hist.json"} <= {a.path for a in c.list_artifacts(r.info.run_id)}
+        assert {"final_weights.pt", "config.json", "scores_hist.json", "calibration.json"} <= \
+            {a.path for a in c.list_artifacts(r.info.run_id)}
+        assert r.data.params["val_size"] == "0" and not any(m.startswith("val_") for m in r.data.metrics)
+        for what in ("nll", "ece", "brier", "conf", "ptrue"):
+            assert {f"{what}_{t}" for t in ["pristine", "blur_1", "jpeg_3"]} <= set(r.data.metrics)
 
 
 @pytest.mark.slow
@@ -248,15 +254,23 @@ def test_search_trials_finish_or_are_stopped_early_honestly(union):
     assert sorted(r.data.tags["iqa_ls.trial_key"] for r in search) == ["search-0", "search-1", "search-2"]
     for r in search:
         obj = sorted(c.get_metric_history(r.info.run_id, "objective"), key=lambda m: m.step)
-        assert obj and all(math.isclose(o.value, r.data.metrics["acc_mean_all"]) for o in obj[-1:])
+        val = {m.step: m.value for m in c.get_metric_history(r.info.run_id, "val_acc_mean_all")}
+        # the recorded objective IS the validation metric, epoch by epoch; the test sets play no part
+        assert obj and all(math.isclose(o.value, val[o.step]) for o in obj)
+        test_steps = [m.step for m in c.get_metric_history(r.info.run_id, "acc_mean_all")]
         if r.info.status == "KILLED":  # ASHA's rung at epoch 1: recorded as stopped, not failed
             assert r.data.tags["iqa_ls.stopped_early"] == "1" and "iqa_ls.error" not in r.data.tags
-            assert [p.step for p in obj] == [1]
+            assert [p.step for p in obj] == [1] and test_steps == []  # stopped before it saw the test sets
         else:
             assert r.info.status == "FINISHED" and [p.step for p in obj] == [1, 2]
-        assert set(ACC) <= set(r.data.metrics) and r.data.params["eval_every"] == "1"
+            assert test_steps == [2] and set(ACC) <= set(r.data.metrics)  # the test sets once, at the end
+        assert r.data.params["eval_every"] == "1" and r.data.params["val_size"] == "40"  # 10 % of 400
+        assert {f"val_{m}" for m in ACC} <= set(r.data.metrics) and "val_ece_pristine" in r.data.metrics
     spec = json.loads(union["parents"][0].data.tags["iqa_ls.search"])
     assert spec["objective"] == "mean" and spec["trials"] == 3
+    assert spec["objective_of"] == ["val_acc_mean_all"]
+    md = (union["cwd"] / "results" / NAME / "ablate_search.md").read_text()
+    assert "## The chosen setting on the test sets" in md and "validation sets" in md
 
 
 @pytest.mark.slow
@@ -356,6 +370,11 @@ def test_analysis_summarises_seeds_and_lists_gaps_from_a_fake_store(tmp_path):
     assert cells.loc[("identity", "acc_blur_2"), "std"] == pytest.approx(statistics.stdev(x[2] for x in ident))
     assert cells.loc[("identity", "acc_worst"), "mean"] == pytest.approx(statistics.mean(min(x) for x in ident))
     assert cells.loc[("power(gamma=2)", "acc_worst"), "n"] == 1 and math.isnan(cells.loc[("power(gamma=2)", "acc_worst"), "std"])
+    from scipy import stats as sps
+    x = [a[2] for a in ident]
+    lo, hi = sps.t.interval(0.95, 1, loc=statistics.mean(x), scale=sps.sem(x))
+    assert (cells.loc[("identity", "acc_blur_2"), "ci_low"], cells.loc[("identity", "acc_blur_2"), "ci_high"]) == \
+        pytest.approx((lo, hi))
     gaps = res["ablations"]["tmap"]["gaps"]
     assert gaps[["setting", "status"]].values.tolist() == [["power(gamma=2)", "FAILED"]]
     md = (tmp_path / "out" / "ablate_tmap.md").read_text()
@@ -381,9 +400,13 @@ def test_paired_differences_subtract_one_hot_seed_by_seed():
     ref, diffs = paired_differences(a)
     assert ref == "onehot"
     row = diffs[(diffs["setting"] == "ssim") & (diffs["metric"] == "acc_pristine")].iloc[0]
-    # per seed +0.02 and +0.03: mean 0.025, std 0.00707; the unpaired stds would be ~0.07
-    assert row["n"] == 2 and row["mean"] == pytest.approx(0.025) and row["std"] == pytest.approx(0.0070711, abs=1e-6)
-    assert set(diffs["setting"]) == {"ssim"}
+    # per seed +0.02 and +0.03: the paired t test's interval, not Welch's of the two arms (stds ~0.07)
+    from scipy import stats as sps
+    ref = sps.ttest_rel([0.52, 0.63], [0.50, 0.60])
+    ci = ref.confidence_interval(0.95)
+    assert row["n"] == 2 and row["diff"] == pytest.approx(0.025) and row["method"] == "paired"
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high)) and row["p"] == pytest.approx(ref.pvalue)
+    assert set(diffs["setting"]) == {"ssim"} and set(diffs["family"]) == {"accuracy", "calibration"}
     no_ref = compute([t for t in trials if t.tags["iqa_ls.regularization"] != "onehot"], "iqa", [0, 1, 2])
     ref, diffs = paired_differences(no_ref)
     assert ref is None and diffs.empty

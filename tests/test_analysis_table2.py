@@ -1,7 +1,7 @@
 """analysis.table2 against a fake recorded study written straight into a temporary MLflow store.
 
-The expected numbers (mean, sample std, Welch interval) are computed here with `statistics` and
-`scipy.stats`, independently of analysis.common.
+The expected numbers (mean, sample std, t intervals, paired t tests, Holm) are computed here with
+`statistics` and `scipy.stats`, independently of analysis.stats.
 """
 import json
 import math
@@ -30,8 +30,9 @@ PROVENANCE = {"iqa_ls.data_source": "/data/cifar10-jpeg", "iqa_ls.data_checksum"
               "iqa_ls.git_commit": "deadbeef", "iqa_ls.device_name": "Test CPU x2",
               "iqa_ls.versions": json.dumps({"python": "3.11.9", "torch": "2.14.1", "mlflow": "3.17.2"})}
 SCHEDULE = {"epochs": "3", "subset": "0", "test_subset": "2000"}  # TrialConfig params of every trial
-OUTPUTS = {"table2.md", "table2.csv", "table2.tex", "table2.parquet", "table2_pairs.csv",
-           "table2_heatmap.png", "table2_diff_vs_paper.png"}
+OUTPUTS = {f"{stem}{ext}" for stem in ("table2", "table2_ece", "table2_nll")
+           for ext in (".md", ".csv", ".tex", ".parquet", "_pairs.csv")} | {
+    "table2_heatmap.png", "table2_diff_vs_paper.png", "table2_reliability.png", "table2_confidence_quality.png"}
 
 
 def record_study(client, exp_id, name, accs, failed=None):
@@ -55,10 +56,34 @@ def record_study(client, exp_id, name, accs, failed=None):
             client.set_tag(run, "iqa_ls.error", failed[key])
             client.set_terminated(run, "FAILED")
             continue
-        client.log_batch(run, metrics=[Metric(f"acc_{t}", v, 0, 3) for t, v in zip(TEST_SETS, accs[key])])
+        client.log_batch(run, metrics=[Metric(f"acc_{t}", v, 0, 3) for t, v in zip(TEST_SETS, accs[key])]
+                         + [Metric(f"ece_{t}", round(1 - v, 4) / 5, 0, 3) for t, v in zip(TEST_SETS, accs[key])]
+                         + [Metric(f"nll_{t}", 2 * (1 - v) + 0.01 * s, 0, 3) for t, v in zip(TEST_SETS, accs[key])])
+        log_calibration(client, run, accs[key])
         client.set_terminated(run, "FINISHED")
     client.set_terminated(parent, "FINISHED")
     return parent
+
+
+def log_calibration(client, run, accs):
+    """A calibration.json artifact as trainables.train writes it: 15 reliability bins per set and 20
+    quality bins per distorted set (the counts here only need to be plausible)."""
+    import tempfile
+
+    def bins(m, acc):
+        count = [0] * m
+        count[m - 2], count[m - 1] = 60, 40
+        conf = [0.0] * m
+        conf[m - 2], conf[m - 1] = 60 * (m - 1.5) / m, 40 * (m - 0.5) / m
+        correct = [0] * m
+        correct[m - 2], correct[m - 1] = round(60 * acc), round(40 * acc)
+        return {"bins": m, "count": count, "conf_sum": conf, "correct": correct}
+    doc = {"epoch": 3, "test": {"reliability": {t: bins(15, a) for t, a in zip(TEST_SETS, accs)},
+                                "quality": {t: bins(20, a) for t, a in zip(TEST_SETS[1:], accs[1:])}}}
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "calibration.json"
+        f.write_text(json.dumps(doc))
+        client.log_artifact(run, str(f))
 
 
 @pytest.fixture(autouse=True)
@@ -119,32 +144,84 @@ def test_diff_vs_paper_for_one_cell(store):
     assert c["diff"] == pytest.approx(ours - 0.766, abs=1e-12)
 
 
+@pytest.mark.parametrize("what", ["acc", "ece", "nll"])
 @pytest.mark.parametrize("pair", [(2, 3), (4, 5), (6, 7), (8, 9)])
-def test_pair_ci_matches_scipy_welch(store, pair):
+def test_pair_is_paired_by_seed_and_matches_scipy_ttest_rel(store, pair, what):
+    """Both arms have seeds 0 and 1: the interval and p value are the paired t test's, never Welch's."""
     from scipy import stats
 
     a, b = pair
-    pairs = store["result"]["pairs"]
-    for j, t in enumerate(TEST_SETS):
-        xa = [store["accs"][a, seed][j] for seed in (0, 1)]
-        xb = [store["accs"][b, seed][j] for seed in (0, 1)]
-        ci = stats.ttest_ind(xb, xa, equal_var=False).confidence_interval(0.95)
+    pairs = store["result"]["tables"][what]["pairs"]
+    client = store["client"]
+    for t in TEST_SETS:
+        runs = {(s, seed): client.search_runs([client.get_experiment_by_name("iqa-ls").experiment_id],
+                                              f"tags.`iqa_ls.trial_key` = 's{s}-seed{seed}' and "
+                                              f"tags.`iqa_ls.study` = 'two-seeds'")[0]
+                for s in pair for seed in (0, 1)}
+        xa = [runs[a, seed].data.metrics[f"{what}_{t}"] for seed in (0, 1)]
+        xb = [runs[b, seed].data.metrics[f"{what}_{t}"] for seed in (0, 1)]
+        ref = stats.ttest_rel(xb, xa)
+        ci = ref.confidence_interval(0.95)
+        welch = stats.ttest_ind(xb, xa, equal_var=False).confidence_interval(0.95)
         p = pairs[(pairs["original"] == a) & (pairs["test_set"] == t)].iloc[0]
-        assert p["iqa_ls"] == b and p["n_original"] == 2 and p["n_iqa_ls"] == 2
+        assert p["iqa_ls"] == b and p["n"] == 2 and p["method"] == "paired"
         assert p["diff"] == pytest.approx(statistics.mean(xb) - statistics.mean(xa), abs=1e-12)
         assert (p["ci_low"], p["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-9)
+        assert p["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert (p["ci_low"], p["ci_high"]) != pytest.approx((welch.low, welch.high), abs=1e-9)
+
+
+def test_holm_is_over_the_forty_comparisons_of_one_table(store):
+    pairs = store["result"]["tables"]["acc"]["pairs"]
+    p = pairs["p"].to_numpy()
+    order = np.argsort(p, kind="stable")
+    expected = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):  # by hand: (m - rank) * p, running max, capped at 1
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        expected[i] = running
+    assert len(pairs) == 40 and np.allclose(pairs["p_holm"], expected)
+    assert (pairs["mark"] == "*").tolist() == (pairs["p_holm"] < 0.05).tolist()
+
+
+def test_cells_carry_the_t_interval_of_the_mean(store):
+    from scipy import stats
+
+    for s in (1, 9):
+        for j, t in enumerate(TEST_SETS):
+            values = [store["accs"][s, seed][j] for seed in (0, 1)]
+            lo, hi = stats.t.interval(0.95, 1, loc=np.mean(values), scale=stats.sem(values))
+            c = cell(store["result"], s, t)
+            assert (c["ci_low"], c["ci_high"]) == pytest.approx((lo, hi), abs=1e-9)
+    md = (store["result"]["out_dir"] / "table2.md").read_text()
+    c = cell(store["result"], 1, "pristine")
+    assert f"{c['mean']:.4f} [{c['ci_low']:.4f}, {c['ci_high']:.4f}]" in md and "±" not in md
 
 
 def test_single_seed_gives_no_ci(store):
     pairs = store["gap"]["pairs"]
-    assert pairs["n_original"].max() == 1
-    assert pairs[["ci_low", "ci_high", "df"]].isna().all().all()
+    assert pairs["n"].max() == 1
+    assert pairs[["ci_low", "ci_high", "df", "p"]].isna().all().all()
     assert pairs.loc[pairs["original"] != 4, "diff"].notna().all()
     md = (store["gap"]["out_dir"] / "table2.md").read_text()
-    assert "CI n/a (n=1/1)" in md
+    assert "(n < 2)" in md
     row1 = next(line for line in md.splitlines() if line.startswith("| 1 |"))
-    assert "±" not in row1 and "(1)" not in row1  # one seed: the value alone
+    assert "[" not in row1 and "(1)" not in row1  # one seed: the value alone
     assert f"| {store['gap']['cells']['mean'].iloc[0]:.4f} |" in row1
+
+
+def test_companion_tables_have_the_same_layout(store):
+    out = store["result"]["out_dir"]
+    for what in ("ece", "nll"):
+        cells = store["result"]["tables"][what]["cells"]
+        assert len(cells) == 90 and "paper" not in cells.columns and cells["n"].eq(2).all()
+        md = (out / f"table2_{what}.md").read_text()
+        assert "IQA-LS − Original (Sec. 4.3.3), paired by seed" in md and "lower is better" in md
+        assert sum(line.startswith(("| 3 − 2", "| 5 − 4", "| 7 − 6", "| 9 − 8")) for line in md.splitlines()) == 4
+    nll = store["result"]["tables"]["nll"]["cells"]
+    # the fake NLL = 2 (1 - acc) + 0.01 s: a cell's mean follows from the accuracies
+    c = nll[(nll["strategy"] == 3) & (nll["test_set"] == "blur_2")].iloc[0]
+    assert c["mean"] == pytest.approx(statistics.mean(2 * (1 - store["accs"][3, k][2]) + 0.03 for k in (0, 1)))
 
 
 def test_failed_run_is_a_gap_with_its_error(store):
@@ -187,7 +264,8 @@ def test_csv_and_parquet_hold_the_same_long_frame(store):
     out = store["result"]["out_dir"]
     pq = pd.read_parquet(out / "table2.parquet", engine="pyarrow")
     csv = pd.read_csv(out / "table2.csv")
-    cols = ["strategy", "regularization", "train_set", "test_set", "mean", "std", "n", "paper", "diff"]
+    cols = ["strategy", "regularization", "train_set", "test_set", "mean", "ci_low", "ci_high", "std", "n",
+            "paper", "diff"]
     assert list(pq.columns) == cols and list(csv.columns) == cols and len(pq) == 90
     assert isinstance(pq.index, pd.RangeIndex)
     pd.testing.assert_frame_equal(pq[["strategy", "n"]], csv[["strategy", "n"]])
@@ -257,19 +335,12 @@ def test_child_run_id_is_not_a_parent(store, capsys):
     assert "not a study parent run" in capsys.readouterr().err
 
 
-def test_welch_with_identical_seeds_is_zero_width():
-    from analysis.common import welch_ci
-
-    w = welch_ci([0.5, 0.5], [0.6, 0.6])
-    assert w["ci_low"] == w["ci_high"] == pytest.approx(0.1) and math.isnan(w["df"])
-
-
 def test_analysis_reads_mlflow_only():
     """No torch, Ray or training code in analysis/: it must run where only the MLflow store is."""
     import ast
 
     banned = {"torch", "torchvision", "ray", "kornia", "trainables", "study", "search_spaces"}
-    for name in ("table2.py", "common.py"):
+    for name in ("table2.py", "common.py", "stats.py", "calibration.py", "ablate.py"):
         tree = ast.parse((REPO / "analysis" / name).read_text())
         roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         roots |= {n.module.split(".")[0] for n in ast.walk(tree)
@@ -300,4 +371,6 @@ def test_reads_what_study_tracking_writes(store, tmp_path):
     assert cells["n"].tolist() == [1] * 80 + [0] * 10
     assert res["gaps"]["error"].tolist() == ["diverged: loss is NaN"]
     assert res["provenance"]["epochs"] == "3" and res["provenance"]["device_name"] == "Test CPU x2"
-    assert res["notes"] == [] and res["provenance"]["disagree"] == {}
+    # no calibration.json was logged here: the only note says so
+    assert [n for n in res["notes"] if "calibration.json" not in n] == [] and len(res["notes"]) == 1
+    assert res["provenance"]["disagree"] == {}

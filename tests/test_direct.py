@@ -34,7 +34,9 @@ def test_iqa_grid_runs_as_one_pack_with_the_matched_control_and_prints_differenc
     assert labels == [st["setting"] for st in ablate_iqa.settings()]
     assert all("error" not in m["result"] and 0 <= m["result"]["acc_pristine"] <= 1 for m in res["members"])
     uniform = next(m for m in res["members"] if m["label"].startswith("uniform"))
-    mean_t, eps = matched_controls({**_fields(), "train_set": direct.ABLATION_TRAIN_SET, "strategy": 0}, 1)[0]
+    from types import SimpleNamespace
+    mean_t, eps = matched_controls(SimpleNamespace(seeds=1, fixed_subset=False),
+                                   {**_fields(), "train_set": direct.ABLATION_TRAIN_SET, "strategy": 0})[0]
     assert uniform["config"]["ls_epsilon"] == pytest.approx(eps)
     assert 1 - eps + eps / NUM_CLASSES == pytest.approx(mean_t)  # same mean confidence as IQA-LS (ssim)
     ssim_member = next(m for m in res["members"] if m["label"] == "ssim")
@@ -44,7 +46,7 @@ def test_iqa_grid_runs_as_one_pack_with_the_matched_control_and_prints_differenc
     text = direct.summarize(res)
     ssim, onehot = (next(m["result"] for m in res["members"] if m["label"] == lab) for lab in ("ssim", "onehot (Original)"))
     row = next(line for line in text.splitlines() if line.startswith("ssim - onehot (Original)"))
-    assert row.split()[5] == f"{ssim['acc_pristine'] - onehot['acc_pristine']:.4f}"  # label (4 words), n, pristine
+    assert row.split()[5] == f"{ssim['acc_pristine'] - onehot['acc_pristine']:+.4f}"  # label (4 words), n, pristine
 
 
 @pytest.mark.parametrize("argv, words", [(["--grid", "nope"], ["--grid nope", "table2, tmap"]),

@@ -1,4 +1,5 @@
 """Packed trials (trainables.packed): each member trains exactly as its own run_trial would."""
+import json
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from trainables import train
 from trainables.config import TrialConfig
 from trainables.packed import PackError, pack_key, run_packed
-from trainables.train import run_trial
+from trainables.train import TEST_SETS, run_trial
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "cifar10-mini")
 LOSS_RTOL = 1e-5  # grouped vs separate convolutions: float32 summation order, not semantics
@@ -15,19 +16,21 @@ WEIGHT_ATOL = 1e-5
 
 
 def tiny(**kw) -> TrialConfig:
-    # 100 images in batches of 50, 20 test images per set: a pack of 3 trains in seconds on CPU
+    # 100 images in batches of 50, 20 test and 20 validation images per set: a pack of 3 trains in
+    # seconds on CPU
     base = dict(data=FIXTURE, epochs=2, lr_decay_every=1, batch_size=50, subset=100, test_subset=20,
-                device="cpu", train_set="mix_all3", regularization="iqa_ls")
+                val_size=20, device="cpu", train_set="mix_all3", regularization="iqa_ls")
     base.update(kw)
     return TrialConfig(**base)
 
 
-# Members that differ in what a pack allows to differ: seed, train set, regularisation, T map,
-# IQA metric, mix.
+# Members that differ in what a pack allows to differ: seed, the training subset's seed, train set,
+# regularisation, T map, IQA metric, mix, evaluation cadence.
 MEMBERS = (
     dict(seed=0),
-    dict(seed=1, train_set="mix_noise", regularization="onehot", mix=(0.4, 0.2, 0.2, 0.2)),
-    dict(seed=2, train_set="mix_jpeg", tmap="power", tmap_params={"gamma": 2.0}, iqa_metric="gmsm"),
+    dict(seed=1, subset_seed=1, train_set="mix_noise", regularization="onehot", mix=(0.4, 0.2, 0.2, 0.2),
+         eval_every=1),
+    dict(seed=2, subset_seed=2, train_set="mix_jpeg", tmap="power", tmap_params={"gamma": 2.0}, iqa_metric="gmsm"),
 )
 
 
@@ -73,6 +76,18 @@ def test_pack_of_three_matches_three_separate_trials(tmp_path):
         assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
         assert (tmp_path / f"pack{k}" / "scores_hist.json").read_text() == \
             (tmp_path / f"sep{k}" / "scores_hist.json").read_text()
+        # the same evaluations on the same epochs (validation every epoch for member 1), the same
+        # calibration artifact (its bins: counts equal; confidences to float rounding)
+        assert [sorted(r) for r in got] == [sorted(r) for r in ref]
+        for r, g in zip(ref, got):
+            for m in r:
+                if m.startswith(("acc_", "val_acc_", "val_ece_", "ece_", "nll_", "val_nll_")):
+                    assert g[m] == pytest.approx(r[m], abs=0.051), m  # 20 images: one flip is 0.05
+        cal_sep = json.loads((tmp_path / f"sep{k}" / "calibration.json").read_text())
+        cal_pack = json.loads((tmp_path / f"pack{k}" / "calibration.json").read_text())
+        assert cal_sep.keys() == cal_pack.keys() and set(cal_sep["val"]["quality"]) == set(TEST_SETS[1:])
+        assert cal_sep["test"]["reliability"]["pristine"]["count"] != [] and \
+            sum(cal_pack["val"]["reliability"]["blur_3"]["count"]) == 20
 
 
 def test_member_checkpoints_resume_alone_or_in_a_pack(tmp_path):

@@ -202,3 +202,44 @@ def test_probe_measures_training_and_evaluation_rates():
     train_ips, eval_ips = probe_throughput(TrialConfig(), threads=1, device="cpu", seconds=0.5)
     # both measured, not assumed (their ratio is machine-dependent: 1.3x on the 2-core CPU here)
     assert all(isinstance(v, float) and 0 < v < float("inf") for v in (train_ips, eval_ips))
+
+
+def _table2_args(*flags):
+    import argparse
+
+    from study.runner import add_common_flags
+    p = argparse.ArgumentParser()
+    add_common_flags(p, "table2")
+    args = p.parse_args(["--preset", "smoke", "--data", str(FIXTURE), *flags])
+    return args
+
+
+def test_the_training_subset_follows_the_trial_seed_unless_fixed():
+    from study.table2 import build_trials
+    trials = build_trials(_table2_args("--seeds", "3"))
+    assert {(t.config.seed, t.config.subset_seed) for t in trials} == {(0, 0), (1, 1), (2, 2)}
+    # both arms of a pair share the seed's subset: the pairs stay paired
+    by = {(t.config.strategy, t.config.seed): t.config for t in trials}
+    assert all(by[2, s].subset_seed == by[3, s].subset_seed for s in range(3))
+    fixed = build_trials(_table2_args("--seeds", "3", "--fixed-subset"))
+    assert {t.config.subset_seed for t in fixed} == {0}
+
+
+def test_grids_keep_the_full_pool_and_take_a_validation_split_only_when_asked():
+    from study.runner import StudyError
+    from study.table2 import build_trials
+    assert {t.config.val_size for t in build_trials(_table2_args())} == {0}
+    assert {t.config.val_size for t in build_trials(_table2_args("--val-size", "40"))} == {40}
+    with pytest.raises(StudyError, match="--val-size -1"):
+        build_trials(_table2_args("--val-size", "-1"))
+
+
+def test_a_search_objective_on_test_metrics_is_refused():
+    from study.runner import Search, StudyError
+    from trainables.config import TrialConfig
+    base = TrialConfig(val_size=40)
+    with pytest.raises(StudyError, match=r"search objective \['acc_mean_all'\] is not allowed"):
+        Search(base=base, n_trials=3, suggest=None, objective_of=("acc_mean_all",))
+    with pytest.raises(StudyError, match="needs a validation split"):
+        Search(base=TrialConfig(), n_trials=3, suggest=None, objective_of=("val_acc_mean_all",))
+    Search(base=base, n_trials=3, suggest=None, objective_of=("val_acc_mean_all",))  # allowed

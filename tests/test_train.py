@@ -149,3 +149,79 @@ def test_nan_loss_stops_the_trial_with_a_reason():
     from trainables.train import TrialError
     with pytest.raises(TrialError, match="loss is (nan|inf)"):
         run_trial(tiny(epochs=1, lr=1e6, regularization="onehot", train_set="pristine"), lambda m: None)
+
+
+# ------------------------------------------------------------------ validation split, calibration
+def test_validation_split_is_held_out_stratified_and_never_trained_on():
+    from trainables import data as data_mod
+    from trainables.train import train_subset, validation_split
+
+    train = data_mod.load_split(FIXTURE, "train")
+    cfg = tiny(val_size=40, subset=100, subset_seed=3)
+    vx, vy = validation_split(cfg, train)
+    tx, ty = train_subset(cfg, train)
+    assert vx.shape[0] == 40 and tx.shape[0] == 100
+    # class shares kept (fixture: 40 of each class -> 4 per class)
+    assert torch.bincount(vy, minlength=10).tolist() == [4] * 10
+    flat = lambda x: {bytes(img.numpy().tobytes()) for img in x}  # noqa: E731
+    assert not flat(vx) & flat(tx)  # no validation image is a training image
+    # the split is fixed by val_seed, whatever the trial's subset draws
+    assert torch.equal(validation_split(tiny(val_size=40, subset_seed=9), train)[0], vx)
+    # without a split the subset is drawn from the whole set, exactly as before the split existed
+    x0, _ = train_subset(tiny(subset=100, subset_seed=3), train)
+    idx = data_mod.stratified_subset(train.labels, 100, 3)
+    assert torch.equal(x0, train.images[idx])
+
+
+def test_validation_metrics_on_eval_epochs_test_metrics_only_at_the_end():
+    reports = []
+    run_trial(tiny(epochs=3, lr_decay_every=3, val_size=20, eval_every=1), reports.append)
+    assert all("val_acc_mean_all" in r and "val_ece_pristine" in r for r in reports)
+    assert [("acc_pristine" in r) for r in reports] == [False, False, True]
+    plain = []
+    run_trial(tiny(epochs=2, eval_every=1), plain.append)  # no split: the test sets every eval epoch
+    assert all("acc_pristine" in r and not any(k.startswith("val_") for k in r) for r in plain)
+
+
+def test_calibration_metrics_equal_an_independent_computation():
+    import numpy as np
+
+    from trainables.calibration import Summary
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 10, generator=g) * 3
+    y = torch.randint(0, 10, (500,), generator=g)
+    s = Summary()
+    for i in range(0, 500, 128):  # batched accumulation gives the whole-set numbers
+        s.add(logits[i:i + 128], y[i:i + 128])
+    m = s.metrics()
+    p = np.exp(logits.double().numpy())
+    p /= p.sum(1, keepdims=True)
+    yy = y.numpy()
+    conf, pred = p.max(1), p.argmax(1)
+    assert m["acc"] == pytest.approx(float((pred == yy).mean()))
+    assert m["nll"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)
+    assert m["brier"] == pytest.approx(float(((p - np.eye(10)[yy]) ** 2).sum(1).mean()), rel=1e-5)
+    assert m["conf"] == pytest.approx(float(conf.mean()), rel=1e-5)
+    assert m["ptrue"] == pytest.approx(float(p[np.arange(500), yy].mean()), rel=1e-5)
+    ece = 0.0  # Guo et al.: 15 bins (lo, hi], |acc - conf| weighted by the bin's share
+    for b in range(15):
+        lo, hi = b / 15, (b + 1) / 15
+        inb = (conf > lo) & (conf <= hi)
+        if inb.any():
+            ece += inb.mean() * abs((pred[inb] == yy[inb]).mean() - conf[inb].mean())
+    assert m["ece"] == pytest.approx(ece, rel=1e-5)
+    assert sum(s.reliability()["count"]) == 500
+
+
+def test_calibration_artifact_has_reliability_and_quality_bins(tmp_path):
+    run_trial(tiny(epochs=1, val_size=20), lambda m: None, checkpoint_dir=tmp_path)
+    doc = json.loads((tmp_path / "calibration.json").read_text())
+    assert doc["quality_metric"] == "ssim" and doc["epoch"] == 1
+    assert set(doc["test"]["reliability"]) == set(TEST_SETS)
+    assert set(doc["test"]["quality"]) == set(TEST_SETS[1:]) == set(doc["val"]["quality"])
+    assert sum(doc["test"]["quality"]["jpeg_3"]["count"]) == 50 and sum(doc["val"]["quality"]["noise_1"]["count"]) == 20
+    # JPEG level 3 is worse than level 1: its images sit in lower SSIM bins
+    def mean_bin(b):
+        return sum(i * c for i, c in enumerate(b["count"])) / sum(b["count"])
+    assert mean_bin(doc["test"]["quality"]["jpeg_3"]) < mean_bin(doc["test"]["quality"]["jpeg_1"])

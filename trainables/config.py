@@ -84,7 +84,14 @@ class TrialConfig:
     # --- data ---
     data: str = "cifar10"  # source spec, see trainables.data.load_split
     subset: int = 0  # 0 (or >= N) = all training images; else a stratified, seeded subset
-    subset_seed: int = 0  # seed of the subset draw: fixed across strategies and seeds of a study
+    # seed of the subset draw; the study commands set it to the trial seed (both arms of a pair share
+    # it, the spread over seeds includes the subset's sampling), or 0 for every trial (--fixed-subset)
+    subset_seed: int = 0
+    # validation split: `val_size` images (stratified, drawn with `val_seed`) held out of the training
+    # pool before the training subset is drawn, so never trained on; evaluated on the same pristine +
+    # 9 distorted versions as the test sets (noise from `val_seed`). 0 = no split (the paper's grids)
+    val_size: int = 0
+    val_seed: int = 20190102
     test_subset: int = 0  # 0 (or >= N) = all test images; else a stratified subset (fixed seed)
     test_seed: int = 20190101  # seed of the deterministic test-set noise (same for every trial)
     # --- run ---
@@ -185,7 +192,8 @@ class TrialConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, v, "an integer >= 1")
-        for name in ("subset", "subset_seed", "test_subset", "eval_every", "threads", "strategy"):
+        for name in ("subset", "subset_seed", "test_subset", "val_size", "val_seed", "eval_every", "threads",
+                     "strategy"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 bad(name, v, "an integer >= 0")

@@ -12,9 +12,10 @@ member in `run_trial`'s format, so a member can resume alone (`run_trial`) or in
 whose epoch loss is not finite is dropped from the pack and returned as failed; the others go on.
 
 What members must share (PACK_SHARED): the schedule (epochs, batch size, lr and its decay,
-momentum, fc weight decay), the training data (source, subset, subset seed), the model code path
+momentum, fc weight decay), the training data (source, subset size, validation split size), the model code path
 (LRN implementation, memory format, input normalisation), device and threads. They may differ in
-everything else: seed, train set, regularisation, T map, IQA metric, mix, init, distortion options,
+everything else: seed, the training subset's seed (each member then trains on its own subset of
+the pack's one size), train set, regularisation, T map, IQA metric, mix, init, distortion options,
 test sets, evaluation and checkpoint cadence. `pack_key(cfg)` groups a study's configs into packs.
 
 Numerics: the grouped convolution sums in another order than K separate ones, so a member's losses
@@ -40,8 +41,9 @@ from trainables.mixture import DistortionBank
 
 # Fields every member of a pack must share (see the module docstring). device and threads only run a
 # trial (config.RUN_FIELDS) but a pack is one process on one device: its members share them by force.
+# The training subset's seed may differ (members then train on their own subsets of one size).
 PACK_SHARED = ("epochs", "batch_size", "lr", "lr_decay", "lr_decay_every", "momentum", "fc_weight_decay",
-               "data", "subset", "subset_seed", "lrn_impl", "channels_last", "input_norm", "device",
+               "data", "subset", "val_size", "lrn_impl", "channels_last", "input_norm", "device",
                "threads")
 
 
@@ -225,10 +227,10 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
     if len(starts) > 1:
         raise PackError(f"members resume from epochs {[m.start_epoch for m in todo]}; allowed: one start "
                         "epoch per pack (run the members of each start epoch as their own pack)")
-    y = members[0].d["train_y"]
-    if any(not torch.equal(m.d["train_y"], y) for m in todo):
-        raise PackError("members see different training labels; allowed: the same data and subset")
-    n, bs = y.shape[0], cfg0.batch_size
+    sizes = {m.d["train_y"].shape[0] for m in todo}
+    if len(sizes) > 1:
+        raise PackError(f"members train on {sorted(sizes)} images; allowed: one training-set size per pack")
+    n, bs = sizes.pop(), cfg0.batch_size
     pack = Pack(todo)
     for epoch in range(starts.pop(), cfg0.epochs):
         t0 = time.perf_counter()
@@ -236,18 +238,20 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
         for group in pack.opt.param_groups:
             group["lr"] = lr
         # -- each member's epoch, exactly as its run_trial builds it
-        xs, ts, targets, orders = [], [], [], []
+        xs, ys, ts, targets, orders = [], [], [], [], []
         for m in pack.members:
+            y = m.d["train_y"]  # each member's own subset (its subset_seed), of the pack's one size
             x_e, scores, level, kind, g = T.epoch_data(m.cfg, epoch, m.d["train_x"], device, m.bank)
             t = T.true_class_t(m.cfg, m.tmap, scores)
             if epoch == 0 and m.ckpt_dir:
                 T._atomic_write_text(m.ckpt_dir / T.SCORE_HIST_FILE,
                                      json.dumps(T.score_histogram(m.cfg, m.tmap, scores, level, kind), sort_keys=True))
             xs.append(x_e)
+            ys.append(y)
             ts.append(t)
             targets.append(labels.targets_from_t(y, t, NUM_CLASSES))
             orders.append(torch.randperm(n, generator=g).to(device))
-        X, Q, O = torch.stack(xs), torch.stack(targets), torch.stack(orders)  # K x n x ...
+        X, Y, Q, O = torch.stack(xs), torch.stack(ys), torch.stack(targets), torch.stack(orders)  # K x n x ...
         K = len(pack.members)
         rows = torch.arange(K, device=device)[:, None]
         if device.type == "cuda":
@@ -257,14 +261,19 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
         loss_sum = torch.zeros(K, device=device)
         correct = torch.zeros(K, device=device, dtype=torch.long)
         steps = 0
-        norm = pack.members[0].norm  # input_norm and data are shared, so one normalisation serves all
+        # input_norm is shared; "dataset" normalises by each member's own training images
+        per_member = cfg0.input_norm == "dataset"
+        norm = pack.members[0].norm
         for i in range(0, n, bs):
             idx = O[:, i:i + bs]
             b = idx.shape[1]
-            xb = norm(X[rows, idx].flatten(0, 1)).unflatten(0, (K, b))
+            if per_member:
+                xb = torch.stack([m.norm(X[k, idx[k]]) for k, m in enumerate(pack.members)])
+            else:
+                xb = norm(X[rows, idx].flatten(0, 1)).unflatten(0, (K, b))
             loss, logits = pack.train_step(xb, Q[rows, idx])
             loss_sum += loss
-            correct += (logits.argmax(-1) == y[idx]).sum(-1)
+            correct += (logits.argmax(-1) == Y[rows, idx]).sum(-1)
             steps += 1
         mean_loss = [v / steps for v in loss_sum.tolist()]  # as run_trial: float(sum) / steps
         correct = correct.tolist()
@@ -287,12 +296,14 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
                 "epoch_time": dt, "images_per_s": n / dt, "data_time": t_data, "data_share": t_data / dt,
             }
             last_epoch = epoch + 1 == m.cfg.epochs
-            due_eval = last_epoch or (m.cfg.eval_every and (epoch + 1) % m.cfg.eval_every == 0)
+            test_due, val_due = T.eval_due(m.cfg, epoch + 1)
             due_ckpt = m.ckpt_dir and (last_epoch or (epoch + 1) % m.cfg.checkpoint_every == 0)
-            if due_eval or due_ckpt:
+            if test_due or val_due or due_ckpt:
                 pack.sync_member(k)
-            if due_eval:
-                metrics.update(T.evaluate(m.model, m.d["test_sets"], m.d["test_y"], m.norm))
+            record = {} if last_epoch else None
+            metrics.update(T.evaluate_all(m.model, m.d, m.norm, test_due, val_due, record))
+            if last_epoch:
+                T.write_calibration(m.ckpt_dir, m.cfg, epoch + 1, record)
             m.history.append(dict(metrics))
             if due_ckpt:
                 _save(m, epoch, metrics, last_epoch)

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from trainables import calibration
 from trainables import data as data_mod
 from trainables import labels
 from trainables.config import LEVELS, NUM_CLASSES, TrialConfig
@@ -33,6 +34,14 @@ from trainables.model import PaperCNN
 TEST_TYPES = ("blur", "noise", "jpeg")  # Sec. 4.2: the 9 distorted test sets, 3 types x 3 levels
 TEST_SETS = ("pristine",) + tuple(f"{t}_{lv}" for t in TEST_TYPES for lv in LEVELS)
 ACC_METRICS = tuple(f"acc_{name}" for name in TEST_SETS)  # stable metric names (MLflow, tables)
+EVAL_WHATS = ("acc",) + calibration.CALIBRATION_METRICS  # per evaluation set: <what>_<set>
+VAL_PREFIX = "val_"  # validation metrics: val_<what>_<set>
+# metric name prefixes of every evaluation (test and validation), for the recorder
+EVAL_METRIC_PREFIXES = tuple(f"{p}{w}_" for p in ("", VAL_PREFIX) for w in EVAL_WHATS)
+# the quality measure of the confidence-against-quality record: the paper's SSIM (Sec. 3), whatever
+# IQA metric the trial's labels use, so every trial is read on the same axis
+QUALITY_METRIC = "ssim"
+CALIBRATION_FILE = "calibration.json"  # per trial: reliability and quality bins of the final evaluation
 CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"  # the checkpoint before the latest: a resume's fallback
 CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "rng")  # what a resume needs of one
@@ -89,33 +98,66 @@ _PREPARED: dict = {}
 
 
 def prepare_data(cfg: TrialConfig, device: torch.device, cache_dir=None):
-    """Train/test tensors on the device (+ test sets), memoised per process."""
+    """Training subset, test sets and (with `val_size`) validation sets on the device, memoised per
+    process; with each evaluation set the SSIM of every distorted image to its pristine version
+    (`quality`: the x axis of the confidence-against-quality record, computed once per set)."""
     cache_dir = Path(cache_dir) if cache_dir else data_mod.default_cache_dir()
     train = data_mod.load_split(cfg.data, "train", cache_dir)
     test = data_mod.load_split(cfg.data, "test", cache_dir)
-    key = (train.checksum, cfg.subset, cfg.subset_seed, cfg.test_subset, cfg.test_seed,
-           json.dumps(distortion_options(cfg), sort_keys=True), str(device))
+    key = (train.checksum, cfg.subset, cfg.subset_seed, cfg.val_size, cfg.val_seed, cfg.test_subset,
+           cfg.test_seed, json.dumps(distortion_options(cfg), sort_keys=True), str(device))
     if key not in _PREPARED:
         x, y = train_subset(cfg, train)
         tx, ty = test.images, test.labels
         if 0 < cfg.test_subset < tx.shape[0]:
             idx = data_mod.stratified_subset(ty, cfg.test_subset, 0)
             tx, ty = tx[idx], ty[idx]
-        test_sets = make_test_sets(tx, cfg.test_seed, distortion_options(cfg))
+        evals = {"test": eval_sets(tx, ty, cfg.test_seed, distortion_options(cfg), device)}
+        if cfg.val_size:
+            vx, vy = validation_split(cfg, train)
+            evals["val"] = eval_sets(vx, vy, cfg.val_seed, distortion_options(cfg), device)
         _PREPARED[key] = {
             "train_x": x.to(device), "train_y": y.to(device),
-            "test_sets": {k: v.to(device) for k, v in test_sets.items()}, "test_y": ty.to(device),
+            "test_sets": evals["test"]["sets"], "test_y": evals["test"]["y"], "evals": evals,
             "checksum": train.checksum, "test_checksum": test.checksum,
-            "subset_key": f"{train.checksum}:{cfg.subset}:{cfg.subset_seed}",
+            "subset_key": subset_key(cfg, train.checksum),
             "banks": {},
         }
     return _PREPARED[key]
 
 
+def subset_key(cfg: TrialConfig, checksum: str) -> str:
+    """Names the training images of a trial (the distortion bank's content key): data, split, subset."""
+    split = f":val{cfg.val_size}@{cfg.val_seed}" if cfg.val_size else ""
+    return f"{checksum}:{cfg.subset}:{cfg.subset_seed}{split}"
+
+
+def _pool(cfg: TrialConfig, train) -> torch.Tensor | None:
+    """Indices of the training pool: every image but the validation split (None = all of them)."""
+    if not cfg.val_size:
+        return None
+    n = train.labels.shape[0]
+    if not 0 < cfg.val_size < n:
+        raise TrialError(f"val_size={cfg.val_size} is not allowed for {n} training images; allowed: 0..{n - 1}")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[data_mod.stratified_subset(train.labels, cfg.val_size, cfg.val_seed)] = False
+    return torch.nonzero(keep).flatten()
+
+
+def validation_split(cfg: TrialConfig, train) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out validation images and labels (CPU): stratified, drawn with `val_seed`."""
+    idx = data_mod.stratified_subset(train.labels, cfg.val_size, cfg.val_seed)
+    return train.images[idx], train.labels[idx]
+
+
 def train_subset(cfg: TrialConfig, train) -> tuple[torch.Tensor, torch.Tensor]:
-    """The trial's training images and labels (CPU): all, or the stratified, seeded subset."""
+    """The trial's training images and labels (CPU): the pool (all images but the validation split),
+    or a stratified, seeded subset of it."""
     x, y = train.images, train.labels
-    if 0 < cfg.subset < x.shape[0]:  # a subset as large as the set is the set
+    pool = _pool(cfg, train)
+    if pool is not None:
+        x, y = x[pool], y[pool]
+    if 0 < cfg.subset < x.shape[0]:  # a subset as large as the pool is the pool
         idx = data_mod.stratified_subset(y, cfg.subset, cfg.subset_seed)
         x, y = x[idx], y[idx]
     return x, y
@@ -133,6 +175,17 @@ def make_test_sets(images: torch.Tensor, seed: int, options: dict[str, dict]) ->
     return sets
 
 
+def eval_sets(images: torch.Tensor, labels: torch.Tensor, seed: int, options: dict[str, dict], device) -> dict:
+    """One evaluation group (the test sets, or the validation sets): the 10 sets of Sec. 4.2 on the
+    device, their labels, and per distorted set the SSIM of each image to its pristine version."""
+    from trainables import iqa
+
+    sets = make_test_sets(images, seed, options)
+    quality = {name: iqa.score(QUALITY_METRIC, x, images) for name, x in sets.items() if name != "pristine"}
+    return {"sets": {k: v.to(device) for k, v in sets.items()}, "y": labels.to(device),
+            "quality": {k: v.to(device) for k, v in quality.items()}}
+
+
 def normalize(x_uint8: torch.Tensor, mode: str, mean=None, std=None) -> torch.Tensor:
     """uint8 batch -> float input. "per_image" = tf.image.per_image_standardization (TF tutorial)."""
     x = x_uint8.float().div_(255.0)
@@ -147,20 +200,71 @@ def normalize(x_uint8: torch.Tensor, mode: str, mean=None, std=None) -> torch.Te
 
 
 @torch.no_grad()
-def evaluate(model, test_sets: dict[str, torch.Tensor], test_y: torch.Tensor, norm) -> dict[str, float]:
-    """Top-1 accuracy on each test set, plus means over the 9 distorted sets and all 10."""
+def evaluate(model, test_sets: dict[str, torch.Tensor], test_y: torch.Tensor, norm,
+             quality: dict[str, torch.Tensor] | None = None, prefix: str = "",
+             record: dict | None = None) -> dict[str, float]:
+    """Top-1 accuracy and calibration (trainables.calibration: nll, ece, brier, conf, ptrue) on each
+    set, plus their means over the 9 distorted sets and all 10; metric names `<prefix><what>_<set>`
+    (prefix "" for the test sets, "val_" for the validation sets). With `record`, the reliability bins
+    of each set and, for the sets in `quality`, accuracy and confidence per quality bin go into
+    record["reliability"][set] and record["quality"][set] (the calibration artifact)."""
     model.eval()
-    acc = {}
+    out: dict[str, float] = {}
     for name, x in test_sets.items():
-        correct = 0
+        summ = calibration.Summary()
+        q = (quality or {}).get(name)
         for i in range(0, x.shape[0], EVAL_BATCH):
-            correct += int((model(norm(x[i:i + EVAL_BATCH])).argmax(1) == test_y[i:i + EVAL_BATCH]).sum())
-        acc[f"acc_{name}"] = correct / x.shape[0]
+            summ.add(model(norm(x[i:i + EVAL_BATCH])), test_y[i:i + EVAL_BATCH],
+                     None if q is None else q[i:i + EVAL_BATCH])
+        for what, v in summ.metrics().items():
+            out[f"{prefix}{what}_{name}"] = v
+        if record is not None:
+            record.setdefault("reliability", {})[name] = summ.reliability()
+            if summ.by_quality() is not None:
+                record.setdefault("quality", {})[name] = summ.by_quality()
     model.train()
-    distorted = [acc[f"acc_{n}"] for n in TEST_SETS[1:]]
-    acc["acc_mean_distorted"] = sum(distorted) / len(distorted)
-    acc["acc_mean_all"] = sum(acc[m] for m in ACC_METRICS) / len(ACC_METRICS)
-    return acc
+    for what in EVAL_WHATS:
+        distorted = [out[f"{prefix}{what}_{n}"] for n in TEST_SETS[1:] if f"{prefix}{what}_{n}" in out]
+        every = [out[f"{prefix}{what}_{n}"] for n in TEST_SETS if f"{prefix}{what}_{n}" in out]
+        if len(every) == len(TEST_SETS):
+            out[f"{prefix}{what}_mean_distorted"] = sum(distorted) / len(distorted)
+            out[f"{prefix}{what}_mean_all"] = sum(every) / len(every)
+    return out
+
+
+def evaluate_all(model, d: dict, norm, test: bool, val: bool, record: dict | None = None) -> dict[str, float]:
+    """The evaluations of one epoch: the test sets (`test`) and the validation sets (`val`, when the
+    trial has a split); `record` collects the calibration artifact's bins per group (test / val)."""
+    out = {}
+    for group, prefix, wanted in (("test", "", test), ("val", VAL_PREFIX, val)):
+        e = d["evals"].get(group)
+        if wanted and e is not None:
+            sub = None if record is None else record.setdefault(group, {})
+            out.update(evaluate(model, e["sets"], e["y"], norm, e["quality"], prefix, sub))
+    return out
+
+
+def eval_due(cfg: TrialConfig, epoch: int) -> tuple[bool, bool]:
+    """(test, validation) evaluations due after epoch `epoch` (1-based). The last epoch evaluates both;
+    an `eval_every` epoch evaluates the validation sets when the trial has a split (what a search
+    selects on) and the test sets otherwise, so a trial that selects never looks at the test sets
+    before its end."""
+    last = epoch == cfg.epochs
+    cadence = bool(cfg.eval_every) and epoch % cfg.eval_every == 0
+    return last or (cadence and not cfg.val_size), bool(cfg.val_size) and (last or cadence)
+
+
+def write_calibration(ckpt_dir: Path | None, cfg: TrialConfig, epoch: int, record: dict) -> None:
+    """The trial's calibration artifact (CALIBRATION_FILE): reliability bins per set and accuracy /
+    confidence per SSIM bin of the distorted sets, for the test and validation groups."""
+    if ckpt_dir is None or not record:
+        return
+    doc = {"epoch": epoch, "ece_bins": calibration.ECE_BINS, "quality_metric": QUALITY_METRIC,
+           "quality_bins": calibration.QUALITY_BINS, "regularization": cfg.regularization,
+           "train_set": cfg.train_set, **record}
+    tmp = ckpt_dir / f".{CALIBRATION_FILE}.tmp"
+    tmp.write_text(json.dumps(doc, sort_keys=True))
+    os.replace(tmp, ckpt_dir / CALIBRATION_FILE)
 
 
 _UMASK = os.umask(0)
@@ -334,7 +438,7 @@ def epoch_targets(cfg: TrialConfig | dict, epoch: int = 0, cache_dir=None) -> to
     x = x.to(device)
     bank = None
     if cfg.precompute and cfg.types:
-        bank = DistortionBank(x, f"{train.checksum}:{cfg.subset}:{cfg.subset_seed}", cfg.iqa_metric,
+        bank = DistortionBank(x, subset_key(cfg, train.checksum), cfg.iqa_metric,
                               distortion_options(cfg), cache_dir)
     _, scores, _, _, _ = epoch_data(cfg, epoch, x, device, bank)
     return true_class_t(cfg, target_map(cfg), scores)
@@ -458,8 +562,11 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
             "epoch_time": dt, "images_per_s": n / dt, "data_time": t_data, "data_share": t_data / dt,
         }
         last_epoch = epoch + 1 == cfg.epochs
-        if last_epoch or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            metrics.update(evaluate(model, d["test_sets"], d["test_y"], norm))
+        test_due, val_due = eval_due(cfg, epoch + 1)
+        record = {} if last_epoch else None
+        metrics.update(evaluate_all(model, d, norm, test_due, val_due, record))
+        if last_epoch:  # before the checkpoint that marks the trial finished, so a resume keeps it
+            write_calibration(ckpt_dir, cfg, epoch + 1, record)
         # The metrics of every epoch so far travel with the checkpoint: a driver that died (or a
         # node lost) between a checkpoint and the report reaching MLflow can fill that gap from it.
         history.append(dict(metrics))

@@ -1,0 +1,51 @@
+"""`python -m study.records export|import`: a recorded study as plain files, and back.
+
+    python -m study.records export --study NAME --out DIR [--tracking-uri URI] [--experiment E]
+    python -m study.records import DIR [--tracking-uri URI] [--experiment E]
+
+Export writes the study's parent and child runs as parquet (runs, params, tags, full metric
+histories) plus each run's small artifacts (calibration.json, scores_hist.json, config.json; never
+model weights) and a manifest of sha256 sums: a few MB that can be committed, so a study trained on a
+lent GPU can be rebuilt by `analysis.table2` / `analysis.ablate` on a machine without one. Import
+re-creates the runs in another store (new run ids, same names, tags, params, metric steps and
+timestamps, statuses, artifacts) and refuses a damaged export or a study that already exists there.
+The functions live in study/tracking.py (the one module of study/ that speaks MLflow).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from study.tracking import DEFAULT_TRACKING_URI, EXPERIMENT, TrackingError, export_study, import_study
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.records", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="write a recorded study as parquet + small artifacts")
+    e.add_argument("--study", required=True, help="study name (parent run tag iqa_ls.study)")
+    e.add_argument("--out", required=True, help="a new or empty folder")
+    i = sub.add_parser("import", help="re-create an exported study in a tracking store")
+    i.add_argument("folder", help="a folder written by `export`")
+    for q in (e, i):
+        q.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow store (default sqlite:///mlflow.db)")
+        q.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment (default iqa-ls)")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "export":
+            m = export_study(args.tracking_uri, args.study, args.out, args.experiment)
+            print(f"exported study {m['study']}: {m['runs']} runs, {m['metric_points']} metric points, "
+                  f"{len(m['files'])} files -> {args.out}")
+        else:
+            pid = import_study(args.folder, args.tracking_uri, args.experiment)
+            print(f"imported {args.folder} into {args.tracking_uri} (experiment {args.experiment}), parent run {pid}; "
+                  f"rebuild its tables with python -m analysis.table2 (or analysis.ablate) --study NAME "
+                  f"--tracking-uri {args.tracking_uri}")
+    except (TrackingError, OSError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
