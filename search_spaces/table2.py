@@ -24,6 +24,13 @@ STRATEGIES: dict[int, tuple[str, str]] = {
 # IQA-LS vs Original pairs the paper compares (Sec. 4.3.3): (original, iqa_ls)
 PAIRS: tuple[tuple[int, int], ...] = ((2, 3), (4, 5), (6, 7), (8, 9))
 
+# Table 2's row labels ("Regularization Method", "Training set"): they name the MLflow runs
+# (`s3 IQA-LS MIX_blur seed0`). analysis/table2.py holds the same labels for its tables: it reads
+# MLflow only and imports nothing of the study side.
+REGULARIZATION_LABELS = {"onehot": "Original", "iqa_ls": "IQA-LS"}
+TRAIN_SET_LABELS = {"pristine": "Pristine", "mix_blur": "MIX_blur", "mix_noise": "MIX_noise",
+                    "mix_jpeg": "MIX_JPEG", "mix_all3": "MIX_all3"}
+
 # The paper's metric and T map for IQA-LS (Sec. 3): SSIM, identity.
 IQA_METRIC = "ssim"
 TMAP = "identity"
@@ -34,3 +41,9 @@ def grid(seeds: int = 1) -> list[dict]:
     return [{"strategy": s, "train_set": ts, "regularization": reg, "iqa_metric": IQA_METRIC,
              "tmap": TMAP, "seed": seed}
             for s, (ts, reg) in STRATEGIES.items() for seed in range(seeds)]
+
+
+def title(strategy: int, seed: int) -> str:
+    """The run name of a trial: 's3 IQA-LS MIX_blur seed0'."""
+    train_set, reg = STRATEGIES[strategy]
+    return f"s{strategy} {REGULARIZATION_LABELS[reg]} {TRAIN_SET_LABELS[train_set]} seed{seed}"

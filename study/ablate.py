@@ -184,7 +184,8 @@ def build(args):
             mean_t, eps = matched[seed]
             cfg = cfg.replace(ls_epsilon=eps)
             tags.update(matched_mean_t=repr(mean_t), matched_to=json.dumps(ablate_iqa.MATCH_TO, sort_keys=True))
-        trials.append(Trial(f"{grid}-{slug(st['setting'])}-seed{seed}", cfg, tags))
+        trials.append(Trial(f"{grid}-{slug(st['setting'])}-seed{seed}", cfg, tags,
+                            title=f"{grid} {st['setting']} seed{seed}"))
     search = None
     if args.search:
         objective = args.objective or "mean"

@@ -8,13 +8,18 @@ stderr and code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import platform
+import re
+import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +30,24 @@ from trainables import data as data_mod
 from trainables.config import ConfigError, TrialConfig
 
 DEFAULT_STORAGE = "ray_results"
+DEFAULT_PRESET = "smoke"  # the pipeline check: minutes, not the hour of quick (help says each preset's time)
 PACK_MODES = ("auto", "on", "off")
 DEFAULT_PACK_SIZE = 16  # members per pack: Table 2 (9) or one ablation grid fits in one
+# A study name becomes a folder (<storage>/<name>), a Ray experiment name and an MLflow tag value:
+# letters, digits and . _ - only, not starting with . or - (no '', '..', '/x', quotes or spaces).
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+DEVICE_PATTERN = r"auto|cpu|cuda|cuda:\d+"
+MANIFEST_FILE = "study.json"  # <storage>/<name>/study.json: what the study was started with
+# Flags that only run a study (where, how fast, how loud, where its records go): a --resume may give
+# other values. Every other flag, the resolved schedule and the grid define the study (as
+# trainables.config.RUN_FIELDS does for one trial) and must be what the study recorded.
+RUN_FLAGS = ("resume", "cpus_per_trial", "gpus_per_trial", "address", "out", "device", "max_failures",
+             "progress_every", "pack", "pack_size", "tracking_uri", "experiment", "storage", "name")
+# How long each preset takes (the help text; measured on the 2-core CPU, see README "Presets").
+PRESET_TIMES = {"smoke": "pipeline check, ~3 min on 2 CPU cores; accuracies near chance",
+                "demo": "the paper's robustness effect, ~30 min on 2 CPU cores",
+                "quick": "~1 h on 2 CPU cores", "overfit": "~8 min per trial on 1 CPU thread",
+                "paper": "Sec. 4.2 unchanged: GPUs, days"}
 
 
 class StudyError(RuntimeError):
@@ -35,9 +56,10 @@ class StudyError(RuntimeError):
 
 @dataclass
 class Trial:
-    key: str  # unique within the study: names the MLflow run and the checkpoint folder
+    key: str  # unique within the study: names the checkpoint folder, tags the MLflow run
     config: TrialConfig
     tags: dict = field(default_factory=dict)  # extra MLflow tags (e.g. setting, ablation)
+    title: str = ""  # the MLflow run name, e.g. "s3 IQA-LS MIX_blur seed0" (default: the key)
 
 
 @dataclass
@@ -81,25 +103,35 @@ class Search:
 
 
 def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
-    p.add_argument("--preset", default="quick", help=f"schedule preset: {', '.join(PRESETS)} (default quick)")
+    times = "; ".join(f"{k}: {PRESET_TIMES[k]}" for k in PRESETS if k in PRESET_TIMES)
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"schedule preset, one of {', '.join(PRESETS)} "
+                   f"(default {DEFAULT_PRESET}). {times}")
     p.add_argument("--seeds", type=int, default=1, help="seeds per setting (default 1)")
     p.add_argument("--data", default="cifar10", help="cifar10 (download), a cifar-10-batches-py folder, "
                    "or a parquet folder/file (e.g. ../shared/data/cifar10-jpeg)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs (decay step scales along)")
     p.add_argument("--subset", type=int, help="override the preset's training subset (0 = all)")
     p.add_argument("--test-subset", type=int, help="override the preset's test subset (0 = all)")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    p.add_argument("--experiment", default="iqa-ls", help="MLflow experiment (default iqa-ls)")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+                   help="where runs are recorded: sqlite:///PATH (a file; artifacts go to mlartifacts/ beside "
+                   "it) or http(s)://HOST:PORT (an mlflow server) (default $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///mlflow.db)")
+    p.add_argument("--experiment", default="iqa-ls", help="MLflow experiment the study's runs go to, created "
+                   "when missing (default iqa-ls)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Ray storage_path and trial checkpoints "
                    "(a path every node reaches, or s3://...)")
-    p.add_argument("--name", default=default_name, help=f"study name (default {default_name})")
-    p.add_argument("--resume", action="store_true", help="continue the study of this --name")
+    p.add_argument("--name", default=default_name, help=f"study name: 1-100 of A-Z a-z 0-9 . _ -, starting "
+                   f"with a letter or digit (default {default_name})")
+    p.add_argument("--resume", action="store_true", help="continue the study of this --name with the flags "
+                   "it was started with (only --cpus/--gpus-per-trial, --device, --pack*, --progress-every, "
+                   "--max-failures, --address and --out may differ)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="default 1")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="default 0.25 when CUDA is visible (4 trials share a GPU), else 0")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="join a running Ray cluster")
     p.add_argument("--out", default=None, help="folder for tables and plots (default results/<name>)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (GPU N of this machine; "
+                   "local Ray only)")
     p.add_argument("--max-failures", type=int, default=3, help="restarts of a trial after a lost worker")
     p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
     p.add_argument("--pack", default="auto", help="train trials that share a schedule as one packed "
@@ -210,10 +242,34 @@ def check_storage(storage: str) -> str:
     return str(p)
 
 
+def check_name(name: str) -> None:
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise StudyError(f"--name {name!r} is not allowed; allowed: 1-100 characters of A-Z a-z 0-9 . _ -, "
+                         "starting with a letter or digit")
+
+
+def check_device(device: str, address: str | None) -> None:
+    """auto | cpu | cuda | cuda:N; CUDA must be visible here unless the trials run on a cluster."""
+    import torch
+
+    if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
+        raise StudyError(f"--device {device} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda:") and address:
+        raise StudyError(f"--device {device} is not allowed with --address: Ray gives each trial its GPU; "
+                         "allowed: --device cuda (or auto, cpu)")
+    if device.startswith("cuda") and not address and not torch.cuda.is_available():
+        raise StudyError(f"--device {device}: CUDA is not available on this machine; allowed here: auto, cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise StudyError(f"--device {device}: this machine has {torch.cuda.device_count()} visible GPU(s); "
+                         f"allowed: cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+
+
 def preflight(args, trials: list[Trial]) -> dict:
     """Every check that can fail, before anything is written. Returns facts for the plan."""
     from study.tracking import TrackingError, check_tracking_uri
 
+    check_name(args.name)
+    check_device(args.device, args.address)
     if not trials:
         raise StudyError("no trials to run (empty grid)")
     keys = [t.key for t in trials]
@@ -240,6 +296,174 @@ def preflight(args, trials: list[Trial]) -> dict:
     except data_mod.DataError as e:
         raise StudyError(f"--data: {e}") from None
     return {"storage": storage, "train": train, "n_test": test.images.shape[0]}
+
+
+# ------------------------------------------------------------------ the study's own records in storage
+def study_folder(storage: str, name: str) -> str:
+    """<storage>/<name>: the study's trial checkpoints, Ray folders, manifest and driver lock."""
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def _read_text(uri: str) -> str | None:
+    """A small file on a path or a pyarrow filesystem URI; None when it is not there."""
+    if "://" not in uri:
+        try:
+            return Path(uri).read_text()
+        except FileNotFoundError:
+            return None
+    import pyarrow.fs as pafs
+    fs, path = pafs.FileSystem.from_uri(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def _write_text(uri: str, text: str) -> None:
+    if "://" not in uri:
+        from trainables.train import _atomic_write_text
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(Path(uri), text)
+        return
+    import pyarrow.fs as pafs
+    fs, path = pafs.FileSystem.from_uri(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def trial_folders(storage: str, name: str) -> list[str]:
+    """Names of the trial checkpoint folders the storage holds for study `name`."""
+    root = f"{study_folder(storage, name)}/trials"
+    if "://" not in root:
+        d = Path(root)
+        return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+    import pyarrow.fs as pafs
+    fs, path = pafs.FileSystem.from_uri(root)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def check_no_checkpoints(args, storage: str) -> None:
+    """Without --resume, a study's checkpoints are never picked up: refuse a name the storage holds."""
+    if args.resume:
+        return
+    found = trial_folders(storage, args.name)
+    manifest = _read_text(f"{study_folder(storage, args.name)}/{MANIFEST_FILE}")
+    if found or manifest is not None:
+        what = f"{len(found)} trial checkpoint folder(s)" if found else f"the study's {MANIFEST_FILE}"
+        raise StudyError(f"--storage {args.storage} already holds {what} of a study named {args.name!r} "
+                         f"({study_folder(storage, args.name)}); pass --resume to continue that study, or "
+                         "choose another --name or --storage (or delete that folder to start it again)")
+
+
+def study_settings(args, trials: list[Trial], search) -> dict:
+    """What defines the study, as recorded in its manifest: the flags that are not RUN_FLAGS and each
+    trial's defining config (TrialConfig.defining)."""
+    flags = {k: v for k, v in sorted(vars(args).items()) if k not in RUN_FLAGS and v is not None}
+    return {"flags": flags, "trials": {t.key: t.config.defining() for t in trials},
+            "search": search.n_trials if search is not None else 0}
+
+
+def _shown(v) -> str:
+    return "(not given)" if v is None else (json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else str(v))
+
+
+def check_resume_matches(args, settings: dict, recorded_manifest: dict | None, recorded_params: dict) -> None:
+    """--resume continues the recorded study only: the grid and every trial's defining config must be
+    the recorded ones. A difference is refused in one line naming the flag (or, when no flag explains
+    it, the trial and field) with the recorded and the given value."""
+    from study.tracking import _val
+
+    given = settings["flags"]
+    if recorded_manifest is not None:
+        old_trials, new_trials = recorded_manifest["trials"], settings["trials"]
+        if old_trials == new_trials:
+            return  # the same trials: flags that differ change nothing a trial does
+        old_flags = recorded_manifest.get("flags", {})
+
+        def effective(flags: dict, trials: dict, k: str) -> str:
+            # a schedule flag not given is the preset's value: say which, from the trials themselves
+            if flags.get(k) is None and trials and k in next(iter(trials.values())):
+                return f"(not given: {_shown(next(iter(trials.values()))[k])})"
+            return _shown(flags.get(k))
+
+        for k in sorted(set(old_flags) | set(given)):
+            if _shown(old_flags.get(k)) != _shown(given.get(k)):
+                raise StudyError(_mismatch(args, f"--{k.replace('_', '-')}", effective(old_flags, old_trials, k),
+                                           effective(given, new_trials, k)))
+        if set(old_trials) != set(new_trials):
+            raise StudyError(_mismatch(args, "the grid", f"{len(old_trials)} trials", f"{len(new_trials)} trials "
+                                       f"(new: {', '.join(sorted(set(new_trials) - set(old_trials))[:3]) or '-'}; "
+                                       f"gone: {', '.join(sorted(set(old_trials) - set(new_trials))[:3]) or '-'})"))
+        defaults = TrialConfig().defining()  # a field added since a trial was recorded: its default
+        for key in sorted(new_trials):
+            old = {**defaults, **old_trials[key]}
+            diff = [(k, old.get(k), v) for k, v in sorted(new_trials[key].items()) if old.get(k) != v]
+            if diff:
+                k, a, b = diff[0]
+                raise StudyError(_mismatch(args, f"trial {key}'s {k}", _shown(a), _shown(b)))
+        return
+    # a study recorded before manifests: its parent run's params hold the flags and the schedule
+    first = next(iter(settings["trials"].values()), {})
+    current = {**{k: _val(first[k]) for k in SCHEDULE_PARAMS if k in first},
+               **{k: _val(v) for k, v in given.items()}}
+    for k in sorted(recorded_params):
+        if k in RUN_FLAGS or k == "n_trials":
+            continue
+        if k in current and recorded_params[k] != current[k]:
+            raise StudyError(_mismatch(args, f"--{k.replace('_', '-')}", recorded_params[k], current[k]))
+    n = len(settings["trials"]) + settings["search"]
+    if "n_trials" in recorded_params and recorded_params["n_trials"] != str(n):
+        raise StudyError(_mismatch(args, "the grid", f"{recorded_params['n_trials']} trials", f"{n} trials"))
+
+
+def _mismatch(args, what: str, recorded: str, given: str) -> str:
+    return (f"--resume: {what} is {given} but study {args.name!r} was recorded with {recorded}; resume with "
+            "the recorded value, or start a new study under another --name")
+
+
+SCHEDULE_PARAMS = ("epochs", "batch_size", "lr", "lr_decay_every", "subset", "test_subset", "data")
+
+
+def resume_schedule_params(trials: list[Trial], search) -> dict:
+    """The schedule as the parent run's params record it (compared on a resume of an older study)."""
+    cfg0 = trials[0].config if trials else search.base
+    return {k: getattr(cfg0, k) for k in SCHEDULE_PARAMS}
+
+
+def take_lock(storage: str, name: str):
+    """The study's driver lock (study.lock), or a StudyError naming its holder."""
+    from study.lock import LockHeld, StudyLock
+
+    lock = StudyLock(study_folder(storage, name))
+    try:
+        lock.acquire()
+    except LockHeld as e:
+        raise StudyError(str(e)) from None
+    return lock
+
+
+@contextlib.contextmanager
+def shielded(what: str):
+    """Hold Ctrl-C while `what` (the MLflow writes that close a study) runs, then raise it: a second
+    Ctrl-C must not leave runs RUNNING. One line says why the command did not stop at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits = []
+
+    def hold(sig, frame):
+        if not hits:
+            print(f"  Ctrl-C: {what} first (a few seconds)", file=sys.stderr, flush=True)
+        hits.append(sig)
+
+    old = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if hits:
+        raise KeyboardInterrupt
 
 
 def make_packs(specs: list[dict], size: int) -> list[dict]:
@@ -353,15 +577,26 @@ def estimate_seconds(trial_seconds: list[float], parallel: int, shared_device: b
 def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, plan_lines=(),
               search: Search | None = None) -> int:
     """Check, print the plan, run the trials through Ray Tune with MLflow, then analyse. With
-    `search`, an Optuna search runs after the grid trials (`trials` may then be empty)."""
+    `search`, an Optuna search runs after the grid trials (`trials` may then be empty). The study's
+    driver lock (study.lock) is held from the checks that read its records to the end, and released
+    however the command ends. Returns 0 when every trial finished, 1 when any did not."""
+    with contextlib.ExitStack() as held:
+        return _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, held)
+
+
+def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, held) -> int:
     import torch
 
+    from study import tracking
+
+    tracking.set_http_env()
+    t_start = time.time()
     if search is not None and args.resume:
         # Optuna's sampler state is not recorded, so a search cannot be continued where it stopped
         raise StudyError("--resume is not supported for a study with a search (Optuna's sampler state "
                          "is not recorded); start the search again under a new --name")
     facts = preflight(args, trials or ([Trial(search.key(0), search.base)] if search is not None else []))
-    cuda = torch.cuda.is_available() and args.device != "cpu"
+    cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     # packing (trainables.packed): the grid's trials that share a schedule train as one model per Ray
     # trial; worth it on a GPU (one small model leaves it idle), not on a CPU (no idle units to fill)
     packing = args.pack == "on" or (args.pack == "auto" and cuda)
@@ -371,43 +606,74 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
         (1.0 if packing else 0.25) if cuda else 0.0)
     device = "cuda" if gpus > 0 else "cpu"
     precision = precision_for(args, device)
-    trials = [Trial(t.key, t.config.replace(device=device, threads=max(1, int(cpus)), precision=precision), t.tags)
-              for t in trials]
+    # --device cuda:N: the local Ray sees only GPU N (each trial then calls it cuda:0); the probe uses it
+    probe_device = args.device if args.device.startswith("cuda:") and gpus > 0 else device
+    trials = [Trial(t.key, t.config.replace(device=device, threads=max(1, int(cpus)), precision=precision),
+                    t.tags, t.title) for t in trials]
     if search is not None:
         search = dataclasses.replace(search, base=search.base.replace(device=device, threads=max(1, int(cpus)),
                                                                       precision=precision))
     n_search = search.n_trials if search is not None else 0
     out = Path(args.out or Path("results") / args.name)
 
-    from study import tracking, tuning
+    from study import tuning
 
     try:  # the fault-injection test hook (docs/fault-tolerance.md); refused like any bad value
         faults = tuning.parse_faults(os.environ.get(tuning.FAULT_ENV), {t.key for t in trials})
     except ValueError as e:
         raise StudyError(str(e)) from None
+    storage = facts["storage"]
+    db = tracking.sqlite_path(args.tracking_uri)
+    if args.resume and db is not None and not db.is_file():  # refused before the store is created
+        raise StudyError(f"--resume: no tracking store at {db} (--tracking-uri {args.tracking_uri}), so no "
+                         f"study named {args.name!r} to resume")
+    check_no_checkpoints(args, storage)  # read-only; again below, under the lock
+    settings = study_settings(args, trials, search)
+    # the lock first: a second driver is refused before it writes anything (not even a new store)
+    lock = take_lock(storage, args.name)
+    held.callback(lock.release)  # on return, exception, Ctrl-C and SIGTERM (Ray's handler exits)
+    # under the lock: what the study's records say now cannot change until we are done
+    check_no_checkpoints(args, storage)
     rec = tracking.StudyRecorder(args.tracking_uri, args.name, kind, args.experiment)
-    if rec.find_parent() and not args.resume:
+    recorded = rec.recorded()
+    if recorded and not args.resume:
         raise StudyError(f"study {args.name!r} already exists in {args.tracking_uri}; "
                          "pass --resume to continue it or choose another --name")
-    if args.resume and rec.find_parent() is None:
+    if args.resume and recorded is None:
         raise StudyError(f"--resume: no study named {args.name!r} in {args.tracking_uri}")
+    manifest_uri = f"{study_folder(storage, args.name)}/{MANIFEST_FILE}"
+    if args.resume:
+        manifest = _read_text(manifest_uri)
+        rec_storage = recorded[1].get(f"{tracking.T}storage")
+        if manifest is None and rec_storage and rec_storage != storage:
+            raise StudyError(f"--resume: --storage {storage} holds no study {args.name!r}, which was recorded "
+                             f"with --storage {rec_storage}; resume with --storage {rec_storage}")
+        check_resume_matches(args, settings, json.loads(manifest) if manifest else None, recorded[0])
 
     # --- the plan, with a measured throughput probe
+    plan: list[str] = []
+
+    def say(line: str) -> None:  # the plan is printed and becomes the parent run's description
+        plan.append(line)
+        print(line, flush=True)
+
     train = facts["train"]
     cfg0 = trials[0].config if trials else search.base
     n_train = min(cfg0.subset or train.images.shape[0], train.images.shape[0])
     threads = max(1, int(cpus))
+    left, left_note = epochs_left(args, trials, rec, storage)
+    nothing_left = args.resume and search is None and not left
     # the probe runs where the driver is: on a cluster whose head has no GPU it cannot measure the
-    # workers' GPUs, so the estimate is left out rather than guessed
-    ips, eval_ips = (probe_throughput(cfg0, threads, device) if device == "cpu" or torch.cuda.is_available()
-                     else (None, None))
+    # workers' GPUs, so the estimate is left out rather than guessed; a resume with nothing left to
+    # run has nothing to estimate
+    ips, eval_ips = (probe_throughput(cfg0, threads, probe_device)
+                     if not nothing_left and (device == "cpu" or torch.cuda.is_available()) else (None, None))
     total_cpus = os.cpu_count() or 1
     # packs are planned from every trial of the grid (a resumed run packs what is left, below)
     n_ray = (len(make_packs([{"config": t.config.to_dict(), "tags": {}, "cache_dir": ""} for t in trials],
                             args.pack_size)) if packing else len(trials))
     parallel = max(1, min(n_ray + n_search, int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
     n_test = min(cfg0.test_subset or facts["n_test"], facts["n_test"])
-    left, left_note = epochs_left(args, trials, rec, facts["storage"])
     est = None
     if ips:
         # seconds of each run alone: its epochs left, then the final evaluation on the 10 test sets
@@ -420,77 +686,118 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
     commit = _git_commit()
     vers = versions()
     searched = f" + a search of {n_search}" if search is not None else ""
-    print(f"study {args.name} ({kind}): {len(trials)} trials{searched}, {cfg0.epochs} epochs each, "
-          f"{n_train} training images ({train.source}, {train.checksum[:19]}), {n_test} test images x 10 sets")
+    say(f"study {args.name} ({kind}): {len(trials)} trials{searched}, {cfg0.epochs} epochs each, "
+        f"{n_train} training images ({train.source}, {train.checksum[:19]}), {n_test} test images x 10 sets")
+    if args.preset == "smoke":
+        say(f"  {SMOKE_NOTE}")
     for line in plan_lines:
-        print(f"  {line}")
-    print(f"  device {device}, precision {precision}; {cpus:g} CPU + {gpus:g} GPU per {'pack' if packing else 'trial'}; "
-          f"up to {parallel} side by side; Ray {'at ' + args.address if args.address else 'local'}")
+        say(f"  {line}")
+    say(f"  device {device}, precision {precision}; {cpus:g} CPU + {gpus:g} GPU per {'pack' if packing else 'trial'}; "
+        f"up to {parallel} side by side; Ray {'at ' + args.address if args.address else 'local'}")
     if packing:
-        print(f"  packing ({'forced by --pack on' if args.pack == 'on' else 'auto: CUDA'}): the {len(trials)} "
-              f"grid trials run as {n_ray} Ray trial(s) of up to {args.pack_size} members"
-              + ("; search trials run unpacked" if search is not None else "")
-              + "; the estimate assumes no speed-up from packing")
+        say(f"  packing ({'forced by --pack on' if args.pack == 'on' else 'auto: CUDA'}): the {len(trials)} "
+            f"grid trials run as {n_ray} Ray trial(s) of up to {args.pack_size} members"
+            + ("; search trials run unpacked" if search is not None else "")
+            + "; the estimate assumes no speed-up from packing")
     if left_note:
-        print(f"  {left_note}")
+        say(f"  {left_note}")
+    if lock.broke:
+        say(f"  study lock: {lock.broke}")
     if ips:
-        print(f"  probe: {ips:.0f} training images/s, {eval_ips:.0f} test images/s per trial ({threads} thread(s), "
-              f"batch {cfg0.batch_size}, {tuning.device_name(device)}); estimated wall time {tuning._fmt(est)}")
+        say(f"  probe: {ips:.0f} training images/s, {eval_ips:.0f} test images/s per trial ({threads} thread(s), "
+            f"batch {cfg0.batch_size}, {tuning.device_name(probe_device)}); estimated wall time {tuning._fmt(est)}")
+    elif nothing_left:
+        say("  probe: skipped (every trial is finished: nothing to run)")
     else:
-        print(f"  probe: skipped (the driver has no {device}); no wall-time estimate")
-    print(f"  runs -> {args.tracking_uri} (experiment {args.experiment}); checkpoints -> {facts['storage']}/"
-          f"{args.name}/trials; tables -> {out}")
+        say(f"  probe: skipped (the driver has no {device}); no wall-time estimate")
+    say(f"  runs -> {args.tracking_uri} (experiment {args.experiment}; artifacts -> {rec.artifact_location()}); "
+        f"checkpoints -> {storage}/{args.name}/trials; tables -> {out}")
 
     parent_tags = {"preset": args.preset, "seeds": args.seeds, "data_source": train.source,
                    "data_checksum": train.checksum, "git_commit": commit, "versions": vers,
-                   "device_name": tuning.device_name(device) if ips else device,
+                   "device_name": tuning.device_name(probe_device) if ips else device, "storage": storage,
                    **(search.parent_tags if search is not None else {})}
-    sched = {k: getattr(cfg0, k) for k in ("epochs", "batch_size", "lr", "lr_decay_every", "subset",
-                                            "test_subset", "data")}
+    sched = resume_schedule_params(trials, search)
     flags = {k: v for k, v in vars(args).items() if k != "resume" and v is not None}
-    rec.open_parent(args.resume, parent_tags, {**flags, **sched, "n_trials": len(trials) + n_search})
+    command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *_command_argv()])
+    description = (f"{'Resumed' if args.resume else 'Started'} {time.strftime('%Y-%m-%d %H:%M:%S')} with:\n\n"
+                   f"    {command}\n\nPlan:\n\n" + "\n".join(f"    {line}" for line in plan))
+    rec.open_parent(args.resume, parent_tags, {**flags, **sched, "n_trials": len(trials) + n_search},
+                    description=description, reopen=not nothing_left)
+    if not args.resume or _read_text(manifest_uri) is None:  # what a later --resume is checked against
+        _write_text(manifest_uri, json.dumps({"name": args.name, "kind": kind, "created": time.time(),
+                                              **settings}, sort_keys=True, indent=1))
     done = rec.finished_keys() if args.resume else set()
     todo = [t for t in trials if t.key not in done]
     if done:
         print(f"  resume: {len(done)} finished trials kept, {len(todo)} to run (from their checkpoints)")
 
-    def tags_of(spec):
-        return {**tags_of_config(spec["config"]), **spec["tags"], "data_source": train.source,
-                "data_checksum": train.checksum, "git_commit": commit, "versions": vers}
+    # what every trial's run is tagged with besides its config: a small dict, never the data (Ray
+    # pickles the callbacks into its experiment state)
+    common_tags = {"data_source": train.source, "data_checksum": train.checksum, "git_commit": commit,
+                   "versions": vers}
 
-    def spec_of(key: str, config: TrialConfig, tags: dict) -> dict:
-        return {"key": key, "config": config.to_dict(), "tags": tags,
-                "store": tuning.trial_store_uri(facts["storage"], args.name, key),
+    def spec_of(key: str, config: TrialConfig, tags: dict, title: str = "") -> dict:
+        return {"key": key, "config": config.to_dict(), "tags": tags, "run_name": title or key,
+                "store": tuning.trial_store_uri(storage, args.name, key),
                 "cache_dir": str(data_mod.default_cache_dir()), "fault": faults.get(key)}
 
-    specs = [spec_of(t.key, t.config, t.tags) for t in todo]
+    specs = [spec_of(t.key, t.config, t.tags, t.title) for t in todo]
     runs = make_packs(specs, args.pack_size) if packing else specs  # what Ray runs: trials or packs
     status = "FINISHED"
+    failed: dict[str, str] = {}
     if specs or search is not None:
         import ray
+        if probe_device != device:  # cuda:N
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            n = int(probe_device[5:])
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[n] if visible else str(n)
         ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", **({} if args.address else {"object_store_memory": 256 * 2**20}))
-        printer = tuning.ProgressPrinter(sum(t.config.epochs for t in todo)
-                                         + n_search * (search.base.epochs if search is not None else 0),
-                                         args.progress_every)
-        cb = tuning.MlflowCallback(rec, tags_of)
+        printer = tuning.ProgressPrinter(
+            [s["key"] for s in specs], sum(left.get(s["key"], 0) for s in specs)
+            + n_search * (search.base.epochs if search is not None else 0),
+            args.progress_every, kept=len(done), n_search=n_search)
+        cb = tuning.MlflowCallback(rec, tags_of_config, common_tags)
+        stop = tuning.StopWhenLost(cb)
         try:
             if runs:
-                tuning.run_tuner(runs, name=args.name, storage=facts["storage"],
+                tuning.run_tuner(runs, name=args.name, storage=storage,
                                  resources={"cpu": cpus, "gpu": gpus}, callbacks=[cb, printer],
-                                 max_failures=args.max_failures)
-            if search is not None:
-                tuning.run_search(search, spec_of, name=args.name, storage=facts["storage"],
+                                 max_failures=args.max_failures, stop=stop)
+            if search is not None and cb.lost is None:
+                tuning.run_search(search, spec_of, name=args.name, storage=storage,
                                   resources={"cpu": cpus, "gpu": gpus}, callbacks=[cb, printer],
-                                  max_failures=args.max_failures)
+                                  max_failures=args.max_failures, stop=stop)
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except Exception:
+            if cb.lost is None:
+                raise
         finally:
-            if status == "KILLED":
-                rec.interrupt_running_children()
-                rec.close_parent("KILLED")
-            ray.shutdown()
+            if cb.lost is not None and status != "KILLED":
+                status = "LOST"  # the tracking store stopped answering: handled below, in one line
+            with shielded("recording the interruption in MLflow"):
+                if status == "KILLED":
+                    try:
+                        rec.interrupt_running_children()
+                        rec.close_parent("KILLED")
+                    except Exception as e:  # e.g. Ctrl-C because the server hangs: say it, in one line
+                        print(f"  could not mark the runs KILLED ({tracking.one_line(e)}); a --resume "
+                              "continues them all the same", file=sys.stderr)
+                ray.shutdown()
+        if status == "LOST":
+            with shielded("stopping"):
+                try:  # one quick try: a server that is back gets its runs KILLED, a dead one stays as is
+                    rec.interrupt_running_children()
+                    rec.close_parent("KILLED")
+                except Exception:
+                    pass
+            raise TrackingLost(f"the tracking store {args.tracking_uri} stopped answering ({cb.lost}); the "
+                               "study stopped, its checkpoints are kept: run the same command with --resume "
+                               "once it answers again")
+        failed = dict(cb.failed)
         if cb.failed:
             print(f"  {len(cb.failed)} trial(s) failed: " + "; ".join(f"{k}: {v}" for k, v in sorted(cb.failed.items())))
         if cb.stopped_early:
@@ -498,27 +805,85 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
                   + ", ".join(f"{k} (epoch {e})" for k, e in sorted(cb.stopped_early.items())))
         # Ray answers Ctrl-C by stopping the trials and returning normally: a study is finished
         # only when every trial of the grid reached an end (finished or failed)
-        ended = rec.finished_keys() | set(cb.failed)
-        unfinished = sorted(s["key"] for s in specs if s["key"] not in ended)
-        if unfinished:
-            status = "KILLED"
-            rec.interrupt_running_children()  # their MLflow runs say so too (a --resume opens them again)
-            print(f"  interrupted: {len(unfinished)} trial(s) unfinished ({', '.join(unfinished)}); "
-                  f"run the same command with --resume to continue them from their checkpoints")
-    rec.close_parent(status)
+        with shielded("recording the interruption in MLflow"):
+            ended = rec.finished_keys() | set(cb.failed)
+            unfinished = sorted(s["key"] for s in specs if s["key"] not in ended)
+            if unfinished:
+                status = "KILLED"
+                rec.interrupt_running_children()  # their MLflow runs say so too (a --resume opens them again)
+                print(f"  interrupted: {len(unfinished)} trial(s) unfinished ({', '.join(unfinished)}); "
+                      f"run the same command with --resume to continue them from their checkpoints")
+                failed.update({k: "interrupted" for k in unfinished})
+    if not nothing_left:
+        rec.close_parent(status)
+        rec.log_summary(study_summary(rec, len(trials) + n_search, time.time() - t_start))
     files = analyse(rec.parent_id, out)
-    print(f"open these runs: {tracking.ui_command(args.tracking_uri)}  (experiment {args.experiment}, "
-          f"parent run {args.name})")
+    if args.preset == "smoke":
+        print(SMOKE_NOTE)
+    print(f"open these runs: {tracking.ui_command(args.tracking_uri, rec.experiment_id)}  (experiment "
+          f"{args.experiment}, parent run {args.name})")
+    if failed:
+        shown = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
+        print(f"error: {len(failed)} of {len(trials) + n_search} trial(s) did not finish ({shown[:1500]}); the "
+              "tables leave them out; fix the cause and run the same command with --resume", file=sys.stderr)
+        return 1
     return 0 if files is not None and status == "FINISHED" else 1
+
+
+SMOKE_NOTE = ("preset smoke is a pipeline check (a few hundred images, 2 epochs): accuracies near 0.10 (chance) and "
+              "differences to the paper near -0.65 are expected; --preset demo shows the paper's robustness "
+              "effect in about 30 min on 2 CPU cores")
+
+
+class TrackingLost(RuntimeError):
+    """The tracking store stopped answering mid-study; the message is the one line the user sees."""
+
+
+def _command_argv() -> list[str]:
+    """The command line as typed: `-m module` for a module run (sys.argv[0] is then its file path)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return (["-m", spec.name] if spec is not None and spec.name else [sys.argv[0]]) + sys.argv[1:]
+
+
+def study_summary(rec, n_trials: int, session_s: float) -> dict:
+    """Summary metrics of the parent run: trial counts by status, this command's wall time, and the
+    mean and best of the trials' mean accuracy over the 10 test sets."""
+    runs = list(rec.children().values())
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    accs = [r.data.metrics["acc_mean_all"] for r in finished if "acc_mean_all" in r.data.metrics]
+    out = {"trials": n_trials, "trials_finished": len(finished),
+           "trials_failed": sum(r.info.status == "FAILED" for r in runs),
+           "trials_unfinished": n_trials - len(finished) - sum(r.info.status == "FAILED" for r in runs),
+           "session_wall_s": session_s}
+    if accs:
+        out.update(acc_mean_all_mean=sum(accs) / len(accs), acc_mean_all_best=max(accs))
+    return out
 
 
 def main_wrapper(fn) -> int:
     """Run a study main; a refusal is one line on stderr and exit code 2."""
+    from study.tracking import TrackingError
+
+    import logging
+    for name in ("mlflow", "alembic"):  # store-creation INFO lines would bury the one-line messages
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # SIGTERM ends the command through Python's `finally` (the study lock is released, runs KILLED)
+        signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
     try:
         return fn()
-    except (StudyError, ConfigError, data_mod.DataError) as e:
+    except (StudyError, ConfigError, data_mod.DataError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrackingLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the unfinished trials' runs are KILLED and their checkpoints kept; run the same "
+              "command with --resume to continue", file=sys.stderr)
+        return 130
 
 
 def dump_json(obj) -> str:

@@ -2,7 +2,8 @@
 and Table 2 rebuilt beside the paper's.
 
 Examples:
-  python -m study.table2 --preset smoke --data ../shared/data/cifar10-jpeg   # a couple of minutes
+  python -m study.table2 --preset smoke --data ../shared/data/cifar10-jpeg   # pipeline check, ~3 min
+  python -m study.table2 --preset demo --data ../shared/data/cifar10-jpeg    # the paper's effect, ~30 min
   python -m study.table2 --preset quick --data ../shared/data/cifar10-jpeg   # about an hour, 2-core CPU
   python -m study.table2 --preset paper --seeds 3 --address auto --storage s3://BUCKET/ray-results
 """
@@ -24,7 +25,8 @@ def build_trials(args) -> list[Trial]:
     fields = {**schedule_fields(args), "val_size": val_size(args)}
     data = args.data
     return [Trial(f"s{t['strategy']}-seed{t['seed']}",
-                  make_config({**fields, **t, **seed_fields(args, t["seed"]), "data": data}))
+                  make_config({**fields, **t, **seed_fields(args, t["seed"]), "data": data}),
+                  title=space.title(t["strategy"], t["seed"]))
             for t in space.grid(args.seeds)]
 
 

@@ -70,20 +70,82 @@ def _val(v) -> str:
     return json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, dict)) else str(v)
 
 
+# A study driver talks to a tracking server for days: MLflow's own HTTP retries (7, with backoff) and
+# 120 s timeout make a dead server stall a driver for minutes before the error. A few quick retries
+# ride out a restarting server; then the study stops with one line (study.runner). A caller's own
+# values of these variables win.
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+ARTIFACT_DIR = "mlartifacts"  # beside a SQLite store: the experiment's artifact root (open_parent)
+OPEN_TRIES = 4  # a new SQLite store that another process is creating at the same moment: try again
+
+
+def set_http_env() -> None:
+    for k, v in HTTP_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a sqlite:/// tracking URI (None for any other URI)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 class StudyRecorder:
-    """Parent run of one study plus one child run per trial key."""
+    """Parent run of one study plus one child run per trial key.
+
+    Creating one writes nothing: the experiment is made by `open_parent` of a new study, so a refused
+    command (e.g. `--resume` of a study that is not there) leaves the store as it was."""
 
     def __init__(self, tracking_uri: str, study: str, kind: str, experiment: str = EXPERIMENT):
-        self.uri, self.study, self.kind = tracking_uri, study, kind
-        self.client = MlflowClient(tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.uri, self.study, self.kind, self.experiment = tracking_uri, study, kind, experiment
+        exp = None
+        for attempt in range(OPEN_TRIES):
+            try:  # the client's first use of a new SQLite file creates its tables (alembic migrations)
+                self.client = MlflowClient(tracking_uri)
+                exp = self.client.get_experiment_by_name(experiment)
+                break
+            except Exception as e:  # two starts creating one store: one of them sees half-made tables
+                if attempt == OPEN_TRIES - 1:
+                    raise TrackingError(f"tracking URI {tracking_uri} cannot be opened ({one_line(e)}); "
+                                        "if another study was creating it at the same moment, run the "
+                                        "command again") from None
+                time.sleep(1.0 + attempt)
+        self.experiment_id = exp.experiment_id if exp else None
         self.parent_id: str | None = None
         self.child_ids: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
 
+    def artifact_location(self) -> str:
+        """Where the runs' artifacts go: the experiment's root, or where open_parent will put it."""
+        if self.experiment_id is not None:
+            return self.client.get_experiment(self.experiment_id).artifact_location
+        db = sqlite_path(self.uri)
+        return (db.resolve().parent / ARTIFACT_DIR).as_uri() if db else "the tracking server's artifact store"
+
+    def ensure_experiment(self) -> None:
+        if self.experiment_id is not None:
+            return
+        # MLflow's default artifact root for a SQLite store is ./mlruns of whatever folder the command
+        # runs in; beside the store file, the runs and their files stay together
+        db = sqlite_path(self.uri)
+        location = (db.resolve().parent / ARTIFACT_DIR).as_uri() if db else None
+        try:
+            self.experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:  # made by a study starting at the same moment: use that one
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            self.experiment_id = exp.experiment_id
+
     # ------------------------------------------------------------------ lookup
     def _search(self, filt: str):
+        if self.experiment_id is None:
+            return []
         runs, token = [], None
         while True:
             page = self.client.search_runs([self.experiment_id], filt, max_results=1000, page_token=token)
@@ -93,6 +155,7 @@ class StudyRecorder:
                 return runs
 
     def find_parent(self):
+        # the name is checked (study.runner.check_name) to a character set that needs no quoting here
         runs = self._search(f"tags.`{T}study` = '{self.study}' and tags.`{T}role` = 'parent'")
         if len(runs) > 1:
             raise TrackingError(f"study {self.study!r} has {len(runs)} parent runs in {self.uri}; expected one")
@@ -115,8 +178,12 @@ class StudyRecorder:
         return {r.data.tags.get(f"{T}trial_key") for r in runs if r.info.status == "FINISHED"}
 
     # ------------------------------------------------------------------ parent
-    def open_parent(self, resume: bool, tags: dict, params: dict) -> str:
-        """Create the parent run, or with `resume` find the existing one (never a second)."""
+    def open_parent(self, resume: bool, tags: dict, params: dict, description: str = "",
+                    reopen: bool = True) -> str:
+        """Create the parent run, or with `resume` find the existing one (never a second). A resumed
+        parent is set RUNNING again unless `reopen` is False (nothing left to run: its status and
+        duration stay as they were). `description` is the run's note (mlflow.note.content: the
+        command and the plan); a resume appends its own."""
         found = self.find_parent()
         if found and not resume:
             raise TrackingError(f"study {self.study!r} already exists in {self.uri} "
@@ -125,16 +192,45 @@ class StudyRecorder:
             raise TrackingError(f"--resume: no study named {self.study!r} in {self.uri}")
         if found:
             self.parent_id = found.info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
+            if reopen:
+                self.client.update_run(self.parent_id, status="RUNNING")
+                if description:
+                    old = found.data.tags.get(NOTE, "")
+                    self.client.set_tag(self.parent_id, NOTE, _note(old + "\n\n" + description))
         else:
+            self.ensure_experiment()
             run = self.client.create_run(self.experiment_id, run_name=self.study, tags={
                 f"{T}role": "parent", f"{T}study": self.study, f"{T}kind": self.kind,
+                **({NOTE: _note(description)} if description else {}),
                 **{f"{T}{k}": _val(v) for k, v in tags.items()}})
             self.parent_id = run.info.run_id
             self.client.log_batch(self.parent_id, params=[Param(k, _val(v)) for k, v in sorted(params.items())])
+            self._check_single_parent()
         for key, run in self.children().items():
             self.child_ids[key] = run.info.run_id
         return self.parent_id
+
+    def _check_single_parent(self) -> None:
+        """Two new studies of one name started at the same moment (with different --storage, so not
+        held apart by the study lock) both create a parent: the later one deletes its own and stops."""
+        parents = sorted(self._search(f"tags.`{T}study` = '{self.study}' and tags.`{T}role` = 'parent'"),
+                         key=lambda r: (r.info.start_time, r.info.run_id))
+        if len(parents) > 1 and parents[0].info.run_id != self.parent_id:
+            self.client.delete_run(self.parent_id)
+            self.parent_id = None
+            raise TrackingError(f"study {self.study!r} was created in {self.uri} by another command at "
+                                "the same moment; pass --resume to continue it or choose another --name")
+
+    def recorded(self) -> tuple[dict, dict] | None:
+        """(params, tags) of this study's parent run as recorded, or None when there is none."""
+        found = self.find_parent()
+        return (dict(found.data.params), dict(found.data.tags)) if found else None
+
+    def log_summary(self, metrics: dict) -> None:
+        """Summary metrics of the study on its parent run (the latest value is the one shown)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())
+                                                       if isinstance(v, (int, float))])
 
     def close_parent(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status=status)
@@ -143,7 +239,9 @@ class StudyRecorder:
         return {k for k, r in self.children().items() if r.info.status == "FINISHED"}
 
     # ------------------------------------------------------------------ children
-    def open_child(self, key: str, config: dict, tags: dict) -> str:
+    def open_child(self, key: str, config: dict, tags: dict, run_name: str | None = None) -> str:
+        """The trial's child run, created once (named `run_name`, default the key; the key is the
+        tag iqa_ls.trial_key, which is what finds it again) or set RUNNING again."""
         if key in self.child_ids:
             run_id = self.child_ids[key]
             run = self.client.get_run(run_id)
@@ -152,7 +250,7 @@ class StudyRecorder:
                 if f"{T}error" in run.data.tags:
                     self.client.delete_tag(run_id, f"{T}error")
         else:
-            run = self.client.create_run(self.experiment_id, run_name=key, tags={
+            run = self.client.create_run(self.experiment_id, run_name=run_name or key, tags={
                 "mlflow.parentRunId": self.parent_id, f"{T}role": "trial", f"{T}study": self.study,
                 f"{T}trial_key": key, **{f"{T}{k}": _val(v) for k, v in tags.items()}})
             run_id = self.child_ids[key] = run.info.run_id
@@ -225,14 +323,43 @@ class StudyRecorder:
         self.client.set_tag(run_id, f"{T}stopped_early", str(epoch))
         self.client.set_terminated(run_id, status="KILLED")
 
+    def set_child_tag(self, key: str, name: str, value) -> None:
+        self.client.set_tag(self.child_ids[key], f"{T}{name}", _val(value))
+
     def set_parent_tags(self, tags: dict) -> None:
         self.client.log_batch(self.parent_id, tags=[RunTag(f"{T}{k}", _val(v)) for k, v in tags.items()])
 
 
-def ui_command(tracking_uri: str) -> str:
-    if tracking_uri.startswith("sqlite:///"):
-        return f"mlflow ui --backend-store-uri {tracking_uri}"
-    return f"open {tracking_uri} (the tracking server's UI)"
+UI_PORT = 5000  # mlflow ui's default
+
+
+def runs_url(base: str, experiment_id: str | None) -> str:
+    """The UI page of the experiment's runs. MLflow 3 opens an experiment on its GenAI view (traces,
+    "Evaluation runs"); `workflowType=machine_learning` selects the classic view, whose "runs" tab
+    lists the parent and child runs (checked in the MLflow 3.17 UI, docs/mlflow-schema.md)."""
+    base = base.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
+    """How to open this study's runs in the MLflow UI: the command to start it, and the page."""
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        uri = f"sqlite:///{db.resolve()}"
+        return (f"mlflow ui --backend-store-uri {uri} --port {UI_PORT}, then open "
+                f"{runs_url(f'http://127.0.0.1:{UI_PORT}', experiment_id)}")
+    return f"open {runs_url(tracking_uri, experiment_id)}"
+
+
+NOTE = "mlflow.note.content"  # the run's description in the UI
+NOTE_MAX = 5000  # characters kept (MLflow caps a tag value at 8000)
+
+
+def _note(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= NOTE_MAX else "...\n" + text[-NOTE_MAX:]
 
 
 
@@ -329,6 +456,7 @@ def import_study(export_dir, tracking_uri: str, experiment: str = EXPERIMENT) ->
     if rec.find_parent() is not None:
         raise TrackingError(f"study {study!r} already exists in {tracking_uri}; import into another store "
                             "or experiment")
+    rec.ensure_experiment()
     tables = {name: pq.read_table(src / f"{name}.parquet").to_pylist() for name in EXPORT_TABLES}
     by_run: dict[str, dict[str, list]] = {}
     for name in ("params", "tags", "metrics"):

@@ -27,9 +27,10 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import ray
 from ray import tune
+from ray.tune.stopper import Stopper
 
 from trainables.config import TrialConfig
-from trainables.train import TrialError, load_checkpoint, run_trial
+from trainables.train import TrialError, load_checkpoint, recover_checkpoint, run_trial
 
 ARTIFACTS = ("final_weights.pt", "config.json")
 OWNER_FILE = "owner.json"  # who runs the trial now: {"token", "node", "pid", "since", "start_epoch"}
@@ -148,7 +149,8 @@ def trainable(param: dict) -> None:
         cfg = cfg.replace(lr=FAULT_KINDS["nan"])
     store = TrialStore(spec["store"])
     ckpt_dir = store.pull()
-    state = load_checkpoint(ckpt_dir)
+    # an unreadable checkpoint is moved aside here, before training: `note` says so in the first report
+    state, note = recover_checkpoint(ckpt_dir)
     start_epoch = int(state["epoch"]) if state else 0  # 0: from scratch; else resumed from there
     del state
     node = _node()
@@ -172,6 +174,8 @@ def trainable(param: dict) -> None:
             store.push()
         if first:  # who ran this attempt, and from where: tags and a metric of the MLflow run
             metrics.update(device_name=device_name(cfg.device), node=node, start_epoch=start_epoch)
+            if note:
+                metrics.setdefault("checkpoint_note", note)
             first = False
         tune.report(metrics)
 
@@ -211,10 +215,11 @@ def run_pack(spec: dict, emit, node: str) -> None:
     cfgs = [TrialConfig.from_dict(m["config"]) for m in members]
     stores = [TrialStore(m["store"]) for m in members]
     dirs = [s.pull() for s in stores]
-    states = [load_checkpoint(d) for d in dirs]
-    starts = [int(st["epoch"]) if st else 0 for st in states]
-    lasts = [dict(st["metrics"]) if st else {} for st in states]
-    del states
+    recovered = [recover_checkpoint(d) for d in dirs]  # (state, note): see trainable
+    starts = [int(st["epoch"]) if st else 0 for st, _ in recovered]
+    lasts = [dict(st["metrics"]) if st else {} for st, _ in recovered]
+    notes = [note for _, note in recovered]
+    del recovered
     tokens = [s.claim({"node": node, "pid": os.getpid(), "since": time.time(), "start_epoch": starts[k],
                        "pack": spec["key"]}) for k, s in enumerate(stores)]
     first = [True] * len(members)
@@ -227,6 +232,8 @@ def run_pack(spec: dict, emit, node: str) -> None:
             stores[k].push()
         if first[k]:
             metrics.update(device_name=device_name(cfgs[k].device), node=node, start_epoch=starts[k])
+            if notes[k]:
+                metrics.setdefault("checkpoint_note", notes[k])
             first[k] = False
         emit({**metrics, "member": members[k]["key"]})
 
@@ -275,18 +282,48 @@ def _cpu_name() -> str:
 
 
 # ------------------------------------------------------------------ driver-side callbacks
-class MlflowCallback(tune.Callback):
-    """Writes every trial's results to MLflow from the driver (the only writer)."""
+class RecordFailed(RuntimeError):
+    """A write to the tracking store failed: the study cannot go on recording (study.runner stops it)."""
 
-    def __init__(self, recorder, tags_of):
-        self.rec, self.tags_of = recorder, tags_of
+
+def _recording(method):
+    """A callback hook whose MLflow writes must not fail quietly: the first failure is kept in
+    `self.lost` (one line) and every hook after it raises, which ends tuner.fit()."""
+    def hook(self, *args, **kwargs):
+        if self.lost is not None:
+            raise RecordFailed(self.lost)
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            self.lost = f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+            raise RecordFailed(self.lost) from None
+    hook.__name__, hook.__doc__ = method.__name__, method.__doc__
+    return hook
+
+
+class MlflowCallback(tune.Callback):
+    """Writes every trial's results to MLflow from the driver (the only writer).
+
+    Its state is small on purpose: Ray pickles the callbacks into the experiment state (tuner.pkl),
+    so it holds the recorder, `tags_of` (a module-level function: trial config dict -> tags) and a
+    dict of tags every trial shares (`common_tags`), never the data set."""
+
+    def __init__(self, recorder, tags_of, common_tags: dict | None = None, say=print):
+        self.rec, self.tags_of_config, self.common_tags, self.say = recorder, tags_of, common_tags or {}, say
         self.failed: dict[str, str] = {}
         self.stopped_early: dict[str, int] = {}  # key -> last epoch, trials a scheduler (ASHA) stopped
+        self.lost: str | None = None  # why the tracking store stopped taking writes
 
+    def tags_of(self, spec: dict) -> dict:
+        return {**self.tags_of_config(spec["config"]), **spec["tags"], **self.common_tags}
+
+    @_recording
     def on_trial_start(self, iteration, trials, trial, **info):
         for m in members_of(trial.config["trial"]):
-            self.rec.open_child(m["key"], m["config"], self.tags_of(m))
+            self.rec.open_child(m["key"], m["config"], self.tags_of(m), run_name=m.get("run_name"))
 
+    @_recording
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # a packed trial's results name their member; an unpacked trial is its own one member
         spec = trial.config["trial"]
@@ -294,6 +331,9 @@ class MlflowCallback(tune.Callback):
         store = next(m["store"] for m in members_of(spec) if m["key"] == key)
         if "device_name" in result:
             self.rec.client.set_tag(self.rec.child_ids[key], "iqa_ls.device_name", result["device_name"])
+        if result.get("checkpoint_note"):  # an unreadable checkpoint was moved aside (recover_checkpoint)
+            self.rec.set_child_tag(key, "checkpoint_recovery", result["checkpoint_note"])
+            self.say(f"  {key}: {result['checkpoint_note']}", flush=True)
         if "start_epoch" in result:  # the first report of an attempt
             start = int(result["start_epoch"])
             if start > self.rec.last_step.get(key, 0):
@@ -318,6 +358,7 @@ class MlflowCallback(tune.Callback):
             if store.remote:
                 shutil.rmtree(local, ignore_errors=True)
 
+    @_recording
     def on_trial_complete(self, iteration, trials, trial, **info):
         spec = trial.config["trial"]
         for m in members_of(spec):
@@ -345,6 +386,7 @@ class MlflowCallback(tune.Callback):
             if store.remote:
                 shutil.rmtree(local, ignore_errors=True)
 
+    @_recording
     def on_trial_error(self, iteration, trials, trial, **info):
         err = _error_text(trial) or "trial raised an error (no error file)"
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
@@ -352,6 +394,20 @@ class MlflowCallback(tune.Callback):
             if m["key"] not in self.failed:
                 self.failed[m["key"]] = lines[-1] if lines else str(err)
                 self.rec.fail_child(m["key"], self.failed[m["key"]])
+
+
+class StopWhenLost(Stopper):
+    """Ends the whole experiment once `callback.lost` is set: Tune turns some callback exceptions into
+    trial failures instead of stopping, so the failed write also stops the run this way."""
+
+    def __init__(self, callback: "MlflowCallback"):
+        self.callback = callback
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.callback.lost is not None
 
 
 def members_of(spec: dict) -> list[dict]:
@@ -372,28 +428,44 @@ def _error_text(trial) -> str | None:
 
 
 class ProgressPrinter(tune.Callback):
-    """Quiet progress: one line every `every_s` seconds and one per finished trial."""
+    """Quiet progress: one line every `every_s` seconds and one per finished trial. Counts are per
+    study trial (a pack's members count one each), include the trials a --resume kept (`kept`), and
+    the epochs are those this command trains (a resumed trial counts from its checkpoint)."""
 
-    def __init__(self, total_epochs: int, every_s: float = 30.0, metric: str = "acc_mean_all",
-                 printer=print):
-        self.total_epochs, self.every_s, self.metric, self.print = total_epochs, every_s, metric, printer
+    def __init__(self, keys: list[str], total_epochs: int, every_s: float = 30.0, kept: int = 0,
+                 n_search: int = 0, metric: str = "acc_mean_all", printer=print):
+        self.keys, self.total_epochs, self.every_s, self.kept = list(keys), total_epochs, every_s, kept
+        self.n_total = kept + len(self.keys) + n_search
+        self.metric, self.print = metric, printer
         self.t0 = time.time()
         self.last_print = 0.0
-        self.epochs: dict[str, int] = {}
+        self.epochs: dict[str, int] = {}  # key -> last epoch reported
+        self.base: dict[str, int] = {}  # key -> the epoch its attempt started from
+        self.ended: dict[str, str] = {}  # key -> "finished" | "FAILED"
         self.best: tuple[float, str] | None = None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = result.get("member") or trial.config["trial"]["key"]
+        if "start_epoch" in result:
+            self.base[key] = int(result["start_epoch"])
         if "epoch" in result:
             self.epochs[key] = int(result["epoch"])
+        if "trial_error" in result:
+            self.ended[key] = "FAILED"
         if self.metric in result and (self.best is None or result[self.metric] > self.best[0]):
             self.best = (float(result[self.metric]), key)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trials, force=True, note=f"finished {trial.config['trial']['key']}")
+        keys = [m["key"] for m in members_of(trial.config["trial"])]
+        for k in keys:
+            self.ended.setdefault(k, "finished")
+        self._line(trials, force=True, note=", ".join(f"{self.ended[k]} {k}" for k in keys))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trials, force=True, note=f"FAILED {trial.config['trial']['key']}")
+        keys = [m["key"] for m in members_of(trial.config["trial"])]
+        for k in keys:
+            self.ended[k] = "FAILED"
+        self._line(trials, force=True, note=", ".join(f"FAILED {k}" for k in keys))
 
     def on_step_end(self, iteration, trials, **info):
         self._line(trials)
@@ -403,16 +475,21 @@ class ProgressPrinter(tune.Callback):
         if not force and now - self.last_print < self.every_s:
             return
         self.last_print = now
-        states = [t.status for t in trials]
-        done = sum(s in ("TERMINATED", "ERROR") for s in states)
-        running = states.count("RUNNING")
+        running = sum(1 for t in trials if t.status == "RUNNING"
+                      for m in members_of(t.config["trial"]) if m["key"] not in self.ended)
+        done = self.kept + len(self.ended)
+        failed = sum(v == "FAILED" for v in self.ended.values())
+        trained = sum(max(0, e - self.base.get(k, 0)) for k, e in self.epochs.items())
         elapsed = now - self.t0
-        progress = sum(self.epochs.values()) / max(1, self.total_epochs)
+        progress = trained / max(1, self.total_epochs)
         eta = f"{_fmt(elapsed * (1 - progress) / progress)}" if progress > 0 else "?"
         best = f" | best {self.metric} {self.best[0]:.3f} ({self.best[1]})" if self.best else ""
-        self.print(f"[{_fmt(elapsed)}] trials {done} done, {running} running, "
-                   f"{len(states) - done - running} pending | epochs {sum(self.epochs.values())}/"
-                   f"{self.total_epochs}{best} | left ~{eta}" + (f" | {note}" if note else ""), flush=True)
+        extra = ", ".join(x for x in (f"{failed} failed" if failed else "",
+                                      f"{self.kept} kept from before" if self.kept else "") if x)
+        self.print(f"[{_fmt(elapsed)}] trials {done}/{self.n_total} done" + (f" ({extra})" if extra else "")
+                   + f", {running} running, {max(0, self.n_total - done - running)} pending | epochs "
+                   f"{min(trained, self.total_epochs)}/{self.total_epochs} to train{best} | left ~{eta}"
+                   + (f" | {note}" if note else ""), flush=True)
 
 
 def _fmt(s: float) -> str:
@@ -423,7 +500,7 @@ def _fmt(s: float) -> str:
 # ------------------------------------------------------------------ the Tuner call
 def run_tuner(specs: list[dict], *, name: str, storage: str, resources: dict, callbacks: list,
               max_failures: int = 3, search_alg=None, scheduler=None, metric=None, mode=None,
-              param_space=None, num_samples: int = 1):
+              param_space=None, num_samples: int = 1, stop=None):
     """Run the trials; returns Ray's ResultGrid. `specs` are grid-searched unless `param_space`
     (with a search algorithm) is given."""
     storage_path = storage if "://" in storage else str(Path(storage).resolve())
@@ -441,6 +518,7 @@ def run_tuner(specs: list[dict], *, name: str, storage: str, resources: dict, ca
             name=f"{name}/ray-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=storage_path,
             callbacks=callbacks,
+            stop=stop,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             verbose=0,
         ),
@@ -469,7 +547,7 @@ def _optuna_search_class():
 
 
 def run_search(search, spec_of, *, name: str, storage: str, resources: dict, callbacks: list,
-               max_failures: int = 3):
+               max_failures: int = 3, stop=None):
     """Run `search` (a study.runner.Search): Optuna's TPE sampler (Ray Tune's OptunaSearch, define-by-run)
     proposes the fields of each trial; ASHA (time = epoch) stops weak trials at its rungs, which are
     epochs the search trials evaluate. Trial key = `search.key(Optuna trial number)`, numbers counted
@@ -499,7 +577,7 @@ def run_search(search, spec_of, *, name: str, storage: str, resources: dict, cal
     try:
         return run_tuner([], name=f"{name}/search", storage=storage, resources=resources,
                          callbacks=callbacks, max_failures=max_failures, search_alg=searcher,
-                         scheduler=scheduler, param_space={}, num_samples=search.n_trials)
+                         scheduler=scheduler, param_space={}, num_samples=search.n_trials, stop=stop)
     finally:
         if old is None:
             os.environ.pop(STRICT_METRICS_ENV, None)

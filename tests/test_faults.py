@@ -346,7 +346,11 @@ def test_nan_and_crashing_trials_fail_with_the_reason_and_the_rest_finish(tmp_pa
                           "--epochs", "2", "--subset", "100", "--test-subset", "50", "--max-failures", "1",
                           "--progress-every", "60"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # trials that did not finish: exit 1, after the tables, with one line naming them and why
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 2 of 9 trial(s) did not finish (s3-seed0: loss is ") and "s5-seed0: " in last
+    assert "--resume" in last
     c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = c.get_experiment_by_name("iqa-ls")
     runs = {r.data.tags["iqa_ls.trial_key"]: r

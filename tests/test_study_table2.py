@@ -167,7 +167,8 @@ def test_plan_counts_the_epochs_a_resume_leaves(tmp_path):
     from trainables.train import CHECKPOINT_FILE
     trials = [Trial(k, TrialConfig(epochs=10)) for k in ("a", "b", "c")]
     (tmp_path / "st" / "trials" / "b").mkdir(parents=True)
-    torch.save({"epoch": 4}, tmp_path / "st" / "trials" / "b" / CHECKPOINT_FILE)
+    torch.save({"config": {}, "epoch": 4, "model": {}, "optimizer": {}, "rng": {}},  # what a checkpoint holds
+               tmp_path / "st" / "trials" / "b" / CHECKPOINT_FILE)
     rec = SimpleNamespace(recorded_finished_keys=lambda: {"a"})
     args = SimpleNamespace(resume=True, name="st")
     left, note = epochs_left(args, trials, rec, str(tmp_path))

@@ -134,6 +134,15 @@ class TrialConfig:
         """Staircase decay (Sec. 4.2), epoch counted from 0."""
         return self.lr * self.lr_decay ** (epoch // self.lr_decay_every)
 
+    def defining(self) -> dict:
+        """The config without RUN_FIELDS (below): what checkpoints, packs and a resumed study compare."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_FIELDS}
+
+    def defining_diff(self, other: "TrialConfig") -> list[tuple[str, object, object]]:
+        """(field, self's value, other's value) of each defining field where the two configs differ."""
+        mine, theirs = self.defining(), other.defining()
+        return [(k, mine[k], theirs.get(k)) for k in sorted(mine) if mine[k] != theirs.get(k)]
+
     # ---------------------------------------------------------------- dict round trip
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -228,3 +237,25 @@ class TrialConfig:
             bad("device", self.device, "auto | cpu | cuda | cuda:N")
         if not isinstance(self.data, str) or not self.data:
             bad("data", self.data, "a data source spec (cifar10, a folder or a .parquet path)")
+
+
+# ---------------------------------------------------------------- what defines a trial vs what runs it
+# A trial is what it trains and reports; a run of it is where and how fast. The fields below only
+# run a trial: they never change the trained weights (up to float rounding across devices and thread
+# counts) nor the final metrics, so a checkpoint, a pack or a study resumed with other values goes on
+# as the same trial (STYLE.md, "what defines a trial vs what only runs it"):
+# - device, threads: where and on how many cores; the hardware is recorded per attempt instead
+#   (MLflow tag iqa_ls.device_name, docs/mlflow-schema.md);
+# - eval_every: when the 10 test sets are read in between; evaluation is a pure read of the model
+#   (no dropout or batch norm in the Table 1 CNN, no draw from any generator), so the weights and the
+#   final accuracies are the same; only the intermediate acc_* points differ;
+# - checkpoint_every: how often the state is written; the state at every epoch is the same, only what
+#   a restart recomputes changes;
+# - step_impl: whether a step is launched eagerly or replayed from a captured CUDA graph
+#   (trainables/fast.py): the same kernels either way.
+# Everything else (seeds, schedule, data, targets, model choices, distortion options) defines the
+# trial, and so does `precompute`: the bank's scores match the on-the-fly ones to float rounding
+# (tests/test_train.py), not bit for bit, and a resumed trial should stay on one code path. A field
+# added later defines the trial unless it is listed here.
+RUN_FIELDS = ("device", "threads", "eval_every", "checkpoint_every", "step_impl")
+

@@ -15,7 +15,9 @@ Checksums: when a `SHA256SUMS` file (the output of `sha256sum FILE...`) sits in 
 one, nothing is verified, but every run still records the sha256 it read (`Split.checksum`).
 
 Decoding happens once per content hash: the arrays go to <cache>/decoded/<sha256>-<split>.npz
-(written atomically), and a split is loaded once per process. `stratified_subset` draws a seeded,
+(written atomically, only after the split passed its checks), with what made them (`cache_meta`:
+source hash, decoder and its code, torchvision) stored inside and checked on load; a split is
+loaded once per process. `stratified_subset` draws a seeded,
 class-balanced subset. Every failure is a one-line DataError naming the value and what is allowed.
 """
 from __future__ import annotations
@@ -235,25 +237,39 @@ def _checksum(files: list[Path]) -> str:
     return _HASHES[key]
 
 
-def _read_cache(path: Path):
+DECODED_FORMAT = 2  # the layout of a decoded cache file; bump when it changes
+
+
+def cache_meta(checksum: str, split: str, kind: str) -> str:
+    """Everything that makes a decoded cache file's content, stored in it and checked on load: the
+    source bytes (their sha256), the split, the decoder path and its code, and torchvision (whose
+    libjpeg/libpng decode the images)."""
+    import torchvision
+    return json.dumps({"format": DECODED_FORMAT, "source": checksum, "split": split, "decoder": kind,
+                       "code": _DECODER_CODE[kind], "torchvision": torchvision.__version__}, sort_keys=True)
+
+
+def _read_cache(path: Path, meta: str | None = None):
     try:
         with np.load(path) as z:
             images, labels = torch.from_numpy(z["images"]), torch.from_numpy(z["labels"])
+            stored = str(z["meta"]) if "meta" in z.files else None
     except Exception:  # any unreadable cache (truncated zip, bad header, missing key): rebuild it
         return None
     ok = (images.dtype == torch.uint8 and images.dim() == 4 and tuple(images.shape[1:]) == IMAGE_SHAPE
-          and labels.dtype == torch.int64 and labels.shape == (images.shape[0],))
+          and labels.dtype == torch.int64 and labels.shape == (images.shape[0],)
+          and (meta is None or stored == meta))  # another decoder, torchvision or source: decode again
     return (images, labels) if ok else None
 
 
-def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor, meta: str = "") -> None:
     # Temp file in the same folder + os.replace: a concurrent reader sees the old file or the whole
     # new one, never a half-written one.
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, images=images.numpy(), labels=labels.numpy())
+            np.savez(fh, images=images.numpy(), labels=labels.numpy(), meta=np.array(meta))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -321,6 +337,15 @@ def _decode_parquet(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(decoded), labels
 
 
+def _source_hash(fn) -> str:
+    import inspect
+    return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+
+
+# the decoders' code as this module was loaded (part of the decoded cache's key, cache_meta)
+_DECODER_CODE = {"pickle": _source_hash(_decode_pickles), "parquet": _source_hash(_decode_parquet)}
+
+
 def _class_names(kind: str, files: list[Path]) -> tuple[str, ...]:
     try:
         if kind == "pickle":
@@ -349,18 +374,21 @@ def load_split(source: str, split: str, cache_dir: str | os.PathLike | None = No
     if key in _LOADED:
         return _LOADED[key]
     cache_file = cache / "decoded" / f"{checksum.split(':', 1)[1]}-{split}.npz"
-    arrays = _read_cache(cache_file)
-    if arrays is None:
+    meta = cache_meta(checksum, split, kind)
+    arrays = _read_cache(cache_file, meta)
+    fresh = arrays is None
+    if fresh:
         arrays = _decode_pickles(files) if kind == "pickle" else _decode_parquet(files[0])
-        try:
-            _write_cache(cache_file, *arrays)
-        except OSError as e:  # a read-only cache only costs speed
-            warnings.warn(f"could not write the decoded cache {cache_file} ({_one_line(e)})")
     images, labels = arrays
     names = _class_names(kind, files)
     if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < len(names)):
         raise DataError(f"labels of {resolved!r} ({split}) span {int(labels.min())}..{int(labels.max())}; "
                         f"allowed: 0..{len(names) - 1} ({len(names)} class names)")
+    if fresh:  # written only once the split is known good: a refused source leaves no cache behind
+        try:
+            _write_cache(cache_file, images, labels, meta)
+        except OSError as e:  # a read-only cache only costs speed
+            warnings.warn(f"could not write the decoded cache {cache_file} ({_one_line(e)})")
     _LOADED[key] = Split(images.contiguous(), labels, resolved, checksum, names)
     return _LOADED[key]
 

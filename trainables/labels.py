@@ -52,7 +52,9 @@ def _logistic(k: float = 10.0, s0: float = 0.5):
     if not k > 0:
         raise ValueError(f"logistic k={k!r} is not allowed; allowed: k > 0")
     top = 1.0 / (1.0 + math.exp(-k * (1.0 - s0)))
-    return lambda s: torch.sigmoid(k * (s - s0)) / top
+    # float32 division can round sigmoid(k (1 - s0)) / top to 1.0000001 at s = 1; T must stay in
+    # (0, 1]: clamp above at 1 and below at the smallest positive float (sigmoid underflows for large k)
+    return lambda s: (torch.sigmoid(k * (s - s0)) / top).clamp(torch.finfo(s.dtype).tiny, 1.0)
 
 
 def _onehot():

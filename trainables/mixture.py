@@ -58,6 +58,30 @@ def draw_epoch(n: int, mix, num_types: int, generator: torch.Generator,
     return level, kind
 
 
+# What makes a bank entry (distortions.py and iqa.py's code, the level's parameter, the options, the
+# libraries): all of it is in the cache key, and the key is stored in the file and checked on load.
+BANK_FORMAT = 2  # the layout of a cache file; bump when it changes
+_CODE_HASH: str | None = None
+
+
+def implementation_hash() -> str:
+    """sha256 (16 hex) of the source of the modules that compute an entry: any edit of the
+    distortions or the IQA metrics invalidates what the old code cached."""
+    global _CODE_HASH
+    if _CODE_HASH is None:
+        h = hashlib.sha256()
+        for mod in (distortions, iqa):
+            h.update(Path(mod.__file__).read_bytes())
+        _CODE_HASH = h.hexdigest()[:16]
+    return _CODE_HASH
+
+
+def _library_versions() -> dict:
+    import kornia
+    import torchvision
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "kornia": kornia.__version__}
+
+
 def _atomic_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -74,8 +98,11 @@ class DistortionBank:
     """Distorted copies and IQA scores of one image set, per (kind, level).
 
     Deterministic kinds are computed once and kept (memory: one uint8 copy of the set per entry);
-    with `cache_dir` they are also stored on disk keyed by the content `key` of the set, so the
-    next trial process loads instead of recomputing.
+    with `cache_dir` they are also stored on disk, so the next trial process loads instead of
+    recomputing. The file is keyed by everything that makes its content (`describe`: the set's
+    content `key` and shape, kind, level and its parameter, options, IQA metric, device type, the
+    source of distortions.py and iqa.py, torch/torchvision/kornia versions), holds that key, and is
+    used only when the stored key, dtypes and shapes are what this bank expects.
     """
 
     def __init__(self, images: torch.Tensor, key: str, metric: str, options: dict[str, dict],
@@ -84,31 +111,45 @@ class DistortionBank:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._entries: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def describe(self, kind: str, level: int) -> dict:
+        """Everything that determines the entry of (kind, level): its cache key, stored in the file."""
+        return {"format": BANK_FORMAT, "set": self.key, "shape": list(self.images.shape),
+                "kind": kind, "level": level, "param": distortions.DISTORTIONS[kind].params[level - 1],
+                "options": self.options.get(kind, {}), "metric": self.metric,
+                "device": self.images.device.type, "code": implementation_hash(), **_library_versions()}
+
     def _file(self, kind: str, level: int) -> Path | None:
         if self.cache_dir is None:
             return None
-        desc = json.dumps([self.key, kind, level, self.options.get(kind, {}), self.metric,
-                           torch.__version__], sort_keys=True)
+        desc = json.dumps(self.describe(kind, level), sort_keys=True)
         h = hashlib.sha256(desc.encode()).hexdigest()[:24]
         return self.cache_dir / "distorted" / f"{kind}{level}-{self.metric}-{h}.pt"
+
+    def _load(self, f: Path, kind: str, level: int):
+        """The cached entry if the file holds exactly what this bank would compute, else None."""
+        try:
+            d = torch.load(f, map_location="cpu", weights_only=True)
+            x, s = d["images"], d["scores"]
+            n = self.images.shape[0]
+            if (json.loads(d["meta"]) == json.loads(json.dumps(self.describe(kind, level)))
+                    and x.dtype == torch.uint8 and x.shape == self.images.shape
+                    and s.dtype == torch.float32 and tuple(s.shape) == (n,)):
+                return x, s
+        except Exception:  # a torn, foreign or stale cache file is recomputed, never trusted
+            pass
+        return None
 
     def get(self, kind: str, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(distorted uint8 images, scores) of the whole set for a deterministic kind."""
         if (kind, level) not in self._entries:
             f = self._file(kind, level)
-            entry = None
-            if f is not None and f.exists():
-                try:
-                    d = torch.load(f, map_location="cpu")
-                    if d["images"].shape == self.images.shape:
-                        entry = (d["images"], d["scores"])
-                except Exception:  # a torn or stale cache file is recomputed, never trusted
-                    entry = None
+            entry = self._load(f, kind, level) if f is not None and f.exists() else None
             if entry is None:
                 x = distortions.distort(self.images, kind, level, **self.options.get(kind, {}))
                 entry = (x.cpu(), iqa.score(self.metric, x, self.images).cpu())
                 if f is not None:
-                    _atomic_save({"images": entry[0], "scores": entry[1]}, f)
+                    _atomic_save({"images": entry[0], "scores": entry[1],
+                                  "meta": json.dumps(self.describe(kind, level), sort_keys=True)}, f)
             dev = self.images.device
             self._entries[(kind, level)] = (entry[0].to(dev), entry[1].to(dev))
         return self._entries[(kind, level)]

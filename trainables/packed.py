@@ -40,7 +40,8 @@ from trainables import train as T
 from trainables.config import NUM_CLASSES, TrialConfig
 from trainables.mixture import DistortionBank
 
-# Fields every member of a pack must share (see the module docstring).
+# Fields every member of a pack must share (see the module docstring). device and threads only run a
+# trial (config.RUN_FIELDS) but a pack is one process on one device: its members share them by force.
 # The training subset's seed may differ (members then train on their own subsets of one size).
 PACK_SHARED = ("epochs", "batch_size", "lr", "lr_decay", "lr_decay_every", "momentum", "fc_weight_decay",
                "data", "subset", "val_size", "lrn_impl", "channels_last", "input_norm", "precision",
@@ -88,14 +89,13 @@ class _Member:
         self.rng = torch.get_rng_state()  # what run_trial's checkpoint stores: the state after init
         self.opt = T.build_optimizer(cfg, self.model)
         self.start_epoch, self.history, self.last = 0, [], {}
+        self.note = None  # what recover_checkpoint did, if anything (run_trial's checkpoint_note)
         self._stats = None  # input_norm="dataset": mean and std of the training images
         if self.ckpt_dir:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            state = T.load_checkpoint(self.ckpt_dir)
+            state, self.note = T.recover_checkpoint(self.ckpt_dir)
             if state is not None:
-                if TrialConfig.from_dict(state["config"]) != cfg:  # as run_trial: compared as configs
-                    raise T.TrialError(f"checkpoint in {self.ckpt_dir} was written by another config; "
-                                       "use a fresh checkpoint_dir")
+                T.check_checkpoint_config(state, cfg, self.ckpt_dir)  # as run_trial: defining fields
                 self.model.load_state_dict(state["model"])
                 self.opt.load_state_dict(state["optimizer"])
                 self.rng = state["rng"]["torch"]
@@ -202,13 +202,12 @@ class Pack:
 def _save(m: _Member, epoch: int, metrics: dict, last_epoch: bool) -> None:
     """run_trial's checkpoint, written for one member (same keys, same files)."""
     cfg, ckpt_dir = m.cfg, m.ckpt_dir
-    T._atomic_torch_save({"config": cfg.to_dict(), "epoch": epoch + 1,
-                          "model": m.model.state_dict(), "optimizer": m.opt.state_dict(),
-                          "rng": {"torch": m.rng}, "metrics": metrics, "history": m.history},
-                         ckpt_dir / T.CHECKPOINT_FILE)
+    T.save_checkpoint(ckpt_dir, {"config": cfg.to_dict(), "epoch": epoch + 1,
+                                 "model": m.model.state_dict(), "optimizer": m.opt.state_dict(),
+                                 "rng": {"torch": m.rng}, "metrics": metrics, "history": m.history})
     if last_epoch:
         T._atomic_torch_save(m.model.state_dict(), ckpt_dir / "final_weights.pt")
-        (ckpt_dir / "config.json").write_text(cfg.to_json())
+        T._atomic_write_text(ckpt_dir / "config.json", cfg.to_json())
 
 
 def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], None] = lambda k, m: None,
@@ -266,8 +265,8 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
             x_e, scores, level, kind, g = T.epoch_data(m.cfg, epoch, m.d["train_x"], device, m.bank)
             t = T.true_class_t(m.cfg, m.tmap, scores)
             if epoch == 0 and m.ckpt_dir:
-                (m.ckpt_dir / T.SCORE_HIST_FILE).write_text(
-                    json.dumps(T.score_histogram(m.cfg, m.tmap, scores, level, kind), sort_keys=True))
+                T._atomic_write_text(m.ckpt_dir / T.SCORE_HIST_FILE,
+                                     json.dumps(T.score_histogram(m.cfg, m.tmap, scores, level, kind), sort_keys=True))
             xs.append(x_e)
             ys.append(y)
             ts.append(t)
@@ -330,6 +329,8 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
             if due_ckpt:
                 _save(m, epoch, metrics, last_epoch)
                 metrics["checkpoint"] = str(m.ckpt_dir)
+            if m.note:
+                metrics["checkpoint_note"], m.note = m.note, None
             report(m.index, metrics)
             results[m.index] = metrics
         if failed:

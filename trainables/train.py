@@ -2,8 +2,9 @@
 
 `run_trial(config, report, checkpoint_dir=None)` runs without Ray. It calls `report(metrics)` once
 per epoch (the last call carries the 10 test accuracies) and, with `checkpoint_dir`, saves a
-checkpoint (model, optimiser, epoch, RNG states, config) that lets the trial continue exactly as if
-it had not stopped: every epoch's randomness (mixture draw, noise, batch order) comes from
+checkpoint (model, optimiser, epoch, RNG states, config; written crash-safe, the one before kept as
+checkpoint.prev.pt, an unreadable one moved aside: `recover_checkpoint`) that lets the trial continue
+exactly as if it had not stopped: every epoch's randomness (mixture draw, noise, batch order) comes from
 generators seeded by (seed, epoch), so the epoch number is all the RNG state a resume needs; the
 global torch RNG state is stored as well for anything else that draws from it.
 
@@ -42,6 +43,8 @@ EVAL_METRIC_PREFIXES = tuple(f"{p}{w}_" for p in ("", VAL_PREFIX) for w in EVAL_
 QUALITY_METRIC = "ssim"
 CALIBRATION_FILE = "calibration.json"  # per trial: reliability and quality bins of the final evaluation
 CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"  # the checkpoint before the latest: a resume's fallback
+CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "rng")  # what a resume needs of one
 EVAL_BATCH = 1000
 # Epoch 1's training scores as the labels saw them (docs/mlflow-schema.md, artifact of every trial):
 SCORE_HIST_FILE = "scores_hist.json"
@@ -300,22 +303,118 @@ def write_calibration(ckpt_dir: Path | None, cfg: TrialConfig, epoch: int, recor
     os.replace(tmp, ckpt_dir / CALIBRATION_FILE)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once at import: the process's file-creation mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where directories cannot be opened)."""
     try:
-        torch.save(obj, tmp)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable, keep_previous: Path | None = None) -> None:
+    """Write a file so that a crash at any moment leaves the old file or the whole new one: into a
+    temp file in the same folder, flushed to disk (fsync), then renamed over `path`. With
+    `keep_previous`, the file `path` held so far is renamed there first, so a new file that turns
+    out unreadable (a disk that lied about fsync, a copy cut short) still has the one before it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets what open() would give it
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+def _atomic_torch_save(obj, path: Path, keep_previous: Path | None = None) -> None:
+    _atomic_write(path, lambda fh: torch.save(obj, fh), keep_previous)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def save_checkpoint(checkpoint_dir: Path, state: dict) -> None:
+    """Write a trial's checkpoint (run_trial's and run_packed's): CHECKPOINT_FILE, replaced atomically,
+    with the one it replaces kept as PREVIOUS_CHECKPOINT_FILE."""
+    d = Path(checkpoint_dir)
+    _atomic_torch_save(state, d / CHECKPOINT_FILE, keep_previous=d / PREVIOUS_CHECKPOINT_FILE)
+
+
+def _read_checkpoint(f: Path) -> tuple[dict | None, str | None]:
+    """(state, None) for a readable checkpoint file, (None, why) for one that is not."""
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, bad pickle, wrong format: whatever torch says
+        return None, " ".join(f"{type(e).__name__}: {e}".split())[:200]
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        return None, f"not a trial checkpoint (holds {keys}; needs {list(CHECKPOINT_KEYS)})"
+    if not isinstance(state["epoch"], int) or state["epoch"] < 0:
+        return None, f"epoch {state['epoch']!r} is not an integer >= 0"
+    return state, None
+
+
 def load_checkpoint(checkpoint_dir) -> dict | None:
-    f = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
-    if f is None or not f.exists():
+    """The trial's latest readable checkpoint: CHECKPOINT_FILE, else PREVIOUS_CHECKPOINT_FILE, else None.
+    Reads only: unreadable files are left where they are (recover_checkpoint moves them aside)."""
+    if not checkpoint_dir:
         return None
-    return torch.load(f, map_location="cpu", weights_only=False)
+    for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+        f = Path(checkpoint_dir) / name
+        if f.exists():
+            state, _ = _read_checkpoint(f)
+            if state is not None:
+                return state
+    return None
+
+
+def recover_checkpoint(checkpoint_dir) -> tuple[dict | None, str | None]:
+    """(state, note) of the checkpoint a trial resumes from, before it trains.
+
+    An unreadable CHECKPOINT_FILE (or PREVIOUS_CHECKPOINT_FILE) is moved aside, kept as
+    `<name>.unreadable-<UTC time>`, and the trial resumes from the previous checkpoint or, with none
+    readable, from scratch. `note` is one line saying what happened (None when nothing did); the
+    study driver prints it and tags the trial's run with it.
+    """
+    if not checkpoint_dir:
+        return None, None
+    d = Path(checkpoint_dir)
+    moved, state, used = [], None, None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+        f = d / name
+        if state is not None or not f.exists():
+            continue
+        state, why = _read_checkpoint(f)
+        if state is None:
+            aside = f.with_name(f"{name}.unreadable-{stamp}")
+            os.replace(f, aside)
+            moved.append(f"{f} is unreadable ({why}), kept as {aside.name}")
+        else:
+            used = name
+    if not moved and used in (None, CHECKPOINT_FILE):
+        return state, None
+    if state is None:
+        return None, "; ".join(moved) + "; the trial restarts from scratch"
+    what = "; ".join(moved) or f"{d / CHECKPOINT_FILE} is missing"
+    return state, f"{what}; the trial resumes from {used} (epoch {state['epoch']})"
 
 
 def build_model(cfg: TrialConfig, device) -> PaperCNN:
@@ -440,16 +539,13 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
     impl = step_impl_for(cfg, device)
     start_epoch = 0
     history: list[dict] = []  # every epoch's reported metrics, kept in the checkpoint (see below)
+    note = None  # what recover_checkpoint did, if anything: goes out with the first report
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt_dir:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        state = load_checkpoint(ckpt_dir)
+        state, note = recover_checkpoint(ckpt_dir)
         if state is not None:
-            # compare as configs, not dicts: a field added to TrialConfig since the checkpoint was
-            # written takes its default, which by rule keeps the old behaviour
-            if TrialConfig.from_dict(state["config"]) != cfg:
-                raise TrialError(f"checkpoint in {ckpt_dir} was written by another config; "
-                                 "use a fresh checkpoint_dir")
+            check_checkpoint_config(state, cfg, ckpt_dir)
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"]["torch"])
@@ -481,8 +577,8 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
         t = true_class_t(cfg, tmap, scores)
         targets = labels.targets_from_t(y_train, t, NUM_CLASSES)
         if epoch == 0 and ckpt_dir:  # written before the first checkpoint, so a resume keeps it
-            (ckpt_dir / SCORE_HIST_FILE).write_text(
-                json.dumps(score_histogram(cfg, tmap, scores, level, kind), sort_keys=True))
+            _atomic_write_text(ckpt_dir / SCORE_HIST_FILE,
+                               json.dumps(score_histogram(cfg, tmap, scores, level, kind), sort_keys=True))
         order = torch.randperm(n, generator=g).to(device)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -524,18 +620,33 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
         # node lost) between a checkpoint and the report reaching MLflow can fill that gap from it.
         history.append(dict(metrics))
         if ckpt_dir and (last_epoch or (epoch + 1) % cfg.checkpoint_every == 0):
-            _atomic_torch_save({"config": cfg.to_dict(), "epoch": epoch + 1,
-                                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "rng": {"torch": torch.get_rng_state()}, "metrics": metrics,
-                                "history": history},
-                               ckpt_dir / CHECKPOINT_FILE)
+            save_checkpoint(ckpt_dir, {"config": cfg.to_dict(), "epoch": epoch + 1,
+                                       "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                       "rng": {"torch": torch.get_rng_state()}, "metrics": metrics,
+                                       "history": history})
             if last_epoch:  # the final artifacts: weights alone and the config that made them
                 _atomic_torch_save(model.state_dict(), ckpt_dir / "final_weights.pt")
-                (ckpt_dir / "config.json").write_text(cfg.to_json())
+                _atomic_write_text(ckpt_dir / "config.json", cfg.to_json())
             metrics["checkpoint"] = str(ckpt_dir)
+        if note:
+            metrics["checkpoint_note"], note = note, None
         report(metrics)
         last = metrics
     if not last and ckpt_dir:  # resumed a finished trial: hand back its final metrics
         state = load_checkpoint(ckpt_dir)
         last = dict(state["metrics"], checkpoint=str(ckpt_dir))
+        if note:
+            last["checkpoint_note"] = note
     return last
+
+
+def check_checkpoint_config(state: dict, cfg: TrialConfig, ckpt_dir) -> None:
+    """Refuse a checkpoint of another trial. Compared on the defining fields only (config.RUN_FIELDS:
+    device, threads and cadences may change between runs), as configs, not dicts: a field added to
+    TrialConfig since the checkpoint was written takes its default, which by rule keeps the old
+    behaviour."""
+    diff = TrialConfig.from_dict(state["config"]).defining_diff(cfg)
+    if diff:
+        shown = ", ".join(f"{k} {a!r} there, {b!r} here" for k, a, b in diff[:3])
+        raise TrialError(f"checkpoint in {ckpt_dir} was written by another config ({shown}); "
+                         "use a fresh checkpoint_dir")
