@@ -20,9 +20,26 @@ import json
 import re
 import sys
 
-from search_spaces import ablate_iqa, ablate_levels, ablate_ratios, ablate_search, ablate_tmap
-from study.runner import (Search, StudyError, Trial, add_common_flags, main_wrapper, make_config,
-                          run_study, schedule_fields, seed_fields, val_size)
+from search_spaces import (
+    ablate_iqa,
+    ablate_levels,
+    ablate_ratios,
+    ablate_search,
+    ablate_tmap,
+)
+from study.runner import (
+    Search,
+    StudyError,
+    Trial,
+    add_common_flags,
+    main_wrapper,
+    make_config,
+    run_study,
+    schedule_fields,
+    seed_fields,
+    val_size,
+)
+from study.spec import StudySpec
 from trainables.config import NUM_CLASSES, TRAIN_SETS
 
 GRIDS = ("tmap", "iqa", "ratios", "levels")  # grid ablations, in the order they run and are tabled
@@ -249,18 +266,19 @@ def main(argv=None) -> int:
 
     def go():
         what = check_flags(args)
+        spec = StudySpec.from_args(args)  # every flag of how the study runs, checked; args stop here
         from trainables.data import resolve_source
         args.data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
         trials, search, plan = build(args)
 
         def analyse(parent_run_id, out):
             from analysis.ablate import build_ablate, format_console
-            res = build_ablate(parent_run_id=parent_run_id, tracking_uri=args.tracking_uri,
-                               experiment=args.experiment, out_dir=out)
+            res = build_ablate(parent_run_id=parent_run_id, tracking_uri=spec.tracking_uri,
+                               experiment=spec.experiment, out_dir=out)
             print(format_console(res))
             return res
 
-        return run_study(args, "ablate-" + "-".join(what), trials, trial_tags, analyse, plan, search=search)
+        return run_study(spec, "ablate-" + "-".join(what), trials, trial_tags, analyse, plan, search=search)
 
     return main_wrapper(go)
 

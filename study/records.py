@@ -16,7 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from study.tracking import DEFAULT_TRACKING_URI, EXPERIMENT, TrackingError, export_study, import_study
+from study.tracking import (
+    DEFAULT_TRACKING_URI,
+    EXPERIMENT,
+    TrackingError,
+    export_study,
+    import_study,
+)
 
 
 def main(argv=None) -> int:

@@ -13,8 +13,6 @@ import dataclasses
 import json
 import os
 import platform
-import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -26,23 +24,20 @@ from pathlib import Path
 from typing import Callable
 
 from search_spaces.presets import PRESETS, resolve
+from study.spec import EXECUTORS, SpecError, StudySpec
 from trainables import data as data_mod
 from trainables.config import ConfigError, TrialConfig
 
 DEFAULT_STORAGE = "ray_results"
 DEFAULT_PRESET = "smoke"  # the pipeline check: minutes, not the hour of quick (help says each preset's time)
-PACK_MODES = ("auto", "on", "off")
 DEFAULT_PACK_SIZE = 16  # members per pack: Table 2 (9) or one ablation grid fits in one
-# A study name becomes a folder (<storage>/<name>), a Ray experiment name and an MLflow tag value:
-# letters, digits and . _ - only, not starting with . or - (no '', '..', '/x', quotes or spaces).
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
-DEVICE_PATTERN = r"auto|cpu|cuda|cuda:\d+"
 MANIFEST_FILE = "study.json"  # <storage>/<name>/study.json: what the study was started with
 # Flags that only run a study (where, how fast, how loud, where its records go): a --resume may give
 # other values. Every other flag, the resolved schedule and the grid define the study (as
 # trainables.config.RUN_FIELDS does for one trial) and must be what the study recorded.
 RUN_FLAGS = ("resume", "cpus_per_trial", "gpus_per_trial", "address", "out", "device", "max_failures",
-             "progress_every", "pack", "pack_size", "tracking_uri", "experiment", "storage", "name")
+             "progress_every", "pack", "pack_size", "tracking_uri", "experiment", "storage", "name", "executor",
+             "estimate_only")
 # How long each preset takes (the help text; measured on the 2-core CPU, see README "Presets").
 PRESET_TIMES = {"smoke": "pipeline check, ~3 min on 2 CPU cores; accuracies near chance",
                 "demo": "the paper's robustness effect, ~30 min on 2 CPU cores",
@@ -145,20 +140,15 @@ def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--precision", default="auto",
                    help="numerics: auto (bf16 autocast on CUDA, fp32 on a CPU) | fp32 | tf32 | bf16 "
                    "(docs/paper-mapping.md)")
+    p.add_argument("--executor", default="ray", help=f"what schedules the trials: {' | '.join(EXECUTORS)} "
+                   "(default ray: Ray Tune, this machine or a cluster; local: in this process, one trial or "
+                   "pack after another, without Ray; the same records, checkpoints and --resume)")
+    p.add_argument("--estimate-only", action="store_true",
+                   help="check every input, print the plan with its measured wall-time estimate, and stop "
+                   "(nothing is written)")
     p.add_argument("--fixed-subset", action="store_true",
                    help="draw the training subset with seed 0 for every trial (default: the trial's seed, "
                    "so the spread over seeds includes the subset's sampling; both arms of a pair share it)")
-
-
-PRECISION_CHOICES = ("auto", "fp32", "tf32", "bf16")
-
-
-def precision_for(args, device: str) -> str:
-    """--precision, with auto = bf16 on CUDA (the fast path) and fp32 on a CPU (bit-reproducible)."""
-    p = getattr(args, "precision", "auto") or "auto"
-    if p not in PRECISION_CHOICES:
-        raise StudyError(f"--precision {p} is not allowed; allowed: {', '.join(PRECISION_CHOICES)}")
-    return ("bf16" if device == "cuda" else "fp32") if p == "auto" else p
 
 
 def seed_fields(args, seed: int) -> dict:
@@ -212,14 +202,21 @@ def _git_commit() -> str:
 
 
 def versions() -> dict:
+    """The library versions a run records. Ray's is read from its package metadata, not by importing
+    it: `--executor local` runs where Ray is not installed (then "not installed")."""
+    from importlib import metadata
+
     import kornia
     import mlflow
-    import ray
     import torch
     import torchvision
+    try:
+        ray_version = metadata.version("ray")
+    except metadata.PackageNotFoundError:
+        ray_version = "not installed"
     return {"python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "kornia": kornia.__version__,
-            "ray": ray.__version__, "mlflow": mlflow.__version__}
+            "ray": ray_version, "mlflow": mlflow.__version__}
 
 
 def check_storage(storage: str) -> str:
@@ -242,54 +239,21 @@ def check_storage(storage: str) -> str:
     return str(p)
 
 
-def check_name(name: str) -> None:
-    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-        raise StudyError(f"--name {name!r} is not allowed; allowed: 1-100 characters of A-Z a-z 0-9 . _ -, "
-                         "starting with a letter or digit")
-
-
-def check_device(device: str, address: str | None) -> None:
-    """auto | cpu | cuda | cuda:N; CUDA must be visible here unless the trials run on a cluster."""
-    import torch
-
-    if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
-        raise StudyError(f"--device {device} is not allowed; allowed: auto, cpu, cuda, cuda:N")
-    if device.startswith("cuda:") and address:
-        raise StudyError(f"--device {device} is not allowed with --address: Ray gives each trial its GPU; "
-                         "allowed: --device cuda (or auto, cpu)")
-    if device.startswith("cuda") and not address and not torch.cuda.is_available():
-        raise StudyError(f"--device {device}: CUDA is not available on this machine; allowed here: auto, cpu")
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise StudyError(f"--device {device}: this machine has {torch.cuda.device_count()} visible GPU(s); "
-                         f"allowed: cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-
-
-def preflight(args, trials: list[Trial]) -> dict:
-    """Every check that can fail, before anything is written. Returns facts for the plan."""
+def preflight(spec: StudySpec, trials: list[Trial]) -> dict:
+    """Every check of the inputs that can fail (the spec checked the flags), before anything is
+    written. Returns facts for the plan."""
     from study.tracking import TrackingError, check_tracking_uri
 
-    check_name(args.name)
-    check_device(args.device, args.address)
     if not trials:
         raise StudyError("no trials to run (empty grid)")
     keys = [t.key for t in trials]
     if len(set(keys)) != len(keys):
         raise StudyError(f"duplicate trial keys in the grid: {sorted({k for k in keys if keys.count(k) > 1})}")
-    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
-        raise StudyError(f"--cpus-per-trial {args.cpus_per_trial} is not allowed; allowed: a number > 0")
-    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
-        raise StudyError(f"--gpus-per-trial {args.gpus_per_trial} is not allowed; allowed: a number >= 0")
-    if getattr(args, "pack", "auto") not in PACK_MODES:
-        raise StudyError(f"--pack {args.pack} is not allowed; allowed: {', '.join(PACK_MODES)}")
-    if getattr(args, "pack_size", 1) < 1:
-        raise StudyError(f"--pack-size {args.pack_size} is not allowed; allowed: an integer >= 1")
-    if args.max_failures < 0:
-        raise StudyError(f"--max-failures {args.max_failures} is not allowed; allowed: an integer >= 0")
     try:
-        check_tracking_uri(args.tracking_uri)
+        check_tracking_uri(spec.tracking_uri)
     except TrackingError as e:
         raise StudyError(str(e)) from None
-    storage = check_storage(args.storage)
+    storage = check_storage(spec.storage)
     try:
         train = data_mod.load_split(trials[0].config.data, "train")
         test = data_mod.load_split(trials[0].config.data, "test")
@@ -343,23 +307,23 @@ def trial_folders(storage: str, name: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
-def check_no_checkpoints(args, storage: str) -> None:
+def check_no_checkpoints(spec: StudySpec, storage: str) -> None:
     """Without --resume, a study's checkpoints are never picked up: refuse a name the storage holds."""
-    if args.resume:
+    if spec.resume:
         return
-    found = trial_folders(storage, args.name)
-    manifest = _read_text(f"{study_folder(storage, args.name)}/{MANIFEST_FILE}")
+    found = trial_folders(storage, spec.name)
+    manifest = _read_text(f"{study_folder(storage, spec.name)}/{MANIFEST_FILE}")
     if found or manifest is not None:
         what = f"{len(found)} trial checkpoint folder(s)" if found else f"the study's {MANIFEST_FILE}"
-        raise StudyError(f"--storage {args.storage} already holds {what} of a study named {args.name!r} "
-                         f"({study_folder(storage, args.name)}); pass --resume to continue that study, or "
+        raise StudyError(f"--storage {spec.storage} already holds {what} of a study named {spec.name!r} "
+                         f"({study_folder(storage, spec.name)}); pass --resume to continue that study, or "
                          "choose another --name or --storage (or delete that folder to start it again)")
 
 
-def study_settings(args, trials: list[Trial], search) -> dict:
+def study_settings(spec: StudySpec, trials: list[Trial], search) -> dict:
     """What defines the study, as recorded in its manifest: the flags that are not RUN_FLAGS and each
     trial's defining config (TrialConfig.defining)."""
-    flags = {k: v for k, v in sorted(vars(args).items()) if k not in RUN_FLAGS and v is not None}
+    flags = {k: v for k, v in sorted(spec.flags.items()) if k not in RUN_FLAGS and v is not None}
     return {"flags": flags, "trials": {t.key: t.config.defining() for t in trials},
             "search": search.n_trials if search is not None else 0}
 
@@ -368,7 +332,8 @@ def _shown(v) -> str:
     return "(not given)" if v is None else (json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else str(v))
 
 
-def check_resume_matches(args, settings: dict, recorded_manifest: dict | None, recorded_params: dict) -> None:
+def check_resume_matches(spec: StudySpec, settings: dict, recorded_manifest: dict | None,
+                         recorded_params: dict) -> None:
     """--resume continues the recorded study only: the grid and every trial's defining config must be
     the recorded ones. A difference is refused in one line naming the flag (or, when no flag explains
     it, the trial and field) with the recorded and the given value."""
@@ -389,10 +354,10 @@ def check_resume_matches(args, settings: dict, recorded_manifest: dict | None, r
 
         for k in sorted(set(old_flags) | set(given)):
             if _shown(old_flags.get(k)) != _shown(given.get(k)):
-                raise StudyError(_mismatch(args, f"--{k.replace('_', '-')}", effective(old_flags, old_trials, k),
+                raise StudyError(_mismatch(spec, f"--{k.replace('_', '-')}", effective(old_flags, old_trials, k),
                                            effective(given, new_trials, k)))
         if set(old_trials) != set(new_trials):
-            raise StudyError(_mismatch(args, "the grid", f"{len(old_trials)} trials", f"{len(new_trials)} trials "
+            raise StudyError(_mismatch(spec, "the grid", f"{len(old_trials)} trials", f"{len(new_trials)} trials "
                                        f"(new: {', '.join(sorted(set(new_trials) - set(old_trials))[:3]) or '-'}; "
                                        f"gone: {', '.join(sorted(set(old_trials) - set(new_trials))[:3]) or '-'})"))
         defaults = TrialConfig().defining()  # a field added since a trial was recorded: its default
@@ -401,7 +366,7 @@ def check_resume_matches(args, settings: dict, recorded_manifest: dict | None, r
             diff = [(k, old.get(k), v) for k, v in sorted(new_trials[key].items()) if old.get(k) != v]
             if diff:
                 k, a, b = diff[0]
-                raise StudyError(_mismatch(args, f"trial {key}'s {k}", _shown(a), _shown(b)))
+                raise StudyError(_mismatch(spec, f"trial {key}'s {k}", _shown(a), _shown(b)))
         return
     # a study recorded before manifests: its parent run's params hold the flags and the schedule
     first = next(iter(settings["trials"].values()), {})
@@ -411,14 +376,14 @@ def check_resume_matches(args, settings: dict, recorded_manifest: dict | None, r
         if k in RUN_FLAGS or k == "n_trials":
             continue
         if k in current and recorded_params[k] != current[k]:
-            raise StudyError(_mismatch(args, f"--{k.replace('_', '-')}", recorded_params[k], current[k]))
+            raise StudyError(_mismatch(spec, f"--{k.replace('_', '-')}", recorded_params[k], current[k]))
     n = len(settings["trials"]) + settings["search"]
     if "n_trials" in recorded_params and recorded_params["n_trials"] != str(n):
-        raise StudyError(_mismatch(args, "the grid", f"{recorded_params['n_trials']} trials", f"{n} trials"))
+        raise StudyError(_mismatch(spec, "the grid", f"{recorded_params['n_trials']} trials", f"{n} trials"))
 
 
-def _mismatch(args, what: str, recorded: str, given: str) -> str:
-    return (f"--resume: {what} is {given} but study {args.name!r} was recorded with {recorded}; resume with "
+def _mismatch(spec: StudySpec, what: str, recorded: str, given: str) -> str:
+    return (f"--resume: {what} is {given} but study {spec.name!r} was recorded with {recorded}; resume with "
             "the recorded value, or start a new study under another --name")
 
 
@@ -492,13 +457,13 @@ def make_packs(specs: list[dict], size: int) -> list[dict]:
     return out
 
 
-def epochs_left(args, trials: list[Trial], rec, storage: str) -> tuple[dict[str, int], str]:
+def epochs_left(spec, trials: list[Trial], rec, storage: str) -> tuple[dict[str, int], str]:
     """trial key -> epochs still to train, for the plan's estimate: all of them on a new study; on
     --resume, none for a finished trial and the epochs after its checkpoint for the others (read
     where the storage is a filesystem path; on object storage they count from epoch 0)."""
-    if not args.resume:
+    if not spec.resume:
         return {t.key: t.config.epochs for t in trials}, ""
-    from study.tuning import trial_store_uri
+    from study.execution import trial_store_uri
     from trainables.train import load_checkpoint
 
     finished = rec.recorded_finished_keys()
@@ -508,7 +473,7 @@ def epochs_left(args, trials: list[Trial], rec, storage: str) -> tuple[dict[str,
             continue
         start = 0
         if "://" not in storage:
-            state = load_checkpoint(Path(trial_store_uri(storage, args.name, t.key)))
+            state = load_checkpoint(Path(trial_store_uri(storage, spec.name, t.key)))
             start = int(state["epoch"]) if state else 0
         left[t.key] = max(0, t.config.epochs - start)
     total = sum(t.config.epochs for t in trials)
@@ -516,14 +481,25 @@ def epochs_left(args, trials: list[Trial], rec, storage: str) -> tuple[dict[str,
                   + (", checkpoints on object storage counted from epoch 0)" if "://" in storage else ")"))
 
 
-def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float = 3.0) -> tuple[float, float]:
+def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float = 3.0,
+                     members: int = 1) -> tuple[float, float]:
     """(training images/s at the trial's batch size, test images/s of the evaluation's forward pass at
-    its batch size) of the Table 1 model on this machine. Measured rather than assumed: on the 2-core
-    CPU the probe gave 366 test vs 287 training images/s (1.3x), not the ~3x a FLOP count suggests."""
+    its batch size) of the Table 1 model on this machine, with the trial's precision and step
+    (trainables/fast.py: one CUDA graph per step on CUDA). With `members` > 1, the training rate of a
+    pack of that many (trainables.packed, all members' images counted): what a packed study's
+    trials run at. Measured rather than assumed: on the 2-core CPU the probe gave 366 test vs 287
+    training images/s (1.3x), not the ~3x a FLOP count suggests."""
     import torch
 
     from trainables.labels import soft_cross_entropy
-    from trainables.train import EVAL_BATCH, build_model, build_optimizer, pick_device
+    from trainables.train import (
+        EVAL_BATCH,
+        build_model,
+        build_optimizer,
+        numerics,
+        pick_device,
+        step_impl_for,
+    )
 
     def rate(step, batch: int, budget: float) -> float:
         n, t0 = 0, None
@@ -532,29 +508,47 @@ def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             n += 1
-            if n == 2:
-                t0 = time.perf_counter()  # two warm-up steps
+            if n == 5:
+                t0 = time.perf_counter()  # warm-up steps (a CUDA graph is captured on the first)
             elif t0 and time.perf_counter() - t0 > budget:
-                return (n - 2) * batch / (time.perf_counter() - t0)
+                return (n - 5) * batch / (time.perf_counter() - t0)
 
     old = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
         dev = pick_device(device)
-        model = build_model(cfg, dev)
-        opt = build_optimizer(cfg, model)
-        x = torch.randn(cfg.batch_size, 3, 32, 32, device=dev)
-        q = torch.full((cfg.batch_size, 10), 0.1, device=dev)
+        cfg = cfg.replace(device=str(dev))
+        amp, impl = numerics(cfg, dev), step_impl_for(cfg, dev)
+        models = [build_model(cfg.replace(seed=cfg.seed + k), dev) for k in range(members)]
+        x = torch.randn(members, cfg.batch_size, 3, 32, 32, device=dev)
+        q = torch.full((members, cfg.batch_size, 10), 0.1, device=dev)
+        if members > 1:
+            from trainables.packed import Pack
+            pack = Pack.of_models(cfg, models)
+            step = pack.stepper(impl, amp)
+            train_ips = rate(lambda: step(x, q), members * cfg.batch_size, seconds)
+        else:
+            model, opt = models[0], build_optimizer(cfg, models[0])
+            xm = x[0].contiguous(memory_format=torch.channels_last) if cfg.channels_last else x[0]
 
-        def train_step():
-            loss = soft_cross_entropy(model(x), q)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        train_ips = rate(train_step, cfg.batch_size, seconds)
+            def loss_fn(xb, qb):
+                with amp():
+                    logits = model(xb)
+                return soft_cross_entropy(logits.float(), qb), logits
+            if impl == "cuda_graph":
+                from trainables.fast import CapturedStep
+                step = CapturedStep(loss_fn, opt, list(model.parameters()))
+            else:
+                def step(xb, qb):
+                    loss, _ = loss_fn(xb, qb)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            train_ips = rate(lambda: step(xm, q[0]), cfg.batch_size, seconds)
+        model = models[0]
         xe = torch.randn(EVAL_BATCH, 3, 32, 32, device=dev)
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             eval_ips = rate(lambda: model(xe), EVAL_BATCH, seconds / 2)
         return train_ips, eval_ips
     finally:
@@ -574,81 +568,86 @@ def estimate_seconds(trial_seconds: list[float], parallel: int, shared_device: b
     return sum(trial_seconds) / len(trial_seconds) * rounds
 
 
-def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, plan_lines=(),
+def run_study(spec: StudySpec, kind: str, trials: list[Trial], tags_of_config, analyse, plan_lines=(),
               search: Search | None = None) -> int:
-    """Check, print the plan, run the trials through Ray Tune with MLflow, then analyse. With
-    `search`, an Optuna search runs after the grid trials (`trials` may then be empty). The study's
-    driver lock (study.lock) is held from the checks that read its records to the end, and released
-    however the command ends. Returns 0 when every trial finished, 1 when any did not."""
+    """Check, print the plan, run the trials with the spec's executor (Ray Tune or this process),
+    recording them in MLflow, then analyse. With `search`, an Optuna search runs after the grid trials
+    (`trials` may then be empty). The study's driver lock (study.lock) is held from the checks that
+    read its records to the end, and released however the command ends. Returns 0 when every trial
+    finished, 1 when any did not."""
     with contextlib.ExitStack() as held:
-        return _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, held)
+        return _run_study(spec, kind, trials, tags_of_config, analyse, plan_lines, search, held)
 
 
-def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, held) -> int:
+def executor_module(name: str):
+    """The module that runs a study's trials: study.tuning (Ray) or study.local (this process). Only
+    `--executor ray` imports Ray."""
+    if name == "local":
+        from study import local
+        return local
+    from study import tuning
+    return tuning
+
+
+def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_lines, search, held) -> int:
     import torch
 
-    from study import tracking
+    from study import execution, tracking
 
     tracking.set_http_env()
     t_start = time.time()
-    if search is not None and args.resume:
+    if search is not None and spec.resume:
         # Optuna's sampler state is not recorded, so a search cannot be continued where it stopped
         raise StudyError("--resume is not supported for a study with a search (Optuna's sampler state "
                          "is not recorded); start the search again under a new --name")
-    facts = preflight(args, trials or ([Trial(search.key(0), search.base)] if search is not None else []))
-    cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    # packing (trainables.packed): the grid's trials that share a schedule train as one model per Ray
-    # trial; worth it on a GPU (one small model leaves it idle), not on a CPU (no idle units to fill)
-    packing = args.pack == "on" or (args.pack == "auto" and cuda)
-    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else 1.0
-    # a pack fills a GPU by itself; single trials share one (fractional GPUs)
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (
-        (1.0 if packing else 0.25) if cuda else 0.0)
-    device = "cuda" if gpus > 0 else "cpu"
-    precision = precision_for(args, device)
-    # --device cuda:N: the local Ray sees only GPU N (each trial then calls it cuda:0); the probe uses it
-    probe_device = args.device if args.device.startswith("cuda:") and gpus > 0 else device
-    trials = [Trial(t.key, t.config.replace(device=device, threads=max(1, int(cpus)), precision=precision),
+    if search is not None and spec.executor == "local":
+        raise StudyError("--search is not allowed with --executor local (Optuna's trials and ASHA's stops are "
+                         "scheduled by Ray Tune); allowed: --executor ray")
+    facts = preflight(spec, trials or ([Trial(search.key(0), search.base)] if search is not None else []))
+    device, packing, cpus, gpus = spec.run_device, spec.packing, spec.cpus_per_trial, spec.gpus_per_trial
+    trials = [Trial(t.key, t.config.replace(device=device, threads=spec.threads, precision=spec.precision),
                     t.tags, t.title) for t in trials]
     if search is not None:
-        search = dataclasses.replace(search, base=search.base.replace(device=device, threads=max(1, int(cpus)),
-                                                                      precision=precision))
+        search = dataclasses.replace(search, base=search.base.replace(device=device, threads=spec.threads,
+                                                                      precision=spec.precision))
     n_search = search.n_trials if search is not None else 0
-    out = Path(args.out or Path("results") / args.name)
-
-    from study import tuning
+    out = Path(spec.out or Path("results") / spec.name)
 
     try:  # the fault-injection test hook (docs/fault-tolerance.md); refused like any bad value
-        faults = tuning.parse_faults(os.environ.get(tuning.FAULT_ENV), {t.key for t in trials})
+        faults = execution.parse_faults(os.environ.get(execution.FAULT_ENV), {t.key for t in trials})
     except ValueError as e:
         raise StudyError(str(e)) from None
     storage = facts["storage"]
-    db = tracking.sqlite_path(args.tracking_uri)
-    if args.resume and db is not None and not db.is_file():  # refused before the store is created
-        raise StudyError(f"--resume: no tracking store at {db} (--tracking-uri {args.tracking_uri}), so no "
-                         f"study named {args.name!r} to resume")
-    check_no_checkpoints(args, storage)  # read-only; again below, under the lock
-    settings = study_settings(args, trials, search)
-    # the lock first: a second driver is refused before it writes anything (not even a new store)
-    lock = take_lock(storage, args.name)
-    held.callback(lock.release)  # on return, exception, Ctrl-C and SIGTERM (Ray's handler exits)
-    # under the lock: what the study's records say now cannot change until we are done
-    check_no_checkpoints(args, storage)
-    rec = tracking.StudyRecorder(args.tracking_uri, args.name, kind, args.experiment)
-    recorded = rec.recorded()
-    if recorded and not args.resume:
-        raise StudyError(f"study {args.name!r} already exists in {args.tracking_uri}; "
+    db = tracking.sqlite_path(spec.tracking_uri)
+    if spec.resume and db is not None and not db.is_file():  # refused before the store is created
+        raise StudyError(f"--resume: no tracking store at {db} (--tracking-uri {spec.tracking_uri}), so no "
+                         f"study named {spec.name!r} to resume")
+    check_no_checkpoints(spec, storage)  # read-only; again below, under the lock
+    settings = study_settings(spec, trials, search)
+    if not spec.estimate_only:
+        # the lock first: a second driver is refused before it writes anything (not even a new store)
+        lock = take_lock(storage, spec.name)
+        held.callback(lock.release)  # on return, exception, Ctrl-C and SIGTERM (Ray's handler exits)
+        # under the lock: what the study's records say now cannot change until we are done
+        check_no_checkpoints(spec, storage)
+    if spec.estimate_only and db is not None and not db.is_file():
+        rec = None  # nothing recorded yet, and an estimate creates no store
+    else:
+        rec = tracking.StudyRecorder(spec.tracking_uri, spec.name, kind, spec.experiment)
+    recorded = rec.recorded() if rec is not None else None
+    if recorded and not spec.resume:
+        raise StudyError(f"study {spec.name!r} already exists in {spec.tracking_uri}; "
                          "pass --resume to continue it or choose another --name")
-    if args.resume and recorded is None:
-        raise StudyError(f"--resume: no study named {args.name!r} in {args.tracking_uri}")
-    manifest_uri = f"{study_folder(storage, args.name)}/{MANIFEST_FILE}"
-    if args.resume:
+    if spec.resume and recorded is None:
+        raise StudyError(f"--resume: no study named {spec.name!r} in {spec.tracking_uri}")
+    manifest_uri = f"{study_folder(storage, spec.name)}/{MANIFEST_FILE}"
+    if spec.resume:
         manifest = _read_text(manifest_uri)
         rec_storage = recorded[1].get(f"{tracking.T}storage")
         if manifest is None and rec_storage and rec_storage != storage:
-            raise StudyError(f"--resume: --storage {storage} holds no study {args.name!r}, which was recorded "
+            raise StudyError(f"--resume: --storage {storage} holds no study {spec.name!r}, which was recorded "
                              f"with --storage {rec_storage}; resume with --storage {rec_storage}")
-        check_resume_matches(args, settings, json.loads(manifest) if manifest else None, recorded[0])
+        check_resume_matches(spec, settings, json.loads(manifest) if manifest else None, recorded[0])
 
     # --- the plan, with a measured throughput probe
     plan: list[str] = []
@@ -660,74 +659,86 @@ def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, 
     train = facts["train"]
     cfg0 = trials[0].config if trials else search.base
     n_train = min(cfg0.subset or train.images.shape[0], train.images.shape[0])
-    threads = max(1, int(cpus))
-    left, left_note = epochs_left(args, trials, rec, storage)
-    nothing_left = args.resume and search is None and not left
+    left, left_note = epochs_left(spec, trials, rec, storage) if rec is not None else (
+        {t.key: t.config.epochs for t in trials}, "")
+    nothing_left = spec.resume and search is None and not left
+    # packs are planned from every trial of the grid (a resumed run packs what is left, below)
+    packs = make_packs([{"config": t.config.to_dict(), "tags": {}, "cache_dir": ""} for t in trials],
+                       spec.pack_size) if packing else []
+    n_ray = len(packs) if packing else len(trials)
+    members = max((len(p.get("members", [p])) for p in packs), default=1)
     # the probe runs where the driver is: on a cluster whose head has no GPU it cannot measure the
     # workers' GPUs, so the estimate is left out rather than guessed; a resume with nothing left to
-    # run has nothing to estimate
-    ips, eval_ips = (probe_throughput(cfg0, threads, probe_device)
+    # run has nothing to estimate. With packing it times the pack's step (the largest pack's size).
+    ips, eval_ips = (probe_throughput(cfg0, spec.threads, spec.probe_device, members=members)
                      if not nothing_left and (device == "cpu" or torch.cuda.is_available()) else (None, None))
     total_cpus = os.cpu_count() or 1
-    # packs are planned from every trial of the grid (a resumed run packs what is left, below)
-    n_ray = (len(make_packs([{"config": t.config.to_dict(), "tags": {}, "cache_dir": ""} for t in trials],
-                            args.pack_size)) if packing else len(trials))
-    parallel = max(1, min(n_ray + n_search, int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
+    if spec.executor == "local":
+        parallel = 1  # one trial (or pack) after another
+    else:
+        parallel = max(1, min(n_ray + n_search, int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
     n_test = min(cfg0.test_subset or facts["n_test"], facts["n_test"])
     est = None
     if ips:
-        # seconds of each run alone: its epochs left, then the final evaluation on the 10 test sets
-        secs = [left[t.key] * n_train / ips + 10 * n_test / eval_ips for t in trials if t.key in left]
-        if packing and secs:  # no speed-up from packing assumed: the packs share their members' time
-            secs = [sum(secs) / n_ray] * n_ray
+        if packing:  # the probed rate is the pack's, all its members at once: the packs share it
+            total = sum(left.values()) * n_train / ips + len(left) * 10 * n_test / eval_ips
+            secs = [total / n_ray] * n_ray if left else []
+        else:  # seconds of each run alone: its epochs left, then the final evaluation on the 10 test sets
+            secs = [left[t.key] * n_train / ips + 10 * n_test / eval_ips for t in trials if t.key in left]
         if search is not None:  # at most: every search trial runs all its epochs and evaluations
             secs += [search.base.epochs * n_train / ips + search.evals * 10 * n_test / eval_ips] * n_search
-        est = estimate_seconds(secs, parallel, shared_device=gpus > 0)
+        est = estimate_seconds(secs, parallel, shared_device=gpus > 0 or spec.executor == "local")
     commit = _git_commit()
     vers = versions()
     searched = f" + a search of {n_search}" if search is not None else ""
-    say(f"study {args.name} ({kind}): {len(trials)} trials{searched}, {cfg0.epochs} epochs each, "
+    say(f"study {spec.name} ({kind}): {len(trials)} trials{searched}, {cfg0.epochs} epochs each, "
         f"{n_train} training images ({train.source}, {train.checksum[:19]}), {n_test} test images x 10 sets")
-    if args.preset == "smoke":
+    if spec.preset == "smoke":
         say(f"  {SMOKE_NOTE}")
     for line in plan_lines:
         say(f"  {line}")
-    say(f"  device {device}, precision {precision}; {cpus:g} CPU + {gpus:g} GPU per {'pack' if packing else 'trial'}; "
-        f"up to {parallel} side by side; Ray {'at ' + args.address if args.address else 'local'}")
+    where = (f"Ray {'at ' + spec.address if spec.address else 'local'}" if spec.executor == "ray"
+             else "this process (--executor local), one after another")
+    say(f"  device {device}, precision {spec.precision}; {cpus:g} CPU + {gpus:g} GPU per "
+        f"{'pack' if packing else 'trial'}; up to {parallel} side by side; {where}")
     if packing:
-        say(f"  packing ({'forced by --pack on' if args.pack == 'on' else 'auto: CUDA'}): the {len(trials)} "
-            f"grid trials run as {n_ray} Ray trial(s) of up to {args.pack_size} members"
-            + ("; search trials run unpacked" if search is not None else "")
-            + "; the estimate assumes no speed-up from packing")
+        say(f"  packing ({'forced by --pack on' if spec.pack == 'on' else 'auto: CUDA'}): the {len(trials)} "
+            f"grid trials run as {n_ray} pack(s) of up to {spec.pack_size} members"
+            + ("; search trials run unpacked" if search is not None else ""))
     if left_note:
         say(f"  {left_note}")
-    if lock.broke:
+    if not spec.estimate_only and lock.broke:
         say(f"  study lock: {lock.broke}")
+    probed = f"{'a pack of ' + str(members) if members > 1 else 'one trial'}"
     if ips:
-        say(f"  probe: {ips:.0f} training images/s, {eval_ips:.0f} test images/s per trial ({threads} thread(s), "
-            f"batch {cfg0.batch_size}, {tuning.device_name(probe_device)}); estimated wall time {tuning._fmt(est)}")
+        say(f"  probe: {ips:.0f} training images/s, {eval_ips:.0f} test images/s for {probed} ({spec.threads} "
+            f"thread(s), batch {cfg0.batch_size}, {execution.device_name(spec.probe_device)}); estimated wall "
+            f"time {execution.fmt_duration(est)}")
     elif nothing_left:
         say("  probe: skipped (every trial is finished: nothing to run)")
     else:
         say(f"  probe: skipped (the driver has no {device}); no wall-time estimate")
-    say(f"  runs -> {args.tracking_uri} (experiment {args.experiment}; artifacts -> {rec.artifact_location()}); "
-        f"checkpoints -> {storage}/{args.name}/trials; tables -> {out}")
+    artifacts = rec.artifact_location() if rec is not None else tracking.artifact_location_for(spec.tracking_uri)
+    say(f"  runs -> {spec.tracking_uri} (experiment {spec.experiment}; artifacts -> {artifacts}); "
+        f"checkpoints -> {storage}/{spec.name}/trials; tables -> {out}")
+    if spec.estimate_only:
+        print("estimate only (--estimate-only): nothing was written")
+        return 0
 
-    parent_tags = {"preset": args.preset, "seeds": args.seeds, "data_source": train.source,
+    parent_tags = {"preset": spec.preset, "seeds": spec.seeds, "data_source": train.source,
                    "data_checksum": train.checksum, "git_commit": commit, "versions": vers,
-                   "device_name": tuning.device_name(probe_device) if ips else device, "storage": storage,
-                   **(search.parent_tags if search is not None else {})}
+                   "device_name": execution.device_name(spec.probe_device) if ips else device, "storage": storage,
+                   "executor": spec.executor, **(search.parent_tags if search is not None else {})}
     sched = resume_schedule_params(trials, search)
-    flags = {k: v for k, v in vars(args).items() if k != "resume" and v is not None}
-    command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *_command_argv()])
-    description = (f"{'Resumed' if args.resume else 'Started'} {time.strftime('%Y-%m-%d %H:%M:%S')} with:\n\n"
-                   f"    {command}\n\nPlan:\n\n" + "\n".join(f"    {line}" for line in plan))
-    rec.open_parent(args.resume, parent_tags, {**flags, **sched, "n_trials": len(trials) + n_search},
+    flags = {k: v for k, v in spec.flags.items() if k != "resume"}
+    description = (f"{'Resumed' if spec.resume else 'Started'} {time.strftime('%Y-%m-%d %H:%M:%S')} with:\n\n"
+                   f"    {spec.command}\n\nPlan:\n\n" + "\n".join(f"    {line}" for line in plan))
+    rec.open_parent(spec.resume, parent_tags, {**flags, **sched, "n_trials": len(trials) + n_search},
                     description=description, reopen=not nothing_left)
-    if not args.resume or _read_text(manifest_uri) is None:  # what a later --resume is checked against
-        _write_text(manifest_uri, json.dumps({"name": args.name, "kind": kind, "created": time.time(),
+    if not spec.resume or _read_text(manifest_uri) is None:  # what a later --resume is checked against
+        _write_text(manifest_uri, json.dumps({"name": spec.name, "kind": kind, "created": time.time(),
                                               **settings}, sort_keys=True, indent=1))
-    done = rec.finished_keys() if args.resume else set()
+    done = rec.finished_keys() if spec.resume else set()
     todo = [t for t in trials if t.key not in done]
     if done:
         print(f"  resume: {len(done)} finished trials kept, {len(todo)} to run (from their checkpoints)")
@@ -739,44 +750,30 @@ def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, 
 
     def spec_of(key: str, config: TrialConfig, tags: dict, title: str = "") -> dict:
         return {"key": key, "config": config.to_dict(), "tags": tags, "run_name": title or key,
-                "store": tuning.trial_store_uri(storage, args.name, key),
+                "store": execution.trial_store_uri(storage, spec.name, key),
                 "cache_dir": str(data_mod.default_cache_dir()), "fault": faults.get(key)}
 
     specs = [spec_of(t.key, t.config, t.tags, t.title) for t in todo]
-    runs = make_packs(specs, args.pack_size) if packing else specs  # what Ray runs: trials or packs
+    runs = make_packs(specs, spec.pack_size) if packing else specs  # what the executor runs: trials or packs
     status = "FINISHED"
     failed: dict[str, str] = {}
     if specs or search is not None:
-        import ray
-        if probe_device != device:  # cuda:N
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            n = int(probe_device[5:])
-            os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[n] if visible else str(n)
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", **({} if args.address else {"object_store_memory": 256 * 2**20}))
-        printer = tuning.ProgressPrinter(
+        progress = execution.Progress(
             [s["key"] for s in specs], sum(left.get(s["key"], 0) for s in specs)
             + n_search * (search.base.epochs if search is not None else 0),
-            args.progress_every, kept=len(done), n_search=n_search)
-        cb = tuning.MlflowCallback(rec, tags_of_config, common_tags)
-        stop = tuning.StopWhenLost(cb)
+            spec.progress_every, kept=len(done), n_search=n_search)
+        recording = execution.Recording(rec, tags_of_config, common_tags)
+        run = dataclasses.replace(spec, storage=storage, cpus_per_trial=cpus, gpus_per_trial=gpus)
         try:
-            if runs:
-                tuning.run_tuner(runs, name=args.name, storage=storage,
-                                 resources={"cpu": cpus, "gpu": gpus}, callbacks=[cb, printer],
-                                 max_failures=args.max_failures, stop=stop)
-            if search is not None and cb.lost is None:
-                tuning.run_search(search, spec_of, name=args.name, storage=storage,
-                                  resources={"cpu": cpus, "gpu": gpus}, callbacks=[cb, printer],
-                                  max_failures=args.max_failures, stop=stop)
+            executor_module(spec.executor).execute(run, runs, search, spec_of, recording, progress)
         except KeyboardInterrupt:
             status = "KILLED"
             raise
         except Exception:
-            if cb.lost is None:
+            if recording.lost is None:
                 raise
         finally:
-            if cb.lost is not None and status != "KILLED":
+            if recording.lost is not None and status != "KILLED":
                 status = "LOST"  # the tracking store stopped answering: handled below, in one line
             with shielded("recording the interruption in MLflow"):
                 if status == "KILLED":
@@ -786,7 +783,6 @@ def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, 
                     except Exception as e:  # e.g. Ctrl-C because the server hangs: say it, in one line
                         print(f"  could not mark the runs KILLED ({tracking.one_line(e)}); a --resume "
                               "continues them all the same", file=sys.stderr)
-                ray.shutdown()
         if status == "LOST":
             with shielded("stopping"):
                 try:  # one quick try: a server that is back gets its runs KILLED, a dead one stays as is
@@ -794,19 +790,20 @@ def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, 
                     rec.close_parent("KILLED")
                 except Exception:
                     pass
-            raise TrackingLost(f"the tracking store {args.tracking_uri} stopped answering ({cb.lost}); the "
+            raise TrackingLost(f"the tracking store {spec.tracking_uri} stopped answering ({recording.lost}); the "
                                "study stopped, its checkpoints are kept: run the same command with --resume "
                                "once it answers again")
-        failed = dict(cb.failed)
-        if cb.failed:
-            print(f"  {len(cb.failed)} trial(s) failed: " + "; ".join(f"{k}: {v}" for k, v in sorted(cb.failed.items())))
-        if cb.stopped_early:
-            print(f"  {len(cb.stopped_early)} trial(s) stopped early by ASHA: "
-                  + ", ".join(f"{k} (epoch {e})" for k, e in sorted(cb.stopped_early.items())))
+        failed = dict(recording.failed)
+        if recording.failed:
+            print(f"  {len(recording.failed)} trial(s) failed: "
+                  + "; ".join(f"{k}: {v}" for k, v in sorted(recording.failed.items())))
+        if recording.stopped_early:
+            print(f"  {len(recording.stopped_early)} trial(s) stopped early by ASHA: "
+                  + ", ".join(f"{k} (epoch {e})" for k, e in sorted(recording.stopped_early.items())))
         # Ray answers Ctrl-C by stopping the trials and returning normally: a study is finished
         # only when every trial of the grid reached an end (finished or failed)
         with shielded("recording the interruption in MLflow"):
-            ended = rec.finished_keys() | set(cb.failed)
+            ended = rec.finished_keys() | set(recording.failed)
             unfinished = sorted(s["key"] for s in specs if s["key"] not in ended)
             if unfinished:
                 status = "KILLED"
@@ -818,10 +815,10 @@ def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, 
         rec.close_parent(status)
         rec.log_summary(study_summary(rec, len(trials) + n_search, time.time() - t_start))
     files = analyse(rec.parent_id, out)
-    if args.preset == "smoke":
+    if spec.preset == "smoke":
         print(SMOKE_NOTE)
-    print(f"open these runs: {tracking.ui_command(args.tracking_uri, rec.experiment_id)}  (experiment "
-          f"{args.experiment}, parent run {args.name})")
+    print(f"open these runs: {tracking.ui_command(spec.tracking_uri, rec.experiment_id)}  (experiment "
+          f"{spec.experiment}, parent run {spec.name})")
     if failed:
         shown = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
         print(f"error: {len(failed)} of {len(trials) + n_search} trial(s) did not finish ({shown[:1500]}); the "
@@ -837,13 +834,6 @@ SMOKE_NOTE = ("preset smoke is a pipeline check (a few hundred images, 2 epochs)
 
 class TrackingLost(RuntimeError):
     """The tracking store stopped answering mid-study; the message is the one line the user sees."""
-
-
-def _command_argv() -> list[str]:
-    """The command line as typed: `-m module` for a module run (sys.argv[0] is then its file path)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    return (["-m", spec.name] if spec is not None and spec.name else [sys.argv[0]]) + sys.argv[1:]
 
 
 def study_summary(rec, n_trials: int, session_s: float) -> dict:
@@ -863,9 +853,9 @@ def study_summary(rec, n_trials: int, session_s: float) -> dict:
 
 def main_wrapper(fn) -> int:
     """Run a study main; a refusal is one line on stderr and exit code 2."""
-    from study.tracking import TrackingError
-
     import logging
+
+    from study.tracking import TrackingError
     for name in ("mlflow", "alembic"):  # store-creation INFO lines would bury the one-line messages
         logging.getLogger(name).setLevel(logging.WARNING)
     if threading.current_thread() is threading.main_thread() and \
@@ -874,7 +864,7 @@ def main_wrapper(fn) -> int:
         signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
     try:
         return fn()
-    except (StudyError, ConfigError, data_mod.DataError, TrackingError) as e:
+    except (StudyError, SpecError, ConfigError, data_mod.DataError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrackingLost as e:

@@ -13,8 +13,17 @@ import argparse
 import sys
 
 from search_spaces import table2 as space
-from study.runner import (Trial, add_common_flags, main_wrapper, make_config, run_study, schedule_fields,
-                          seed_fields, val_size)
+from study.runner import (
+    Trial,
+    add_common_flags,
+    main_wrapper,
+    make_config,
+    run_study,
+    schedule_fields,
+    seed_fields,
+    val_size,
+)
+from study.spec import StudySpec
 
 
 def trial_tags(config: dict) -> dict:
@@ -37,18 +46,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def go():
+        spec = StudySpec.from_args(args)  # every flag of how the study runs, checked; args stop here
         from trainables.data import resolve_source
         args.data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
         trials = build_trials(args)
 
         def analyse(parent_run_id, out):
             from analysis.table2 import build_table2, format_console
-            res = build_table2(parent_run_id=parent_run_id, tracking_uri=args.tracking_uri,
-                               experiment=args.experiment, out_dir=out)
+            res = build_table2(parent_run_id=parent_run_id, tracking_uri=spec.tracking_uri,
+                               experiment=spec.experiment, out_dir=out)
             print(format_console(res))
             return res
 
-        return run_study(args, "table2", trials, trial_tags, analyse)
+        return run_study(spec, "table2", trials, trial_tags, analyse)
 
     return main_wrapper(go)
 

@@ -95,6 +95,12 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
 
+def artifact_location_for(uri: str) -> str:
+    """Where a new experiment's artifacts go for this tracking URI (StudyRecorder.ensure_experiment)."""
+    db = sqlite_path(uri)
+    return (db.resolve().parent / ARTIFACT_DIR).as_uri() if db else "the tracking server's artifact store"
+
+
 class StudyRecorder:
     """Parent run of one study plus one child run per trial key.
 
@@ -124,8 +130,7 @@ class StudyRecorder:
         """Where the runs' artifacts go: the experiment's root, or where open_parent will put it."""
         if self.experiment_id is not None:
             return self.client.get_experiment(self.experiment_id).artifact_location
-        db = sqlite_path(self.uri)
-        return (db.resolve().parent / ARTIFACT_DIR).as_uri() if db else "the tracking server's artifact store"
+        return artifact_location_for(self.uri)
 
     def ensure_experiment(self) -> None:
         if self.experiment_id is not None:

@@ -1,418 +1,95 @@
-"""The Ray side of a study: the one module in study/ that imports Ray Tune.
+"""The Ray side of a study (`--executor ray`): the one module in study/ that imports Ray Tune.
 
-- `trainable`: the function Ray runs per trial. It calls `trainables.train.run_trial` with a
-  checkpoint folder under `<storage>/<study>/trials/<trial key>/` (shared storage on a cluster),
-  so a trial that Ray restarts after a lost node, or that a `--resume` run starts again after a
-  killed driver, continues from its last epoch. The trial key, not Ray's trial id, names that
-  folder and the MLflow run, which is why neither is ever duplicated. Each start claims the folder
-  (`owner.json`, last claim wins) and a copy that finds itself superseded stops at its next epoch
-  end, so a stale copy (a partitioned node, a dead driver's trial) never reports or uploads again.
-  Its first report says where it runs and which checkpoint epoch it started from.
-- `IQA_LS_FAULT`: a fault-injection hook for tests (docs/fault-tolerance.md), nothing else.
-- `MlflowCallback`: runs in the driver and is the only writer to MLflow (see study/tracking.py).
-- `ProgressPrinter`: one line every `every_s` seconds: done / running / pending, best so far,
-  elapsed and remaining time.
+Everything a trial does, and what its results become in MLflow, lives in study/execution.py (shared
+with `--executor local`, study/local.py); this module only adapts it to Ray Tune:
+- `trainable`: the function Ray runs per trial (or pack): `execution.run_spec` with `tune.report`;
+- `MlflowCallback`, `ProgressPrinter`: Tune callbacks in the driver that hand trial starts, results,
+  completions and errors to `execution.Recording` and `execution.Progress`; `StopWhenLost` ends
+  the experiment once the tracking store stopped taking writes;
+- `execute`: the whole run of a study's trials (and its search) on Ray, local or a cluster;
 - `run_tuner`: the Tuner call; `run_search`: an Optuna search (OptunaSearch + ASHA) through it.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.stopper import Stopper
 
-from trainables.config import TrialConfig
-from trainables.train import TrialError, load_checkpoint, recover_checkpoint, run_trial
+from study.execution import Progress, Recording, members_of, run_spec
 
-ARTIFACTS = ("final_weights.pt", "config.json")
-OWNER_FILE = "owner.json"  # who runs the trial now: {"token", "node", "pid", "since", "start_epoch"}
-
-# Fault injection, for tests only: IQA_LS_FAULT="KIND@TRIAL_KEY[,KIND@TRIAL_KEY...]" in the driver's
-# environment (the driver hands it to that trial, on whatever node it runs).
-FAULT_ENV = "IQA_LS_FAULT"
-FAULT_KINDS = {
-    # the trial trains with lr=1e38: SGD overflows and run_trial's own check stops it on the first
-    # non-finite epoch loss (a TrialError: not retried, the run is marked FAILED with the reason)
-    "nan": 1e38,
-    # the trainable raises before training, on every attempt: a crash, retried --max-failures times
-    "raise": None,
-}
-# logged when the trial wrote them: epoch 1's score histogram, the final evaluation's calibration bins
-OPTIONAL_ARTIFACTS = ("scores_hist.json", "calibration.json")
 STRICT_METRICS_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
-
-
-# ------------------------------------------------------------------ checkpoint storage
-class TrialStore:
-    """A trial's checkpoint folder on the study's storage (local/NFS path or a pyarrow URI).
-
-    On a filesystem path the trial writes there directly; on object storage (s3://, gs://) it
-    works in a local folder and uploads the files after every checkpoint.
-    """
-
-    def __init__(self, uri: str):
-        self.uri = uri
-        self.fs, self.path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-        self.remote = not isinstance(self.fs, pafs.LocalFileSystem)
-        self.work_dir = Path(tempfile.mkdtemp(prefix="iqa-ls-ckpt-")) if self.remote else Path(self.path)
-
-    def pull(self) -> Path:
-        if self.remote:
-            info = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-            for f in info:
-                if f.type == pafs.FileType.File and f.base_name != OWNER_FILE:
-                    pafs.copy_files(f.path, str(self.work_dir / f.base_name), source_filesystem=self.fs,
-                                    destination_filesystem=pafs.LocalFileSystem())
-        return self.work_dir
-
-    def push(self) -> None:
-        if self.remote:
-            for f in self.work_dir.iterdir():
-                if f.name == OWNER_FILE:  # written in place by claim(); a local copy would be stale
-                    continue
-                pafs.copy_files(str(f), f"{self.path}/{f.name}", source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self.fs)
-
-    def fetch(self) -> Path:
-        """The trial's files as a local folder (the driver logs the final artifacts from it)."""
-        return self.pull()
-
-    def claim(self, info: dict) -> str:
-        """Make the caller the folder's owner (the last claim wins); returns its token."""
-        token = uuid.uuid4().hex
-        data = json.dumps({"token": token, **info}, sort_keys=True).encode()
-        if self.remote:
-            with self.fs.open_output_stream(f"{self.path}/{OWNER_FILE}") as f:
-                f.write(data)
-        else:
-            folder = Path(self.path)
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{OWNER_FILE}.{token}.tmp"
-            tmp.write_bytes(data)
-            os.replace(tmp, folder / OWNER_FILE)  # readers see the old owner or the new, never half
-        return token
-
-    def owner(self) -> dict:
-        """The current owner record ({} if none or unreadable)."""
-        try:
-            if self.remote:
-                with self.fs.open_input_stream(f"{self.path}/{OWNER_FILE}") as f:
-                    return json.loads(f.read())
-            return json.loads((Path(self.path) / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
-
-
-class Superseded(RuntimeError):
-    """Another copy of this trial claimed its folder: this one stops without reporting."""
-
-
-def trial_store_uri(storage: str, study: str, key: str) -> str:
-    return f"{storage.rstrip('/')}/{study}/trials/{key}"
-
-
-def parse_faults(value: str | None, keys) -> dict[str, str]:
-    """IQA_LS_FAULT's value -> {trial key: fault kind}; a malformed value is a ValueError naming it."""
-    faults: dict[str, str] = {}
-    for item in filter(None, (v.strip() for v in (value or "").split(","))):
-        kind, at, key = item.partition("@")
-        if not at or kind not in FAULT_KINDS or key not in keys:
-            raise ValueError(f"{FAULT_ENV}={value!r}: {item!r} is not allowed; allowed: KIND@TRIAL_KEY, "
-                             f"KIND in {sorted(FAULT_KINDS)}, TRIAL_KEY one of this study's "
-                             f"({', '.join(sorted(keys)[:3])}, ...)")
-        faults[key] = kind
-    return faults
 
 
 # ------------------------------------------------------------------ the trainable
 def trainable(param: dict) -> None:
-    """Ray function trainable; param["trial"] = {"key", "config" (TrialConfig dict), "store", "cache_dir"},
-    or a pack: {"key", "members": [such specs], "cache_dir"} (see run_pack)."""
-    spec = param["trial"]
-    if spec.get("env"):
-        os.environ.update(spec["env"])
-    if "members" in spec:
-        return run_pack(spec, tune.report, _node())
-    cfg = TrialConfig.from_dict(spec["config"])
-    fault = spec.get("fault")
-    if fault == "raise":
-        raise RuntimeError(f"fault injected by {FAULT_ENV}=raise@{spec['key']}")
-    if fault == "nan":
-        cfg = cfg.replace(lr=FAULT_KINDS["nan"])
-    store = TrialStore(spec["store"])
-    ckpt_dir = store.pull()
-    # an unreadable checkpoint is moved aside here, before training: `note` says so in the first report
-    state, note = recover_checkpoint(ckpt_dir)
-    start_epoch = int(state["epoch"]) if state else 0  # 0: from scratch; else resumed from there
-    del state
-    node = _node()
-    token = store.claim({"node": node, "pid": os.getpid(), "since": time.time(), "start_epoch": start_epoch})
-    first = True
-
-    def with_objective(metrics: dict) -> dict:
-        # search trials: the searched objective = min of the named metrics, on the epochs that have them
-        obj = spec.get("objective")
-        if obj and all(m in metrics for m in obj["min_of"]):
-            metrics[obj["metric"]] = min(metrics[m] for m in obj["min_of"])
-        return metrics
-
-    def report(metrics: dict) -> None:
-        nonlocal first
-        owner = store.owner()
-        if owner.get("token") != token:
-            raise Superseded(f"{spec['store']} was claimed by node {owner.get('node')} pid {owner.get('pid')}")
-        with_objective(metrics)
-        if metrics.pop("checkpoint", None):
-            store.push()
-        if first:  # who ran this attempt, and from where: tags and a metric of the MLflow run
-            metrics.update(device_name=device_name(cfg.device), node=node, start_epoch=start_epoch)
-            if note:
-                metrics.setdefault("checkpoint_note", note)
-            first = False
-        tune.report(metrics)
-
-    try:
-        last = run_trial(cfg, report, checkpoint_dir=ckpt_dir, cache_dir=spec.get("cache_dir"))
-    except TrialError as e:
-        # A property of the trial (e.g. NaN loss), not of the machine: report it instead of raising,
-        # so Ray does not retry it; the callback marks the MLflow run FAILED with this reason.
-        tune.report({"trial_error": str(e)})
-        return
-    except Superseded:
-        return  # a newer copy owns the folder and reports for the trial: this one says nothing more
-    if first and last:  # resumed after its last epoch: hand the final metrics back once more
-        report({k: v for k, v in last.items() if k != "checkpoint"})
+    """Ray function trainable; param["trial"] = a trial spec or a pack (study.execution.run_spec)."""
+    return run_spec(param["trial"], tune.report, _node())
 
 
 def _node() -> str:
     return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()}"
 
 
-def run_pack(spec: dict, emit, node: str) -> None:
-    """A packed trial: its members train as one vmapped model (trainables.packed.run_packed) and
-    each reports as if it ran alone — every result carries `member` (the member's trial key), so the
-    driver's callback sends it to that member's MLflow run. Each member keeps its own checkpoint
-    folder and owner claim (the same folder an unpacked run of it uses, so a study can switch
-    packing between runs), its own first-report facts, and its own failure: a NaN member is
-    reported failed and dropped while the others go on. A crash of the process fails the pack,
-    and Ray restarts it like any trial. Members resume from their checkpoints; members at different
-    epochs (e.g. a study first run unpacked) run as one pack per start epoch, in turn.
-    `emit` is tune.report in a Ray trial (a list's append in tests)."""
-    from trainables.packed import run_packed
-
-    members = spec["members"]
-    for m in members:
-        if m.get("fault") == "raise":
-            raise RuntimeError(f"fault injected by {FAULT_ENV}=raise@{m['key']}")
-    cfgs = [TrialConfig.from_dict(m["config"]) for m in members]
-    stores = [TrialStore(m["store"]) for m in members]
-    dirs = [s.pull() for s in stores]
-    recovered = [recover_checkpoint(d) for d in dirs]  # (state, note): see trainable
-    starts = [int(st["epoch"]) if st else 0 for st, _ in recovered]
-    lasts = [dict(st["metrics"]) if st else {} for st, _ in recovered]
-    notes = [note for _, note in recovered]
-    del recovered
-    tokens = [s.claim({"node": node, "pid": os.getpid(), "since": time.time(), "start_epoch": starts[k],
-                       "pack": spec["key"]}) for k, s in enumerate(stores)]
-    first = [True] * len(members)
-
-    def report(k: int, metrics: dict) -> None:
-        owner = stores[k].owner()
-        if owner.get("token") != tokens[k]:
-            raise Superseded(f"{members[k]['store']} was claimed by node {owner.get('node')} pid {owner.get('pid')}")
-        if metrics.pop("checkpoint", None):
-            stores[k].push()
-        if first[k]:
-            metrics.update(device_name=device_name(cfgs[k].device), node=node, start_epoch=starts[k])
-            if notes[k]:
-                metrics.setdefault("checkpoint_note", notes[k])
-            first[k] = False
-        emit({**metrics, "member": members[k]["key"]})
-
-    ended: set[int] = set()
-    try:
-        for k, cfg in enumerate(cfgs):
-            if starts[k] >= cfg.epochs:  # resumed after its last epoch: hand the final metrics back once
-                report(k, {n: v for n, v in lasts[k].items() if n != "checkpoint"})
-                ended.add(k)
-        for start in sorted({starts[k] for k in range(len(cfgs)) if k not in ended}):
-            group = [k for k in range(len(cfgs)) if starts[k] == start and k not in ended]
-            out = run_packed([cfgs[k] for k in group], lambda j, m: report(group[j], m),
-                             checkpoint_dirs=[dirs[k] for k in group], cache_dir=spec.get("cache_dir"),
-                             poison={j for j, k in enumerate(group) if members[k].get("fault") == "nan"})
-            for j, k in enumerate(group):
-                ended.add(k)
-                if "error" in out[j]:
-                    emit({"member": members[k]["key"], "trial_error": out[j]["error"]})
-    except TrialError as e:  # a property of the members (e.g. a checkpoint of another config): not retried
-        for k in range(len(members)):
-            if k not in ended:
-                emit({"member": members[k]["key"], "trial_error": str(e)})
-    except Superseded:
-        return  # a newer copy of the pack owns the folders and reports for it
-
-
-def device_name(device: str) -> str:
-    """'NVIDIA H200' or 'cpu: AMD EPYC x2': the hardware a number was measured on."""
-    import torch
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return _cpu_name()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except OSError:
-        pass
-    import platform
-    return f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()}"
-
-
 # ------------------------------------------------------------------ driver-side callbacks
-class RecordFailed(RuntimeError):
-    """A write to the tracking store failed: the study cannot go on recording (study.runner stops it)."""
-
-
-def _recording(method):
-    """A callback hook whose MLflow writes must not fail quietly: the first failure is kept in
-    `self.lost` (one line) and every hook after it raises, which ends tuner.fit()."""
-    def hook(self, *args, **kwargs):
-        if self.lost is not None:
-            raise RecordFailed(self.lost)
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as e:
-            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-            self.lost = f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
-            raise RecordFailed(self.lost) from None
-    hook.__name__, hook.__doc__ = method.__name__, method.__doc__
-    return hook
-
-
 class MlflowCallback(tune.Callback):
-    """Writes every trial's results to MLflow from the driver (the only writer).
+    """Hands Tune's trial events to `execution.Recording` (the MLflow records). Small on purpose: Ray
+    pickles the callbacks into its experiment state (tuner.pkl)."""
 
-    Its state is small on purpose: Ray pickles the callbacks into the experiment state (tuner.pkl),
-    so it holds the recorder, `tags_of` (a module-level function: trial config dict -> tags) and a
-    dict of tags every trial shares (`common_tags`), never the data set."""
+    def __init__(self, recording: Recording):
+        self.recording = recording
 
-    def __init__(self, recorder, tags_of, common_tags: dict | None = None, say=print):
-        self.rec, self.tags_of_config, self.common_tags, self.say = recorder, tags_of, common_tags or {}, say
-        self.failed: dict[str, str] = {}
-        self.stopped_early: dict[str, int] = {}  # key -> last epoch, trials a scheduler (ASHA) stopped
-        self.lost: str | None = None  # why the tracking store stopped taking writes
-
-    def tags_of(self, spec: dict) -> dict:
-        return {**self.tags_of_config(spec["config"]), **spec["tags"], **self.common_tags}
-
-    @_recording
     def on_trial_start(self, iteration, trials, trial, **info):
-        for m in members_of(trial.config["trial"]):
-            self.rec.open_child(m["key"], m["config"], self.tags_of(m), run_name=m.get("run_name"))
+        self.recording.start(trial.config["trial"])
 
-    @_recording
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        # a packed trial's results name their member; an unpacked trial is its own one member
-        spec = trial.config["trial"]
-        key = result.get("member") or spec["key"]
-        store = next(m["store"] for m in members_of(spec) if m["key"] == key)
-        if "device_name" in result:
-            self.rec.client.set_tag(self.rec.child_ids[key], "iqa_ls.device_name", result["device_name"])
-        if result.get("checkpoint_note"):  # an unreadable checkpoint was moved aside (recover_checkpoint)
-            self.rec.set_child_tag(key, "checkpoint_recovery", result["checkpoint_note"])
-            self.say(f"  {key}: {result['checkpoint_note']}", flush=True)
-        if "start_epoch" in result:  # the first report of an attempt
-            start = int(result["start_epoch"])
-            if start > self.rec.last_step.get(key, 0):
-                self._fill_gap(store, key)
-            self.rec.record_attempt(key, start, result.get("node") or str(result.get("node_ip")))
-        if "trial_error" in result:
-            self.failed[key] = result["trial_error"]
-            self.rec.fail_child(key, result["trial_error"])
-        elif "epoch" in result:
-            self.rec.log_epoch(key, result)
+        self.recording.result(trial.config["trial"], result)
 
-    def _fill_gap(self, store_uri: str, key: str) -> None:
-        """The attempt resumed past the last epoch MLflow holds (the node or the driver died between
-        a checkpoint and its report): log the missing epochs from the checkpoint's history."""
-        store = TrialStore(store_uri)
-        local = store.fetch()
-        try:
-            state = load_checkpoint(local)
-            if state:
-                self.rec.log_history(key, state.get("history", []))
-        finally:
-            if store.remote:
-                shutil.rmtree(local, ignore_errors=True)
-
-    @_recording
     def on_trial_complete(self, iteration, trials, trial, **info):
-        spec = trial.config["trial"]
-        for m in members_of(spec):
-            if m["key"] not in self.failed:
-                self._complete(m, trial.last_result or {}, packed="members" in spec)
+        self.recording.complete(trial.config["trial"], trial.last_result or {})
 
-    def _complete(self, spec: dict, last: dict, packed: bool) -> None:
-        store = TrialStore(spec["store"])
-        local = store.fetch()
-        try:
-            files = [local / a for a in ARTIFACTS if (local / a).exists()]
-            extra = [local / a for a in OPTIONAL_ARTIFACTS if (local / a).exists()]
-            if len(files) != len(ARTIFACTS) and not packed and last.get("done") and \
-                    0 < int(last.get("epoch", 0)) < spec["config"]["epochs"]:
-                # the scheduler stopped it before its last epoch (Tune marks that result done): an
-                # honest KILLED with the epoch it reached, neither a failure nor a finished trial
-                self.stopped_early[spec["key"]] = int(last["epoch"])
-                self.rec.stop_child_early(spec["key"], int(last["epoch"]), extra)
-            elif len(files) != len(ARTIFACTS):
-                self.failed[spec["key"]] = f"trial ended without its final artifacts in {spec['store']}"
-                self.rec.fail_child(spec["key"], self.failed[spec["key"]])
-            else:
-                self.rec.finish_child(spec["key"], files + extra)
-        finally:
-            if store.remote:
-                shutil.rmtree(local, ignore_errors=True)
-
-    @_recording
     def on_trial_error(self, iteration, trials, trial, **info):
-        err = _error_text(trial) or "trial raised an error (no error file)"
-        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-        for m in members_of(trial.config["trial"]):  # a crashed pack fails each member still open
-            if m["key"] not in self.failed:
-                self.failed[m["key"]] = lines[-1] if lines else str(err)
-                self.rec.fail_child(m["key"], self.failed[m["key"]])
+        self.recording.error(trial.config["trial"], _error_text(trial))
+
+
+def _running(trials) -> set[str]:
+    return {m["key"] for t in trials if t.status == "RUNNING" for m in members_of(t.config["trial"])}
+
+
+class ProgressPrinter(tune.Callback):
+    """Hands Tune's trial events to `execution.Progress` (the progress lines)."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.progress.result(trial.config["trial"], result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.progress.complete(trial.config["trial"], _running(trials))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.progress.error(trial.config["trial"], _running(trials))
+
+    def on_step_end(self, iteration, trials, **info):
+        self.progress.tick(_running(trials))
 
 
 class StopWhenLost(Stopper):
-    """Ends the whole experiment once `callback.lost` is set: Tune turns some callback exceptions into
+    """Ends the whole experiment once `recording.lost` is set: Tune turns some callback exceptions into
     trial failures instead of stopping, so the failed write also stops the run this way."""
 
-    def __init__(self, callback: "MlflowCallback"):
-        self.callback = callback
+    def __init__(self, recording: Recording):
+        self.recording = recording
 
     def __call__(self, trial_id, result) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return self.callback.lost is not None
-
-
-def members_of(spec: dict) -> list[dict]:
-    """The trial specs a Ray trial runs: a pack's members, or the trial itself."""
-    return spec.get("members") or [spec]
+        return self.recording.lost is not None
 
 
 def _error_text(trial) -> str | None:
@@ -427,74 +104,27 @@ def _error_text(trial) -> str | None:
     return trial.get_error()
 
 
-class ProgressPrinter(tune.Callback):
-    """Quiet progress: one line every `every_s` seconds and one per finished trial. Counts are per
-    study trial (a pack's members count one each), include the trials a --resume kept (`kept`), and
-    the epochs are those this command trains (a resumed trial counts from its checkpoint)."""
-
-    def __init__(self, keys: list[str], total_epochs: int, every_s: float = 30.0, kept: int = 0,
-                 n_search: int = 0, metric: str = "acc_mean_all", printer=print):
-        self.keys, self.total_epochs, self.every_s, self.kept = list(keys), total_epochs, every_s, kept
-        self.n_total = kept + len(self.keys) + n_search
-        self.metric, self.print = metric, printer
-        self.t0 = time.time()
-        self.last_print = 0.0
-        self.epochs: dict[str, int] = {}  # key -> last epoch reported
-        self.base: dict[str, int] = {}  # key -> the epoch its attempt started from
-        self.ended: dict[str, str] = {}  # key -> "finished" | "FAILED"
-        self.best: tuple[float, str] | None = None
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        key = result.get("member") or trial.config["trial"]["key"]
-        if "start_epoch" in result:
-            self.base[key] = int(result["start_epoch"])
-        if "epoch" in result:
-            self.epochs[key] = int(result["epoch"])
-        if "trial_error" in result:
-            self.ended[key] = "FAILED"
-        if self.metric in result and (self.best is None or result[self.metric] > self.best[0]):
-            self.best = (float(result[self.metric]), key)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        keys = [m["key"] for m in members_of(trial.config["trial"])]
-        for k in keys:
-            self.ended.setdefault(k, "finished")
-        self._line(trials, force=True, note=", ".join(f"{self.ended[k]} {k}" for k in keys))
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        keys = [m["key"] for m in members_of(trial.config["trial"])]
-        for k in keys:
-            self.ended[k] = "FAILED"
-        self._line(trials, force=True, note=", ".join(f"FAILED {k}" for k in keys))
-
-    def on_step_end(self, iteration, trials, **info):
-        self._line(trials)
-
-    def _line(self, trials, force=False, note=""):
-        now = time.time()
-        if not force and now - self.last_print < self.every_s:
-            return
-        self.last_print = now
-        running = sum(1 for t in trials if t.status == "RUNNING"
-                      for m in members_of(t.config["trial"]) if m["key"] not in self.ended)
-        done = self.kept + len(self.ended)
-        failed = sum(v == "FAILED" for v in self.ended.values())
-        trained = sum(max(0, e - self.base.get(k, 0)) for k, e in self.epochs.items())
-        elapsed = now - self.t0
-        progress = trained / max(1, self.total_epochs)
-        eta = f"{_fmt(elapsed * (1 - progress) / progress)}" if progress > 0 else "?"
-        best = f" | best {self.metric} {self.best[0]:.3f} ({self.best[1]})" if self.best else ""
-        extra = ", ".join(x for x in (f"{failed} failed" if failed else "",
-                                      f"{self.kept} kept from before" if self.kept else "") if x)
-        self.print(f"[{_fmt(elapsed)}] trials {done}/{self.n_total} done" + (f" ({extra})" if extra else "")
-                   + f", {running} running, {max(0, self.n_total - done - running)} pending | epochs "
-                   f"{min(trained, self.total_epochs)}/{self.total_epochs} to train{best} | left ~{eta}"
-                   + (f" | {note}" if note else ""), flush=True)
-
-
-def _fmt(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+# ------------------------------------------------------------------ the run of a study on Ray
+def execute(study, runs: list[dict], search, spec_of, recording: Recording, progress: Progress) -> None:
+    """Run `runs` (trial specs and packs) and then `search` (or None) on Ray: local, or the cluster at
+    `study.address`. Ray is started here and shut down however this ends."""
+    if study.visible_gpu is not None:  # --device cuda:N: the local Ray sees only GPU N
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[study.visible_gpu] if visible else str(study.visible_gpu)
+    ray.init(address=study.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             **({} if study.address else {"object_store_memory": 256 * 2**20}))
+    callbacks = [MlflowCallback(recording), ProgressPrinter(progress)]
+    stop = StopWhenLost(recording)
+    resources = {"cpu": study.cpus_per_trial, "gpu": study.gpus_per_trial}
+    try:
+        if runs:
+            run_tuner(runs, name=study.name, storage=study.storage, resources=resources, callbacks=callbacks,
+                      max_failures=study.max_failures, stop=stop)
+        if search is not None and recording.lost is None:
+            run_search(search, spec_of, name=study.name, storage=study.storage, resources=resources,
+                       callbacks=callbacks, max_failures=study.max_failures, stop=stop)
+    finally:
+        ray.shutdown()
 
 
 # ------------------------------------------------------------------ the Tuner call

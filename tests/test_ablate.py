@@ -133,13 +133,14 @@ class _FakeTrial:
     (["scores_hist.json"], {"epoch": 2}, "FAILED"),  # ended early without the scheduler: a failure
 ])
 def test_scheduler_stopped_trial_is_killed_with_its_epoch_not_failed(tmp_path, files, last, status):
-    from study.tuning import MlflowCallback
+    from study.execution import Recording
 
     for f in files:
         (tmp_path / f).write_text("x")
     rec = _FakeRecorder()
-    cb = MlflowCallback(rec, tags_of=None)
-    cb.on_trial_complete(0, [], _FakeTrial(tmp_path, last))
+    cb = Recording(rec, tags_of=None)
+    trial = _FakeTrial(tmp_path, last)
+    cb.complete(trial.config["trial"], trial.last_result)
     assert rec.calls[0][0] == status
     if status == "KILLED":
         assert rec.calls[0][2:] == (1, ["scores_hist.json"]) and cb.stopped_early == {"search-0": 1}

@@ -4,7 +4,6 @@ The expected numbers (mean, sample std, t intervals, paired t tests, Holm) are c
 `statistics` and `scipy.stats`, independently of analysis.stats.
 """
 import json
-import math
 import statistics
 import subprocess
 import sys

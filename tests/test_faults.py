@@ -22,7 +22,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -265,7 +264,7 @@ def test_checkpoint_carries_every_epochs_metrics_across_a_resume(tmp_path):
 
 
 def test_last_claim_on_a_trial_folder_wins(tmp_path):
-    from study.tuning import OWNER_FILE, TrialStore
+    from study.execution import OWNER_FILE, TrialStore
     a, b = TrialStore(str(tmp_path / "t")), TrialStore(str(tmp_path / "t"))
     ta = a.claim({"node": "n1"})
     assert a.owner()["token"] == ta and a.owner()["node"] == "n1"
@@ -277,27 +276,23 @@ def test_last_claim_on_a_trial_folder_wins(tmp_path):
 def test_a_superseded_trial_copy_stops_reporting(tmp_path, monkeypatch):
     """A stale copy (its driver died, or its node was cut off and the trial restarted elsewhere)
     stops at its next epoch end once a newer copy claimed the folder, and says nothing more."""
-    from study import tuning
+    from study import execution
     store = tmp_path / "trials" / "k"
     reports = []
 
     def fake_report(m):
         reports.append(m)
         if m.get("epoch") == 1:  # meanwhile a newer copy of the trial starts and claims the folder
-            tuning.TrialStore(str(store)).claim({"node": "other", "pid": 1})
+            execution.TrialStore(str(store)).claim({"node": "other", "pid": 1})
 
-    monkeypatch.setattr(tuning.tune, "report", fake_report)
-    monkeypatch.setattr(tuning, "ray", SimpleNamespace(
-        util=SimpleNamespace(get_node_ip_address=lambda: "10.0.0.9"),
-        get_runtime_context=lambda: SimpleNamespace(get_node_id=lambda: "abc")))
-    tuning.trainable({"trial": {"key": "k", "config": tiny().to_dict(), "store": str(store),
-                                "cache_dir": os.environ["IQA_LS_CACHE"]}})
+    execution.run_spec({"key": "k", "config": tiny().to_dict(), "store": str(store),
+                        "cache_dir": os.environ["IQA_LS_CACHE"]}, fake_report, "10.0.0.9/abc")
     assert [m.get("epoch") for m in reports] == [1]
     assert reports[0]["start_epoch"] == 0 and reports[0]["node"] == "10.0.0.9/abc"
 
 
 def test_parse_faults():
-    from study.tuning import parse_faults
+    from study.execution import parse_faults
     assert parse_faults("nan@a, raise@b", {"a", "b"}) == {"a": "nan", "b": "raise"}
     assert parse_faults("", {"a"}) == {} and parse_faults(None, {"a"}) == {}
     for bad in ("nan@c", "kill@a", "a"):
@@ -316,16 +311,15 @@ def recorder(tmp_path_factory):
 def test_callback_fills_the_epochs_a_dead_driver_never_logged(recorder, tmp_path):
     """The driver logged epoch 1, then died after the trial had checkpointed epochs 2 and 3; the
     resumed attempt starts at 3, so MLflow gets 2 and 3 from the checkpoint's history, once."""
-    from study.tuning import MlflowCallback
+    from study.execution import Recording
     key, seen = "gap-1", []
     run_trial(tiny(), seen.append, checkpoint_dir=tmp_path / key)
     spec = {"key": key, "config": tiny().to_dict(), "tags": {}, "store": str(tmp_path / key)}
-    trial = SimpleNamespace(config={"trial": spec})
-    cb = MlflowCallback(recorder, lambda s: {})
-    cb.on_trial_start(0, [], trial)
-    cb.on_trial_result(0, [], trial, {**seen[0], "start_epoch": 0, "node": "n1/a"})
+    cb = Recording(recorder, lambda s: {})
+    cb.start(spec)
+    cb.result(spec, {**seen[0], "start_epoch": 0, "node": "n1/a"})
     resumed = {k: v for k, v in seen[2].items() if k != "checkpoint"}  # run_trial's "already done" report
-    cb.on_trial_result(0, [], trial, {**resumed, "start_epoch": 3, "node": "n2/b"})
+    cb.result(spec, {**resumed, "start_epoch": 3, "node": "n2/b"})
     run_id = recorder.child_ids[key]
     hist = sorted(recorder.client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
     assert [(m.step, m.value) for m in hist] == [(m["epoch"], pytest.approx(m["loss"])) for m in seen]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from study import runner, tuning
+from study import execution, runner
 from study.table2 import main as table2_main
 from trainables.config import TrialConfig
 from trainables.train import run_trial
@@ -45,14 +45,14 @@ def test_make_packs_groups_by_schedule_and_cadence_in_grid_order(tmp_path):
     specs += [spec("lr", tiny(lr=0.05), tmp_path), spec("ck", tiny(checkpoint_every=2), tmp_path),
               spec("lr2", tiny(lr=0.05, seed=3), tmp_path)]
     packs = runner.make_packs(specs, size=3)
-    members = [[m["key"] for m in tuning.members_of(p)] for p in packs]
+    members = [[m["key"] for m in execution.members_of(p)] for p in packs]
     assert members == [["a0", "a1", "a2"], ["a3", "a4"], ["lr", "lr2"], ["ck"]]
     assert "members" not in packs[-1] and packs[-1] is specs[6]  # a pack of one is a plain trial
     for p in packs[:3]:
         assert all(m["tags"]["pack"] == p["key"] and m["tags"]["pack_size"] == len(p["members"])
                    and m["tags"]["setting"] == m["key"] for m in p["members"])
     assert len({p["key"] for p in packs[:3]}) == 3
-    assert [len(tuning.members_of(p)) for p in runner.make_packs(specs, size=16)] == [5, 2, 1]
+    assert [len(execution.members_of(p)) for p in runner.make_packs(specs, size=16)] == [5, 2, 1]
 
 
 def test_pack_flags_are_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
@@ -81,7 +81,7 @@ def test_pack_trial_reports_each_member_as_its_own_trial(tmp_path):
     pack = {"key": "pack-0", "members": [spec("m0", cfgs[0], tmp_path), spec("m1", cfgs[1], tmp_path)],
             "cache_dir": os.environ["IQA_LS_CACHE"]}
     out: list[dict] = []
-    tuning.run_pack(pack, _emit_to(out), "10.0.0.9/abc")
+    execution.run_pack(pack, _emit_to(out), "10.0.0.9/abc")
     by = {k: [r for r in out if r["member"] == k] for k in ("m0", "m1")}
     assert [r["epoch"] for r in by["m0"]] == [2] and [r["epoch"] for r in by["m1"]] == [1, 2]
     assert by["m0"][0]["start_epoch"] == 1 and by["m1"][0]["start_epoch"] == 0
@@ -98,7 +98,7 @@ def test_pack_trial_reports_each_member_as_its_own_trial(tmp_path):
         assert (tmp_path / key / "final_weights.pt").exists() and (tmp_path / key / "config.json").exists()
     # run again: both finished, each hands its final metrics back once and nothing trains
     again: list[dict] = []
-    tuning.run_pack(pack, _emit_to(again), "n2/b")
+    execution.run_pack(pack, _emit_to(again), "n2/b")
     assert sorted((r["member"], r["epoch"], r["start_epoch"]) for r in again) == [("m0", 2, 2), ("m1", 2, 2)]
 
 
@@ -107,14 +107,14 @@ def test_pack_trial_fails_a_nan_member_alone_and_a_raise_fault_crashes_the_pack(
     pack = {"key": "pack-0", "members": [spec("ok", cfgs[0], tmp_path), spec("bad", cfgs[1], tmp_path, fault="nan")],
             "cache_dir": os.environ["IQA_LS_CACHE"]}
     out: list[dict] = []
-    tuning.run_pack(pack, _emit_to(out), "n/a")
+    execution.run_pack(pack, _emit_to(out), "n/a")
     errors = [r for r in out if "trial_error" in r]
     assert len(errors) == 1 and errors[0]["member"] == "bad"
     assert re.match(r"loss is nan at epoch 1", errors[0]["trial_error"])
     assert [r["epoch"] for r in out if r["member"] == "ok" and "epoch" in r] == [1, 2]
     pack["members"][1]["fault"] = "raise"
     with pytest.raises(RuntimeError, match="fault injected by IQA_LS_FAULT=raise@bad"):
-        tuning.run_pack(pack, _emit_to([]), "n/a")
+        execution.run_pack(pack, _emit_to([]), "n/a")
 
 
 # ------------------------------------------------------------------ a packed study, end to end

@@ -181,7 +181,7 @@ def test_a_checkpoint_resumes_with_other_threads_cadence_and_device_spelling(tmp
     with pytest.raises(TrialError, match=r"another config \(seed 0 there, 4 here"):
         run_trial(cfg.replace(seed=4), checkpoint_dir=tmp_path / "moved")
     from trainables.config import RUN_FIELDS
-    assert set(RUN_FIELDS) == {"device", "threads", "eval_every", "checkpoint_every"}
+    assert set(RUN_FIELDS) == {"device", "threads", "eval_every", "checkpoint_every", "step_impl"}
 
 
 def test_resume_with_other_schedule_flags_is_refused_naming_flag_and_both_values():
@@ -193,7 +193,8 @@ def test_resume_with_other_schedule_flags_is_refused_naming_flag_and_both_values
                                threads=None, name="st", resume=True, cpus_per_trial=None, device="auto")
         vars(args).update(flags)
         cfg = tiny(epochs=flags.get("epochs") or 2)
-        return args, study_settings(args, [Trial("s1-seed0", cfg)], None)
+        spec = SimpleNamespace(name=args.name, flags={k: v for k, v in vars(args).items() if v is not None})
+        return spec, study_settings(spec, [Trial("s1-seed0", cfg)], None)
 
     _, recorded = settings()
     args, same = settings(cpus_per_trial=2.0, device="cpu")  # flags that only run it may differ
@@ -243,27 +244,24 @@ def test_with_no_readable_checkpoint_the_trial_restarts_from_scratch(tmp_path):
 
 
 def test_the_trainable_reports_the_recovery_and_the_callback_tags_the_run(tmp_path, monkeypatch):
-    from study import tuning
+    from study import execution
     from study.tracking import StudyRecorder
     store = tmp_path / "trials" / "k"
     with pytest.raises(Stop):
         run_trial(tiny(), stop_after(1), checkpoint_dir=store)
     (store / CHECKPOINT_FILE).write_bytes(b"truncated")
     reports: list[dict] = []
-    monkeypatch.setattr(tuning.tune, "report", reports.append)
-    monkeypatch.setattr(tuning, "_node", lambda: "10.0.0.9/abc")
     spec = {"key": "k", "config": tiny().to_dict(), "tags": {}, "store": str(store),
             "cache_dir": os.environ["IQA_LS_CACHE"]}
-    tuning.trainable({"trial": spec})
+    execution.run_spec(spec, reports.append, "10.0.0.9/abc")
     assert reports[0]["start_epoch"] == 0 and "restarts from scratch" in reports[0]["checkpoint_note"]
     assert [r["epoch"] for r in reports] == [1, 2, 3]
     rec = StudyRecorder(f"sqlite:///{tmp_path}/mlflow.db", "rec", "table2")
     rec.open_parent(False, {}, {})
     said: list[str] = []
-    cb = tuning.MlflowCallback(rec, lambda c: {}, {}, say=lambda line, **kw: said.append(line))
-    trial = SimpleNamespace(config={"trial": spec})
-    cb.on_trial_start(0, [], trial)
-    cb.on_trial_result(0, [], trial, reports[0])
+    cb = execution.Recording(rec, lambda c: {}, {}, say=lambda line, **kw: said.append(line))
+    cb.start(spec)
+    cb.result(spec, reports[0])
     tag = rec.client.get_run(rec.child_ids["k"]).data.tags["iqa_ls.checkpoint_recovery"]
     assert tag == reports[0]["checkpoint_note"] and said == [f"  k: {tag}"]
 
@@ -357,7 +355,7 @@ def test_a_source_with_bad_labels_leaves_no_decoded_cache(tmp_path):
 
 
 def test_a_failed_tracking_write_stops_the_study_and_every_later_hook(tmp_path):
-    from study import tuning
+    from study import execution, tuning
 
     class DeadStore:
         child_ids = {}
@@ -365,15 +363,15 @@ def test_a_failed_tracking_write_stops_the_study_and_every_later_hook(tmp_path):
         def open_child(self, *a, **k):
             raise ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded\nmore")
 
-    cb = tuning.MlflowCallback(DeadStore(), lambda c: {}, {})
+    cb = execution.Recording(DeadStore(), lambda c: {}, {})
     stop = tuning.StopWhenLost(cb)
-    trial = SimpleNamespace(config={"trial": {"key": "k", "config": {}, "tags": {}, "store": str(tmp_path)}})
+    spec = {"key": "k", "config": {}, "tags": {}, "store": str(tmp_path)}
     assert not stop.stop_all()
-    with pytest.raises(tuning.RecordFailed, match="ConnectionError: HTTPConnectionPool"):
-        cb.on_trial_start(0, [], trial)
+    with pytest.raises(execution.RecordFailed, match="ConnectionError: HTTPConnectionPool"):
+        tuning.MlflowCallback(cb).on_trial_start(0, [], SimpleNamespace(config={"trial": spec}))
     assert cb.lost.startswith("ConnectionError: ") and "\n" not in cb.lost and stop.stop_all()
-    with pytest.raises(tuning.RecordFailed):
-        cb.on_trial_result(0, [], trial, {"epoch": 1})
+    with pytest.raises(execution.RecordFailed):
+        cb.result(spec, {"epoch": 1})
 
 
 def test_the_driver_sets_fast_fail_http_settings_without_overriding_the_users(monkeypatch):
@@ -440,13 +438,12 @@ def test_sqlite_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_pa
 
 # ------------------------------------------------------------------ 11, 12. what a new user sees
 def test_progress_counts_the_trial_that_just_finished_and_those_kept_by_a_resume():
-    from study.tuning import ProgressPrinter
+    from study.execution import Progress
     lines: list[str] = []
-    p = ProgressPrinter(["s2-seed0", "s3-seed0"], total_epochs=3, kept=1, printer=lambda s, **k: lines.append(s))
-    t2 = SimpleNamespace(config={"trial": {"key": "s2-seed0"}}, status="RUNNING")
-    t3 = SimpleNamespace(config={"trial": {"key": "s3-seed0"}}, status="PENDING")
-    p.on_trial_result(0, [t2, t3], t2, {"epoch": 2, "start_epoch": 1})  # resumed at epoch 1 of 2
-    p.on_trial_complete(0, [t2, t3], t2)
+    p = Progress(["s2-seed0", "s3-seed0"], total_epochs=3, kept=1, printer=lambda s, **k: lines.append(s))
+    s2 = {"key": "s2-seed0"}
+    p.result(s2, {"epoch": 2, "start_epoch": 1})  # resumed at epoch 1 of 2
+    p.complete(s2, {"s2-seed0"})
     assert "trials 2/3 done (1 kept from before), 0 running, 1 pending | epochs 1/3 to train" in lines[-1]
     assert lines[-1].endswith("| finished s2-seed0")
 

@@ -1,0 +1,475 @@
+"""What runs a study's trials, whatever schedules them: the one place for a trial's execution, its
+records and its progress, shared by both executors (`--executor ray`: study/tuning.py, Ray Tune, one
+machine or a cluster; `--executor local`: study/local.py, in this process). Nothing here imports Ray.
+
+- `run_spec(spec, emit, node)`: one trial (or a pack of trials) from its spec: checkpoint folder
+  under `<storage>/<study>/trials/<trial key>/` (shared storage on a cluster), so a trial that is
+  restarted (a lost node, a killed driver, a crash) continues from its last epoch. The trial key,
+  not an executor's id, names that folder and the MLflow run, which is why neither is ever
+  duplicated. Each start claims the folder (`owner.json`, last claim wins) and a copy that finds
+  itself superseded stops at its next epoch end, so a stale copy (a partitioned node, a dead
+  driver's trial) never reports or uploads again. Its first report says where it runs and which
+  checkpoint epoch it started from. `emit` gets every result: Ray's `tune.report` in a Ray trial,
+  the local executor's handler in this process.
+- `IQA_LS_FAULT`: a fault-injection hook for tests (docs/fault-tolerance.md), nothing else.
+- `Recording`: turns the results into MLflow records through study/tracking.py (the only writer),
+  in the driver; executors call `start`, `result`, `complete` and `error`.
+- `Progress`: one line every `every_s` seconds: done / running / pending, best so far, elapsed and
+  remaining time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from trainables.config import TrialConfig
+from trainables.train import TrialError, load_checkpoint, recover_checkpoint, run_trial
+
+ARTIFACTS = ("final_weights.pt", "config.json")
+OWNER_FILE = "owner.json"  # who runs the trial now: {"token", "node", "pid", "since", "start_epoch"}
+
+# Fault injection, for tests only: IQA_LS_FAULT="KIND@TRIAL_KEY[,KIND@TRIAL_KEY...]" in the driver's
+# environment (the driver hands it to that trial, on whatever node it runs).
+FAULT_ENV = "IQA_LS_FAULT"
+FAULT_KINDS = {
+    # the trial trains with lr=1e38: SGD overflows and run_trial's own check stops it on the first
+    # non-finite epoch loss (a TrialError: not retried, the run is marked FAILED with the reason)
+    "nan": 1e38,
+    # the trainable raises before training, on every attempt: a crash, retried --max-failures times
+    "raise": None,
+}
+# logged when the trial wrote them: epoch 1's score histogram, the final evaluation's calibration bins
+OPTIONAL_ARTIFACTS = ("scores_hist.json", "calibration.json")
+STRICT_METRICS_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+
+
+# ------------------------------------------------------------------ checkpoint storage
+class TrialStore:
+    """A trial's checkpoint folder on the study's storage (local/NFS path or a pyarrow URI).
+
+    On a filesystem path the trial writes there directly; on object storage (s3://, gs://) it
+    works in a local folder and uploads the files after every checkpoint.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.fs, self.path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+        self.remote = not isinstance(self.fs, pafs.LocalFileSystem)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="iqa-ls-ckpt-")) if self.remote else Path(self.path)
+
+    def pull(self) -> Path:
+        if self.remote:
+            info = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+            for f in info:
+                if f.type == pafs.FileType.File and f.base_name != OWNER_FILE:
+                    pafs.copy_files(f.path, str(self.work_dir / f.base_name), source_filesystem=self.fs,
+                                    destination_filesystem=pafs.LocalFileSystem())
+        return self.work_dir
+
+    def push(self) -> None:
+        if self.remote:
+            for f in self.work_dir.iterdir():
+                if f.name == OWNER_FILE:  # written in place by claim(); a local copy would be stale
+                    continue
+                pafs.copy_files(str(f), f"{self.path}/{f.name}", source_filesystem=pafs.LocalFileSystem(),
+                                destination_filesystem=self.fs)
+
+    def fetch(self) -> Path:
+        """The trial's files as a local folder (the driver logs the final artifacts from it)."""
+        return self.pull()
+
+    def claim(self, info: dict) -> str:
+        """Make the caller the folder's owner (the last claim wins); returns its token."""
+        token = uuid.uuid4().hex
+        data = json.dumps({"token": token, **info}, sort_keys=True).encode()
+        if self.remote:
+            with self.fs.open_output_stream(f"{self.path}/{OWNER_FILE}") as f:
+                f.write(data)
+        else:
+            folder = Path(self.path)
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{OWNER_FILE}.{token}.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, folder / OWNER_FILE)  # readers see the old owner or the new, never half
+        return token
+
+    def owner(self) -> dict:
+        """The current owner record ({} if none or unreadable)."""
+        try:
+            if self.remote:
+                with self.fs.open_input_stream(f"{self.path}/{OWNER_FILE}") as f:
+                    return json.loads(f.read())
+            return json.loads((Path(self.path) / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+class Superseded(RuntimeError):
+    """Another copy of this trial claimed its folder: this one stops without reporting."""
+
+
+def trial_store_uri(storage: str, study: str, key: str) -> str:
+    return f"{storage.rstrip('/')}/{study}/trials/{key}"
+
+
+def parse_faults(value: str | None, keys) -> dict[str, str]:
+    """IQA_LS_FAULT's value -> {trial key: fault kind}; a malformed value is a ValueError naming it."""
+    faults: dict[str, str] = {}
+    for item in filter(None, (v.strip() for v in (value or "").split(","))):
+        kind, at, key = item.partition("@")
+        if not at or kind not in FAULT_KINDS or key not in keys:
+            raise ValueError(f"{FAULT_ENV}={value!r}: {item!r} is not allowed; allowed: KIND@TRIAL_KEY, "
+                             f"KIND in {sorted(FAULT_KINDS)}, TRIAL_KEY one of this study's "
+                             f"({', '.join(sorted(keys)[:3])}, ...)")
+        faults[key] = kind
+    return faults
+
+
+# ------------------------------------------------------------------ one trial
+def local_node() -> str:
+    """Where the local executor runs: '<host>/local' (Ray's trials say '<node ip>/<Ray node id>')."""
+    return f"{socket.gethostname()}/local"
+
+
+def run_spec(spec: dict, emit, node: str) -> None:
+    """Run one trial spec {"key", "config" (TrialConfig dict), "store", "cache_dir", ...} or a pack
+    {"key", "members": [such specs], "cache_dir"} (see run_pack), handing every result to `emit`."""
+    if spec.get("env"):
+        os.environ.update(spec["env"])
+    if "members" in spec:
+        return run_pack(spec, emit, node)
+    cfg = TrialConfig.from_dict(spec["config"])
+    fault = spec.get("fault")
+    if fault == "raise":
+        raise RuntimeError(f"fault injected by {FAULT_ENV}=raise@{spec['key']}")
+    if fault == "nan":
+        cfg = cfg.replace(lr=FAULT_KINDS["nan"])
+    store = TrialStore(spec["store"])
+    ckpt_dir = store.pull()
+    # an unreadable checkpoint is moved aside here, before training: `note` says so in the first report
+    state, note = recover_checkpoint(ckpt_dir)
+    start_epoch = int(state["epoch"]) if state else 0  # 0: from scratch; else resumed from there
+    del state
+    token = store.claim({"node": node, "pid": os.getpid(), "since": time.time(), "start_epoch": start_epoch})
+    first = True
+
+    def with_objective(metrics: dict) -> dict:
+        # search trials: the searched objective = min of the named metrics, on the epochs that have them
+        obj = spec.get("objective")
+        if obj and all(m in metrics for m in obj["min_of"]):
+            metrics[obj["metric"]] = min(metrics[m] for m in obj["min_of"])
+        return metrics
+
+    def report(metrics: dict) -> None:
+        nonlocal first
+        owner = store.owner()
+        if owner.get("token") != token:
+            raise Superseded(f"{spec['store']} was claimed by node {owner.get('node')} pid {owner.get('pid')}")
+        with_objective(metrics)
+        if metrics.pop("checkpoint", None):
+            store.push()
+        if first:  # who ran this attempt, and from where: tags and a metric of the MLflow run
+            metrics.update(device_name=device_name(cfg.device), node=node, start_epoch=start_epoch)
+            if note:
+                metrics.setdefault("checkpoint_note", note)
+            first = False
+        emit(metrics)
+
+    try:
+        last = run_trial(cfg, report, checkpoint_dir=ckpt_dir, cache_dir=spec.get("cache_dir"))
+    except TrialError as e:
+        # A property of the trial (e.g. NaN loss), not of the machine: report it instead of raising,
+        # so no executor retries it; Recording marks the MLflow run FAILED with this reason.
+        emit({"trial_error": str(e)})
+        return
+    except Superseded:
+        return  # a newer copy owns the folder and reports for the trial: this one says nothing more
+    if first and last:  # resumed after its last epoch: hand the final metrics back once more
+        report({k: v for k, v in last.items() if k != "checkpoint"})
+
+
+def run_pack(spec: dict, emit, node: str) -> None:
+    """A packed trial: its members train as one vmapped model (trainables.packed.run_packed) and
+    each reports as if it ran alone — every result carries `member` (the member's trial key), so the
+    driver's callback sends it to that member's MLflow run. Each member keeps its own checkpoint
+    folder and owner claim (the same folder an unpacked run of it uses, so a study can switch
+    packing between runs), its own first-report facts, and its own failure: a NaN member is
+    reported failed and dropped while the others go on. A crash of the process fails the pack,
+    and the executor restarts it like any trial. Members resume from their checkpoints; members at different
+    epochs (e.g. a study first run unpacked) run as one pack per start epoch, in turn.
+    `emit` is tune.report in a Ray trial, the local executor's handler, a list's append in tests."""
+    from trainables.packed import run_packed
+
+    members = spec["members"]
+    for m in members:
+        if m.get("fault") == "raise":
+            raise RuntimeError(f"fault injected by {FAULT_ENV}=raise@{m['key']}")
+    cfgs = [TrialConfig.from_dict(m["config"]) for m in members]
+    stores = [TrialStore(m["store"]) for m in members]
+    dirs = [s.pull() for s in stores]
+    recovered = [recover_checkpoint(d) for d in dirs]  # (state, note): see trainable
+    starts = [int(st["epoch"]) if st else 0 for st, _ in recovered]
+    lasts = [dict(st["metrics"]) if st else {} for st, _ in recovered]
+    notes = [note for _, note in recovered]
+    del recovered
+    tokens = [s.claim({"node": node, "pid": os.getpid(), "since": time.time(), "start_epoch": starts[k],
+                       "pack": spec["key"]}) for k, s in enumerate(stores)]
+    first = [True] * len(members)
+
+    def report(k: int, metrics: dict) -> None:
+        owner = stores[k].owner()
+        if owner.get("token") != tokens[k]:
+            raise Superseded(f"{members[k]['store']} was claimed by node {owner.get('node')} pid {owner.get('pid')}")
+        if metrics.pop("checkpoint", None):
+            stores[k].push()
+        if first[k]:
+            metrics.update(device_name=device_name(cfgs[k].device), node=node, start_epoch=starts[k])
+            if notes[k]:
+                metrics.setdefault("checkpoint_note", notes[k])
+            first[k] = False
+        emit({**metrics, "member": members[k]["key"]})
+
+    ended: set[int] = set()
+    try:
+        for k, cfg in enumerate(cfgs):
+            if starts[k] >= cfg.epochs:  # resumed after its last epoch: hand the final metrics back once
+                report(k, {n: v for n, v in lasts[k].items() if n != "checkpoint"})
+                ended.add(k)
+        for start in sorted({starts[k] for k in range(len(cfgs)) if k not in ended}):
+            group = [k for k in range(len(cfgs)) if starts[k] == start and k not in ended]
+            out = run_packed([cfgs[k] for k in group], lambda j, m: report(group[j], m),
+                             checkpoint_dirs=[dirs[k] for k in group], cache_dir=spec.get("cache_dir"),
+                             poison={j for j, k in enumerate(group) if members[k].get("fault") == "nan"})
+            for j, k in enumerate(group):
+                ended.add(k)
+                if "error" in out[j]:
+                    emit({"member": members[k]["key"], "trial_error": out[j]["error"]})
+    except TrialError as e:  # a property of the members (e.g. a checkpoint of another config): not retried
+        for k in range(len(members)):
+            if k not in ended:
+                emit({"member": members[k]["key"], "trial_error": str(e)})
+    except Superseded:
+        return  # a newer copy of the pack owns the folders and reports for it
+
+
+def device_name(device: str) -> str:
+    """'NVIDIA H200' or 'cpu: AMD EPYC x2': the hardware a number was measured on."""
+    import torch
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return _cpu_name()
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    import platform
+    return f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+# ------------------------------------------------------------------ the records (driver side)
+class RecordFailed(RuntimeError):
+    """A write to the tracking store failed: the study cannot go on recording (study.runner stops it)."""
+
+
+def _recording(method):
+    """A callback hook whose MLflow writes must not fail quietly: the first failure is kept in
+    `self.lost` (one line) and every hook after it raises, which ends the executor's run."""
+    def hook(self, *args, **kwargs):
+        if self.lost is not None:
+            raise RecordFailed(self.lost)
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            self.lost = f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+            raise RecordFailed(self.lost) from None
+    hook.__name__, hook.__doc__ = method.__name__, method.__doc__
+    return hook
+
+
+class Recording:
+    """Writes every trial's results to MLflow from the driver (the only writer), whatever executor
+    ran them: `start(spec)` when a trial (or pack) starts, `result(spec, result)` for each of its
+    results, `complete(spec, last_result)` when it returned, `error(spec, text)` when it crashed.
+
+    Its state is small on purpose: Ray pickles the callbacks that hold it into the experiment state
+    (tuner.pkl), so it holds the recorder, `tags_of` (a module-level function: trial config dict ->
+    tags) and a dict of tags every trial shares (`common_tags`), never the data set."""
+
+    def __init__(self, recorder, tags_of, common_tags: dict | None = None, say=print):
+        self.rec, self.tags_of_config, self.common_tags, self.say = recorder, tags_of, common_tags or {}, say
+        self.failed: dict[str, str] = {}
+        self.stopped_early: dict[str, int] = {}  # key -> last epoch, trials a scheduler (ASHA) stopped
+        self.lost: str | None = None  # why the tracking store stopped taking writes
+
+    def tags_of(self, spec: dict) -> dict:
+        return {**self.tags_of_config(spec["config"]), **spec["tags"], **self.common_tags}
+
+    @_recording
+    def start(self, spec: dict) -> None:
+        for m in members_of(spec):
+            self.rec.open_child(m["key"], m["config"], self.tags_of(m), run_name=m.get("run_name"))
+
+    @_recording
+    def result(self, spec: dict, result: dict) -> None:
+        # a packed trial's results name their member; an unpacked trial is its own one member
+        key = result.get("member") or spec["key"]
+        store = next(m["store"] for m in members_of(spec) if m["key"] == key)
+        if "device_name" in result:
+            self.rec.client.set_tag(self.rec.child_ids[key], "iqa_ls.device_name", result["device_name"])
+        if result.get("checkpoint_note"):  # an unreadable checkpoint was moved aside (recover_checkpoint)
+            self.rec.set_child_tag(key, "checkpoint_recovery", result["checkpoint_note"])
+            self.say(f"  {key}: {result['checkpoint_note']}", flush=True)
+        if "start_epoch" in result:  # the first report of an attempt
+            start = int(result["start_epoch"])
+            if start > self.rec.last_step.get(key, 0):
+                self._fill_gap(store, key)
+            self.rec.record_attempt(key, start, result.get("node") or str(result.get("node_ip")))
+        if "trial_error" in result:
+            self.failed[key] = result["trial_error"]
+            self.rec.fail_child(key, result["trial_error"])
+        elif "epoch" in result:
+            self.rec.log_epoch(key, result)
+
+    def _fill_gap(self, store_uri: str, key: str) -> None:
+        """The attempt resumed past the last epoch MLflow holds (the node or the driver died between
+        a checkpoint and its report): log the missing epochs from the checkpoint's history."""
+        store = TrialStore(store_uri)
+        local = store.fetch()
+        try:
+            state = load_checkpoint(local)
+            if state:
+                self.rec.log_history(key, state.get("history", []))
+        finally:
+            if store.remote:
+                shutil.rmtree(local, ignore_errors=True)
+
+    @_recording
+    def complete(self, spec: dict, last: dict) -> None:
+        """The trial (or pack) returned; `last` is its last result (Tune marks one a scheduler stopped
+        with `done`)."""
+        for m in members_of(spec):
+            if m["key"] not in self.failed:
+                self._complete(m, last or {}, packed="members" in spec)
+
+    def _complete(self, spec: dict, last: dict, packed: bool) -> None:
+        store = TrialStore(spec["store"])
+        local = store.fetch()
+        try:
+            files = [local / a for a in ARTIFACTS if (local / a).exists()]
+            extra = [local / a for a in OPTIONAL_ARTIFACTS if (local / a).exists()]
+            if len(files) != len(ARTIFACTS) and not packed and last.get("done") and \
+                    0 < int(last.get("epoch", 0)) < spec["config"]["epochs"]:
+                # the scheduler stopped it before its last epoch (Tune marks that result done): an
+                # honest KILLED with the epoch it reached, neither a failure nor a finished trial
+                self.stopped_early[spec["key"]] = int(last["epoch"])
+                self.rec.stop_child_early(spec["key"], int(last["epoch"]), extra)
+            elif len(files) != len(ARTIFACTS):
+                self.failed[spec["key"]] = f"trial ended without its final artifacts in {spec['store']}"
+                self.rec.fail_child(spec["key"], self.failed[spec["key"]])
+            else:
+                self.rec.finish_child(spec["key"], files + extra)
+        finally:
+            if store.remote:
+                shutil.rmtree(local, ignore_errors=True)
+
+    @_recording
+    def error(self, spec: dict, err: str | None) -> None:
+        """The trial (or pack) crashed for good (its retries spent); `err` its traceback."""
+        err = err or "trial raised an error (no error file)"
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        for m in members_of(spec):  # a crashed pack fails each member still open
+            if m["key"] not in self.failed:
+                self.failed[m["key"]] = lines[-1] if lines else str(err)
+                self.rec.fail_child(m["key"], self.failed[m["key"]])
+
+
+def members_of(spec: dict) -> list[dict]:
+    """The trial specs a Ray trial runs: a pack's members, or the trial itself."""
+    return spec.get("members") or [spec]
+
+
+class Progress:
+    """Quiet progress: one line every `every_s` seconds and one per finished trial. Counts are per
+    study trial (a pack's members count one each), include the trials a --resume kept (`kept`), and
+    the epochs are those this command trains (a resumed trial counts from its checkpoint). Executors
+    call `result`, `complete`, `error` and `tick`; `running` is the keys of the trials running now."""
+
+    def __init__(self, keys: list[str], total_epochs: int, every_s: float = 30.0, kept: int = 0,
+                 n_search: int = 0, metric: str = "acc_mean_all", printer=print):
+        self.keys, self.total_epochs, self.every_s, self.kept = list(keys), total_epochs, every_s, kept
+        self.n_total = kept + len(self.keys) + n_search
+        self.metric, self.print = metric, printer
+        self.t0 = time.time()
+        self.last_print = 0.0
+        self.epochs: dict[str, int] = {}  # key -> last epoch reported
+        self.base: dict[str, int] = {}  # key -> the epoch its attempt started from
+        self.ended: dict[str, str] = {}  # key -> "finished" | "FAILED"
+        self.best: tuple[float, str] | None = None
+
+    def result(self, spec: dict, result: dict) -> None:
+        key = result.get("member") or spec["key"]
+        if "start_epoch" in result:
+            self.base[key] = int(result["start_epoch"])
+        if "epoch" in result:
+            self.epochs[key] = int(result["epoch"])
+        if "trial_error" in result:
+            self.ended[key] = "FAILED"
+        if self.metric in result and (self.best is None or result[self.metric] > self.best[0]):
+            self.best = (float(result[self.metric]), key)
+
+    def complete(self, spec: dict, running: set[str]) -> None:
+        keys = [m["key"] for m in members_of(spec)]
+        for k in keys:
+            self.ended.setdefault(k, "finished")
+        self.line(running, force=True, note=", ".join(f"{self.ended[k]} {k}" for k in keys))
+
+    def error(self, spec: dict, running: set[str]) -> None:
+        keys = [m["key"] for m in members_of(spec)]
+        for k in keys:
+            self.ended[k] = "FAILED"
+        self.line(running, force=True, note=", ".join(f"FAILED {k}" for k in keys))
+
+    def tick(self, running: set[str]) -> None:
+        self.line(running)
+
+    def line(self, running_keys: set[str], force=False, note=""):
+        now = time.time()
+        if not force and now - self.last_print < self.every_s:
+            return
+        self.last_print = now
+        running = sum(1 for k in running_keys if k not in self.ended)
+        done = self.kept + len(self.ended)
+        failed = sum(v == "FAILED" for v in self.ended.values())
+        trained = sum(max(0, e - self.base.get(k, 0)) for k, e in self.epochs.items())
+        elapsed = now - self.t0
+        progress = trained / max(1, self.total_epochs)
+        eta = f"{fmt_duration(elapsed * (1 - progress) / progress)}" if progress > 0 else "?"
+        best = f" | best {self.metric} {self.best[0]:.3f} ({self.best[1]})" if self.best else ""
+        extra = ", ".join(x for x in (f"{failed} failed" if failed else "",
+                                      f"{self.kept} kept from before" if self.kept else "") if x)
+        self.print(f"[{fmt_duration(elapsed)}] trials {done}/{self.n_total} done" + (f" ({extra})" if extra else "")
+                   + f", {running} running, {max(0, self.n_total - done - running)} pending | epochs "
+                   f"{min(trained, self.total_epochs)}/{self.total_epochs} to train{best} | left ~{eta}"
+                   + (f" | {note}" if note else ""), flush=True)
+
+
+def fmt_duration(s: float) -> str:
+    """'4m05s' or '1h07m'."""
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

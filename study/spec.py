@@ -1,0 +1,149 @@
+"""The study's own settings, as a trial's are a TrialConfig: one frozen, validated spec built once from
+the command's flags (`StudySpec.from_args`), the argparse Namespace stopping at the command's edge.
+
+A study command turns its flags into trials (TrialConfigs: what each trial trains) and a StudySpec
+(how the study runs them: its name and records, where checkpoints go, which executor, on which
+device, with which resources, resumed or not). Both executors (`ray`, `local`) and every step of
+study.runner read the spec; nothing below the command reads the Namespace. Every value is checked
+here, before any work, with one line naming the flag, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+EXECUTORS = ("ray", "local")
+PACK_MODES = ("auto", "on", "off")
+PRECISION_CHOICES = ("auto", "fp32", "tf32", "bf16")
+# A study name becomes a folder (<storage>/<name>), a Ray experiment name and an MLflow tag value:
+# letters, digits and . _ - only, not starting with . or - (no '', '..', '/x', quotes or spaces).
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+DEVICE_PATTERN = r"auto|cpu|cuda|cuda:\d+"
+
+
+class SpecError(ValueError):
+    """A bad study flag; the one-line message names it, its value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    # --- the study and its records
+    name: str
+    preset: str
+    seeds: int
+    tracking_uri: str
+    experiment: str
+    storage: str  # as given (resolved and checked for writing by the runner's preflight)
+    out: str | None  # tables and plots (None: results/<name>)
+    resume: bool = False
+    # --- how it runs
+    executor: str = "ray"
+    device: str = "auto"  # the flag: auto | cpu | cuda | cuda:N
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    pack: str = "auto"
+    packing: bool = False  # --pack resolved: auto packs on CUDA
+    pack_size: int = 16
+    precision: str = "fp32"  # --precision resolved for the device
+    address: str | None = None
+    max_failures: int = 3
+    progress_every: float = 30.0
+    estimate_only: bool = False
+    # --- what it was started with (the parent run's params, the manifest, the description)
+    flags: dict = field(default_factory=dict)
+    command: str = ""
+
+    @property
+    def run_device(self) -> str:
+        """Where each trial runs: "cuda" when it gets a GPU share, else "cpu"."""
+        return "cuda" if self.gpus_per_trial > 0 else "cpu"
+
+    @property
+    def visible_gpu(self) -> int | None:
+        """--device cuda:N with GPUs: the one GPU a local run may see (its trials then call it cuda:0)."""
+        return int(self.device[5:]) if self.device.startswith("cuda:") and self.gpus_per_trial > 0 else None
+
+    @property
+    def probe_device(self) -> str:
+        """The device the plan's throughput probe measures in the driver."""
+        return self.device if self.visible_gpu is not None else self.run_device
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus_per_trial))
+
+    @classmethod
+    def from_args(cls, args, cuda_available: bool | None = None) -> "StudySpec":
+        """The spec of the command's flags; a bad value is a SpecError (one line)."""
+        if cuda_available is None:
+            import torch
+            cuda_available = torch.cuda.is_available()
+        name = args.name
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            raise SpecError(f"--name {name!r} is not allowed; allowed: 1-100 characters of A-Z a-z 0-9 . _ -, "
+                            "starting with a letter or digit")
+        executor = getattr(args, "executor", "ray")
+        if executor not in EXECUTORS:
+            raise SpecError(f"--executor {executor} is not allowed; allowed: {', '.join(EXECUTORS)}")
+        device, address = args.device, args.address
+        if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
+            raise SpecError(f"--device {device} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+        if executor == "local" and address:
+            raise SpecError(f"--address {address} is not allowed with --executor local (it runs in this process); "
+                            "allowed: --executor ray --address ...")
+        if device.startswith("cuda:") and address:
+            raise SpecError(f"--device {device} is not allowed with --address: Ray gives each trial its GPU; "
+                            "allowed: --device cuda (or auto, cpu)")
+        if device.startswith("cuda") and not address and not cuda_available:
+            raise SpecError(f"--device {device}: CUDA is not available on this machine; allowed here: auto, cpu")
+        if device.startswith("cuda:"):
+            import torch
+            n = torch.cuda.device_count()
+            if int(device[5:]) >= n:
+                raise SpecError(f"--device {device}: this machine has {n} visible GPU(s); allowed: cuda:0 .. "
+                                f"cuda:{n - 1}")
+        for flag, v, ok, allowed in (
+                ("--cpus-per-trial", args.cpus_per_trial, args.cpus_per_trial is None or args.cpus_per_trial > 0,
+                 "a number > 0"),
+                ("--gpus-per-trial", args.gpus_per_trial, args.gpus_per_trial is None or args.gpus_per_trial >= 0,
+                 "a number >= 0"),
+                ("--pack", args.pack, args.pack in PACK_MODES, ", ".join(PACK_MODES)),
+                ("--pack-size", args.pack_size, args.pack_size >= 1, "an integer >= 1"),
+                ("--max-failures", args.max_failures, args.max_failures >= 0, "an integer >= 0"),
+                ("--progress-every", args.progress_every, args.progress_every > 0, "a number of seconds > 0"),
+                ("--precision", getattr(args, "precision", "auto"), getattr(args, "precision", "auto")
+                 in PRECISION_CHOICES, ", ".join(PRECISION_CHOICES))):
+            if not ok:
+                raise SpecError(f"{flag} {v} is not allowed; allowed: {allowed}")
+        cuda = device.startswith("cuda") or (device == "auto" and cuda_available)
+        # packing (trainables.packed): the grid's trials that share a schedule train as one model; worth
+        # it on a GPU (one small model leaves it idle), not on a CPU (no idle units to fill)
+        packing = args.pack == "on" or (args.pack == "auto" and cuda)
+        # the local executor runs one trial at a time: by default it gets every core of this machine
+        cpus = args.cpus_per_trial if args.cpus_per_trial is not None else (
+            float(os.cpu_count() or 1) if executor == "local" else 1.0)
+        # a pack fills a GPU by itself; single trials share one (fractional GPUs); a local run uses one
+        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (
+            (1.0 if packing or executor == "local" else 0.25) if cuda else 0.0)
+        run_device = "cuda" if gpus > 0 else "cpu"
+        precision = getattr(args, "precision", "auto")
+        if precision == "auto":  # bf16 on CUDA (the fast path), fp32 on a CPU (bit-reproducible)
+            precision = "bf16" if run_device == "cuda" else "fp32"
+        flags = {k: v for k, v in vars(args).items() if v is not None}
+        command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *_command_argv()])
+        return cls(name=name, preset=args.preset, seeds=args.seeds, tracking_uri=args.tracking_uri,
+                   experiment=args.experiment, storage=args.storage, out=args.out, resume=bool(args.resume),
+                   executor=executor, device=device, cpus_per_trial=cpus, gpus_per_trial=gpus, pack=args.pack,
+                   packing=packing, pack_size=args.pack_size, precision=precision, address=address,
+                   max_failures=args.max_failures, progress_every=args.progress_every,
+                   estimate_only=bool(getattr(args, "estimate_only", False)), flags=flags, command=command)
+
+
+def _command_argv() -> list[str]:
+    """The command line as typed: `-m module` for a module run (sys.argv[0] is then its file path)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return (["-m", spec.name] if spec is not None and spec.name else [sys.argv[0]]) + sys.argv[1:]
