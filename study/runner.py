@@ -45,7 +45,7 @@ RUN_FLAGS = ("resume", "cpus_per_trial", "gpus_per_trial", "address", "out", "de
              "progress_every", "pack", "pack_size", "tracking_uri", "experiment", "storage", "name")
 # How long each preset takes (the help text; measured on the 2-core CPU, see README "Presets").
 PRESET_TIMES = {"smoke": "pipeline check, ~3 min on 2 CPU cores; accuracies near chance",
-                "demo": "the paper's robustness effect, ~30 min on 2 CPU cores",
+                "demo": "the paper's robustness effect, ~30 min on 2 idle CPU cores",
                 "quick": "~1 h on 2 CPU cores", "overfit": "~8 min per trial on 1 CPU thread",
                 "paper": "Sec. 4.2 unchanged: GPUs, days"}
 
@@ -778,9 +778,9 @@ def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, 
                     rec.close_parent("KILLED")
                 except Exception:
                     pass
-            raise TrackingLost(f"the tracking store {args.tracking_uri} stopped answering ({cb.lost}); the "
-                               "study stopped, its checkpoints are kept: run the same command with --resume "
-                               "once it answers again")
+            raise TrackingLost(f"writing to the tracking store {args.tracking_uri} failed ({cb.lost}); the "
+                               "study stopped and its checkpoints are kept: run the same command with --resume "
+                               "once the store answers again")
         failed = dict(cb.failed)
         if cb.failed:
             print(f"  {len(cb.failed)} trial(s) failed: " + "; ".join(f"{k}: {v}" for k, v in sorted(cb.failed.items())))
@@ -816,7 +816,7 @@ def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, 
 
 SMOKE_NOTE = ("preset smoke is a pipeline check (a few hundred images, 2 epochs): accuracies near 0.10 (chance) and "
               "differences to the paper near -0.65 are expected; --preset demo shows the paper's robustness "
-              "effect in about 30 min on 2 CPU cores")
+              "effect in about 30 min on 2 idle CPU cores")
 
 
 class TrackingLost(RuntimeError):
