@@ -56,11 +56,13 @@ def _summary(epoch_times: list[float], wall: float, members: int, n_images: int,
             "one_off_s": one_off, "images_per_s": members * n_images / steady, "paper_projection_s": projection}
 
 
-def probe(data: str, device: str, epochs: int, seeds: int, cache_dir=None, paper_epochs: int = PAPER_EPOCHS) -> dict:
+def probe(data: str, device: str, epochs: int, seeds: int, cache_dir=None, paper_epochs: int = PAPER_EPOCHS,
+          precision: str = "fp32", step_impl: str = "eager", alone: bool = True) -> dict:
     # the paper's decay step, not one scaled to `epochs`: the epochs measured run at lr 0.1, as the
     # paper's first 350 do
     fields = resolve("paper", epochs=epochs, lr_decay_every=PAPER_LR_DECAY_EVERY)
-    cfgs = [TrialConfig(**{**fields, **t, "data": data, "device": device, "threads": 0}) for t in space.grid(seeds)]
+    cfgs = [TrialConfig(**{**fields, **t, "data": data, "device": device, "threads": 0, "precision": precision,
+                           "step_impl": step_impl}) for t in space.grid(seeds)]
     k_alone = next(k for k, c in enumerate(cfgs) if c.strategy == ALONE_STRATEGY and c.seed == 0)
     n_images = data_mod.load_split(data, "train", cache_dir).labels.shape[0]
 
@@ -70,10 +72,16 @@ def probe(data: str, device: str, epochs: int, seeds: int, cache_dir=None, paper
         raise SystemExit(f"pack_probe: strategies {failed} failed in the pack: {out}")
     pack_times = [m["epoch_time"] for k, m in seen if k == 0]
     res = {"paper_epochs": paper_epochs, "epochs": epochs, "train_images": n_images, "data": data,
-           "device": device, "packed": _summary(pack_times, wall, len(cfgs), n_images, paper_epochs)}
+           "device": device, "precision": precision, "step_impl": step_impl,
+           "packed": _summary(pack_times, wall, len(cfgs), n_images, paper_epochs)}
+    res["packed"]["data_share"] = [m["data_share"] for k, m in seen if k == 0]
     res["packed"]["pristine_acc"] = {f"s{cfgs[k].strategy}-seed{cfgs[k].seed}": r["acc_pristine"]
                                      for k, r in enumerate(out)}
     loss_packed = next(m["loss"] for k, m in seen if k == k_alone and m["epoch"] == 1)
+    res["epoch1_loss_packed"] = {f"s{cfgs[k].strategy}-seed{cfgs[k].seed}": m["loss"]
+                                 for k, m in seen if m["epoch"] == 1}
+    if not alone:
+        return res
 
     # alone: data, test sets and distortion bank are memoised in this process and on disk by now, so
     # its one-off cost is lower than the pack's; the pack's one_off_s is the cold figure
@@ -94,8 +102,13 @@ def _hours(s: float) -> str:
 
 
 def report(res: dict) -> str:
-    p, a = res["packed"], res["alone"]
+    p, a = res["packed"], res.get("alone")
     e = res["epochs"]
+    if a is None:
+        return (f"pack_probe {res['precision']}/{res['step_impl']}, {p['members']} trials packed: epochs "
+                f"{', '.join(f'{t:.2f}' for t in p['epoch_times_s'])} s; steady {p['images_per_s']:,.0f} training "
+                f"images/s; data share {', '.join(f'{v:.3f}' for v in p['data_share'])}; projected paper schedule "
+                f"{_hours(p['paper_projection_s'])}")
     lines = [f"pack_probe on {res['machine']['device_name']} ({res['device']}), torch {res['machine']['torch']}, "
              f"{res['train_images']} training images, {e} epoch(s) measured, projected to {res['paper_epochs']}",
              f"  packed, {p['members']} trials: epochs {', '.join(f'{t:.1f}' for t in p['epoch_times_s'])} s; "

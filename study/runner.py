@@ -142,9 +142,23 @@ def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
                    help="images held out of the training pool as a validation split (stratified, never "
                    "trained on; evaluated on the 10 sets like the test set). Default: 0 for grids (the "
                    "paper's full training set; they select nothing), 10%% of the pool for a search")
+    p.add_argument("--precision", default="auto",
+                   help="numerics: auto (bf16 autocast on CUDA, fp32 on a CPU) | fp32 | tf32 | bf16 "
+                   "(docs/paper-mapping.md)")
     p.add_argument("--fixed-subset", action="store_true",
                    help="draw the training subset with seed 0 for every trial (default: the trial's seed, "
                    "so the spread over seeds includes the subset's sampling; both arms of a pair share it)")
+
+
+PRECISION_CHOICES = ("auto", "fp32", "tf32", "bf16")
+
+
+def precision_for(args, device: str) -> str:
+    """--precision, with auto = bf16 on CUDA (the fast path) and fp32 on a CPU (bit-reproducible)."""
+    p = getattr(args, "precision", "auto") or "auto"
+    if p not in PRECISION_CHOICES:
+        raise StudyError(f"--precision {p} is not allowed; allowed: {', '.join(PRECISION_CHOICES)}")
+    return ("bf16" if device == "cuda" else "fp32") if p == "auto" else p
 
 
 def seed_fields(args, seed: int) -> dict:
@@ -591,12 +605,15 @@ def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, 
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (
         (1.0 if packing else 0.25) if cuda else 0.0)
     device = "cuda" if gpus > 0 else "cpu"
+    precision = precision_for(args, device)
     # --device cuda:N: the local Ray sees only GPU N (each trial then calls it cuda:0); the probe uses it
     probe_device = args.device if args.device.startswith("cuda:") and gpus > 0 else device
-    trials = [Trial(t.key, t.config.replace(device=device, threads=max(1, int(cpus))), t.tags, t.title)
+    trials = [Trial(t.key, t.config.replace(device=device, threads=max(1, int(cpus)), precision=precision), t.tags,
+                    t.title)
               for t in trials]
     if search is not None:
-        search = dataclasses.replace(search, base=search.base.replace(device=device, threads=max(1, int(cpus))))
+        search = dataclasses.replace(search, base=search.base.replace(device=device, threads=max(1, int(cpus)),
+                                                                      precision=precision))
     n_search = search.n_trials if search is not None else 0
     out = Path(args.out or Path("results") / args.name)
 
@@ -676,7 +693,7 @@ def _run_study(args, kind, trials, tags_of_config, analyse, plan_lines, search, 
         say(f"  {SMOKE_NOTE}")
     for line in plan_lines:
         say(f"  {line}")
-    say(f"  device {device}; {cpus:g} CPU + {gpus:g} GPU per {'pack' if packing else 'trial'}; "
+    say(f"  device {device}, precision {precision}; {cpus:g} CPU + {gpus:g} GPU per {'pack' if packing else 'trial'}; "
         f"up to {parallel} side by side; Ray {'at ' + args.address if args.address else 'local'}")
     if packing:
         say(f"  packing ({'forced by --pack on' if args.pack == 'on' else 'auto: CUDA'}): the {len(trials)} "

@@ -225,3 +225,22 @@ def test_calibration_artifact_has_reliability_and_quality_bins(tmp_path):
     def mean_bin(b):
         return sum(i * c for i, c in enumerate(b["count"])) / sum(b["count"])
     assert mean_bin(doc["test"]["quality"]["jpeg_3"]) < mean_bin(doc["test"]["quality"]["jpeg_1"])
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_fp32_is_the_default_path():
+    from trainables.train import numerics
+    a, b, c = [], [], []
+    run_trial(tiny(epochs=1), a.append)
+    run_trial(tiny(epochs=1, precision="fp32"), b.append)
+    run_trial(tiny(epochs=1, precision="bf16"), c.append)
+    assert a[0]["loss"] == b[0]["loss"]  # fp32 is the default: the same computation
+    assert c[0]["loss"] == pytest.approx(a[0]["loss"], rel=0.05) and c[0]["loss"] != a[0]["loss"]
+    assert 0.0 <= c[0]["acc_pristine"] <= 1.0
+    with numerics(tiny(precision="bf16"), torch.device("cpu"))():
+        y = torch.nn.functional.linear(torch.randn(2, 4), torch.randn(3, 4))
+    assert y.dtype == torch.bfloat16  # the forward pass really runs in bfloat16
+
+
+def test_precision_is_checked_by_name():
+    with pytest.raises(ConfigError, match="precision='fp16'"):
+        tiny(precision="fp16")

@@ -42,6 +42,8 @@ REGULARIZATIONS = ("onehot", "iqa_ls", "uniform")
 # How a distorted image's IQA score enters T: its own ("image", Eq. 1) or its (type, level) group
 # mean ("level": the labels then carry the distortion level and nothing of the image content).
 SCORE_POOLINGS = ("image", "level")
+PRECISIONS = ("fp32", "tf32", "bf16")  # TrialConfig.precision; trainables.train.numerics applies it
+STEP_IMPLS = ("auto", "eager", "cuda_graph")  # TrialConfig.step_impl; trainables/fast.py (same tuple)
 
 
 class ConfigError(ValueError):
@@ -77,6 +79,11 @@ class TrialConfig:
     input_norm: str = "per_image"  # "per_image" (tf.image.per_image_standardization) | "dataset" | "none"
     lrn_impl: str = "fast"  # "fast" (banded 1x1 conv, exact) | "torch" (nn.LocalResponseNorm)
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU (measured, see README)
+    # numerics of the forward/backward passes (docs/paper-mapping.md): "fp32" = float32 everywhere (on
+    # CUDA with TF32 switched off), "tf32" = float32 with TF32 matmuls/convolutions on CUDA (on a CPU the
+    # same as fp32), "bf16" = bfloat16 autocast with float32 master weights and float32 loss. The study
+    # commands pick bf16 on CUDA and fp32 on a CPU unless --precision says otherwise
+    precision: str = "fp32"
     # --- distortion choices the paper leaves open ---
     blur_truncate: float = 3.0  # Gaussian kernel radius = ceil(blur_truncate * sigma)
     blur_border: str = "reflect"  # border rule of the blur: reflect | replicate | circular
@@ -101,6 +108,9 @@ class TrialConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     precompute: bool = True  # cache the deterministic distortions (blur, JPEG) and their scores
     threads: int = 0  # torch intra-op threads (0 = leave torch's default)
+    # how a training step is launched (trainables/fast.py): "auto" = one CUDA graph per step on CUDA,
+    # eager on a CPU; "eager"; "cuda_graph". The replayed kernels are the eager ones: it only runs a trial
+    step_impl: str = "auto"
 
     def __post_init__(self):
         # tuples/dicts arrive as lists from JSON; normalise so equality and hashing of values hold
@@ -211,6 +221,10 @@ class TrialConfig:
             bad("init", self.init, ["tf_cifar10", "torch"])
         if self.input_norm not in ("per_image", "dataset", "none"):
             bad("input_norm", self.input_norm, ["per_image", "dataset", "none"])
+        if self.step_impl not in STEP_IMPLS:
+            bad("step_impl", self.step_impl, list(STEP_IMPLS))
+        if self.precision not in PRECISIONS:
+            bad("precision", self.precision, list(PRECISIONS))
         if self.lrn_impl not in ("fast", "torch"):
             bad("lrn_impl", self.lrn_impl, ["fast", "torch"])
         if not (self.blur_truncate > 0):
@@ -236,10 +250,11 @@ class TrialConfig:
 #   (no dropout or batch norm in the Table 1 CNN, no draw from any generator), so the weights and the
 #   final accuracies are the same; only the intermediate acc_* points differ;
 # - checkpoint_every: how often the state is written; the state at every epoch is the same, only what
-#   a restart recomputes changes.
-# Everything else (seeds, schedule, data, targets, model choices, distortion options) defines the
-# trial, and so does `precompute`: the bank's scores match the on-the-fly ones to float rounding
+#   a restart recomputes changes;
+# - step_impl: how a step is launched (eager or one CUDA graph replaying the eager kernels).
+# Everything else (seeds, schedule, data, targets, model choices, distortion options, precision: fp32
+# and bf16 train different numbers) defines the trial, and so does `precompute`: the bank's scores match the on-the-fly ones to float rounding
 # (tests/test_train.py), not bit for bit, and a resumed trial should stay on one code path. A field
 # added later defines the trial unless it is listed here.
-RUN_FIELDS = ("device", "threads", "eval_every", "checkpoint_every")
+RUN_FIELDS = ("device", "threads", "eval_every", "checkpoint_every", "step_impl")
 

@@ -83,6 +83,11 @@ class FastLRN(nn.Module):
         self.bias, self.beta = bias, beta
 
     def forward(self, x):
+        if torch.is_autocast_enabled(x.device.type):
+            # precision="bf16": LRN's sum of squares and its -0.75 power stay float32 (bfloat16's 8-bit
+            # mantissa would round them), and its hand-written backward sees one dtype throughout
+            with torch.autocast(x.device.type, enabled=False):
+                return _LRNFunction.apply(x.float(), self.band, float(self.bias), float(self.beta))[0]
         return _LRNFunction.apply(x, self.band, float(self.bias), float(self.beta))[0]
 
 

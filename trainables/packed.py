@@ -13,7 +13,8 @@ whose epoch loss is not finite is dropped from the pack and returned as failed; 
 
 What members must share (PACK_SHARED): the schedule (epochs, batch size, lr and its decay,
 momentum, fc weight decay), the training data (source, subset size, validation split size), the model code path
-(LRN implementation, memory format, input normalisation), device and threads. They may differ in
+(LRN implementation, memory format, input normalisation, numerics), device, threads and how a step
+is launched (eager or one CUDA graph, trainables/fast.py). They may differ in
 everything else: seed, the training subset's seed (each member then trains on its own subset of
 the pack's one size), train set, regularisation, T map, IQA metric, mix, init, distortion options,
 test sets, evaluation and checkpoint cadence. `pack_key(cfg)` groups a study's configs into packs.
@@ -43,8 +44,8 @@ from trainables.mixture import DistortionBank
 # trial (config.RUN_FIELDS) but a pack is one process on one device: its members share them by force.
 # The training subset's seed may differ (members then train on their own subsets of one size).
 PACK_SHARED = ("epochs", "batch_size", "lr", "lr_decay", "lr_decay_every", "momentum", "fc_weight_decay",
-               "data", "subset", "val_size", "lrn_impl", "channels_last", "input_norm", "device",
-               "threads")
+               "data", "subset", "val_size", "lrn_impl", "channels_last", "input_norm", "precision",
+               "device", "threads", "step_impl")
 
 
 class PackError(ValueError):
@@ -150,15 +151,32 @@ class Pack:
             return functional_call(self.base, (p, b), (x,))
         return vmap(one)(self.params, self.buffers, xb)
 
-    def train_step(self, xb: torch.Tensor, qb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SGD step of every member on its own batch: xb K x B x 3 x 32 x 32 (normalised), qb
-        K x B x classes soft targets. Returns the K losses and the logits (detached)."""
-        logits = self.forward(xb)
-        loss = vmap(labels.soft_cross_entropy)(logits, qb)
+    def loss(self, xb: torch.Tensor, qb: torch.Tensor, amp=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every member's forward pass and soft cross-entropy on its own batch: xb K x B x 3 x 32 x 32
+        (normalised), qb K x B x classes soft targets; `amp` the members' numerics
+        (trainables.train.numerics). Returns the K losses and the K x B x classes logits."""
+        import contextlib
+
+        with (amp or contextlib.nullcontext)():
+            logits = self.forward(xb)
+        return vmap(labels.soft_cross_entropy)(logits.float(), qb), logits
+
+    def train_step(self, xb: torch.Tensor, qb: torch.Tensor, amp=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step of every member on its own batch (see `loss`). Returns the K losses and the
+        logits (detached)."""
+        loss, logits = self.loss(xb, qb, amp)
         self.opt.zero_grad(set_to_none=True)
         loss.sum().backward()  # member k's parameters only see member k's loss
         self.opt.step()
         return loss.detach(), logits.detach()
+
+    def stepper(self, step_impl: str, amp=None):
+        """The step `(xb, qb) -> (losses, logits)` of this pack: eager, or captured as one CUDA graph
+        (trainables/fast.py; `step_impl` already resolved for the device)."""
+        if step_impl == "cuda_graph":
+            from trainables.fast import CapturedStep
+            return CapturedStep(lambda x, q: self.loss(x, q, amp), self.opt, list(self.params.values()))
+        return lambda x, q: self.train_step(x, q, amp)
 
     @torch.no_grad()
     def sync_member(self, k: int) -> None:
@@ -231,7 +249,10 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
     if len(sizes) > 1:
         raise PackError(f"members train on {sorted(sizes)} images; allowed: one training-set size per pack")
     n, bs = sizes.pop(), cfg0.batch_size
+    amp = T.numerics(cfg0, device)  # precision is shared by the pack (PACK_SHARED)
+    impl = T.step_impl_for(cfg0, device)
     pack = Pack(todo)
+    step = pack.stepper(impl, amp)
     for epoch in range(starts.pop(), cfg0.epochs):
         t0 = time.perf_counter()
         lr = cfg0.lr_at(epoch)
@@ -271,7 +292,7 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
                 xb = torch.stack([m.norm(X[k, idx[k]]) for k, m in enumerate(pack.members)])
             else:
                 xb = norm(X[rows, idx].flatten(0, 1)).unflatten(0, (K, b))
-            loss, logits = pack.train_step(xb, Q[rows, idx])
+            loss, logits = step(xb, Q[rows, idx])
             loss_sum += loss
             correct += (logits.argmax(-1) == Y[rows, idx]).sum(-1)
             steps += 1
@@ -301,7 +322,7 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
             if test_due or val_due or due_ckpt:
                 pack.sync_member(k)
             record = {} if last_epoch else None
-            metrics.update(T.evaluate_all(m.model, m.d, m.norm, test_due, val_due, record))
+            metrics.update(T.evaluate_all(m.model, m.d, m.norm, test_due, val_due, record, amp))
             if last_epoch:
                 T.write_calibration(m.ckpt_dir, m.cfg, epoch + 1, record)
             m.history.append(dict(metrics))
@@ -316,4 +337,5 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
             if len(failed) == K:
                 break
             pack = pack.without(failed)
+            step = pack.stepper(impl, amp)
     return results

@@ -75,6 +75,37 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def numerics(cfg: TrialConfig, device: torch.device):
+    """Apply the trial's `precision` and return the context its forward passes run in.
+
+    On CUDA, TF32 for matmuls and cuDNN convolutions is set explicitly for every trial (PyTorch's own
+    default lets cuDNN use TF32, which "fp32" switches off); it is process state, so each trial sets it
+    before it trains, never relying on what an earlier trial left. "bf16" autocasts the forward pass
+    (convolutions and matmuls in bfloat16, log-softmax and the loss in float32) while the parameters,
+    gradients and SGD stay float32. On a CPU "tf32" is "fp32" (no TF32 there)."""
+    import contextlib
+
+    if device.type == "cuda":
+        allow = cfg.precision in ("tf32", "bf16")
+        torch.backends.cuda.matmul.allow_tf32 = allow
+        torch.backends.cudnn.allow_tf32 = allow
+    if cfg.precision == "bf16":
+        # no weight cache: a captured CUDA graph (trainables/fast.py) must not hold cached casts, and in
+        # a step every weight is cast once anyway
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext
+
+
+def step_impl_for(cfg: TrialConfig, device: torch.device) -> str:
+    """The trial's step_impl resolved for its device (trainables/fast.py); a bad pairing is a TrialError."""
+    from trainables.fast import CaptureError, resolve_step_impl
+
+    try:
+        return resolve_step_impl(cfg.step_impl, device)
+    except CaptureError as e:
+        raise TrialError(str(e)) from None
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -202,20 +233,24 @@ def normalize(x_uint8: torch.Tensor, mode: str, mean=None, std=None) -> torch.Te
 @torch.no_grad()
 def evaluate(model, test_sets: dict[str, torch.Tensor], test_y: torch.Tensor, norm,
              quality: dict[str, torch.Tensor] | None = None, prefix: str = "",
-             record: dict | None = None) -> dict[str, float]:
+             record: dict | None = None, amp=None) -> dict[str, float]:
     """Top-1 accuracy and calibration (trainables.calibration: nll, ece, brier, conf, ptrue) on each
     set, plus their means over the 9 distorted sets and all 10; metric names `<prefix><what>_<set>`
     (prefix "" for the test sets, "val_" for the validation sets). With `record`, the reliability bins
     of each set and, for the sets in `quality`, accuracy and confidence per quality bin go into
     record["reliability"][set] and record["quality"][set] (the calibration artifact)."""
+    import contextlib
+
+    amp = amp or contextlib.nullcontext  # the trial's numerics (numerics()): evaluate as it trained
     model.eval()
     out: dict[str, float] = {}
     for name, x in test_sets.items():
         summ = calibration.Summary()
         q = (quality or {}).get(name)
         for i in range(0, x.shape[0], EVAL_BATCH):
-            summ.add(model(norm(x[i:i + EVAL_BATCH])), test_y[i:i + EVAL_BATCH],
-                     None if q is None else q[i:i + EVAL_BATCH])
+            with amp():
+                logits = model(norm(x[i:i + EVAL_BATCH]))
+            summ.add(logits, test_y[i:i + EVAL_BATCH], None if q is None else q[i:i + EVAL_BATCH])
         for what, v in summ.metrics().items():
             out[f"{prefix}{what}_{name}"] = v
         if record is not None:
@@ -232,7 +267,8 @@ def evaluate(model, test_sets: dict[str, torch.Tensor], test_y: torch.Tensor, no
     return out
 
 
-def evaluate_all(model, d: dict, norm, test: bool, val: bool, record: dict | None = None) -> dict[str, float]:
+def evaluate_all(model, d: dict, norm, test: bool, val: bool, record: dict | None = None,
+                 amp=None) -> dict[str, float]:
     """The evaluations of one epoch: the test sets (`test`) and the validation sets (`val`, when the
     trial has a split); `record` collects the calibration artifact's bins per group (test / val)."""
     out = {}
@@ -240,7 +276,7 @@ def evaluate_all(model, d: dict, norm, test: bool, val: bool, record: dict | Non
         e = d["evals"].get(group)
         if wanted and e is not None:
             sub = None if record is None else record.setdefault(group, {})
-            out.update(evaluate(model, e["sets"], e["y"], norm, e["quality"], prefix, sub))
+            out.update(evaluate(model, e["sets"], e["y"], norm, e["quality"], prefix, sub, amp))
     return out
 
 
@@ -499,6 +535,8 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
 
     model = build_model(cfg, device)
     opt = build_optimizer(cfg, model)
+    amp = numerics(cfg, device)
+    impl = step_impl_for(cfg, device)
     start_epoch = 0
     history: list[dict] = []  # every epoch's reported metrics, kept in the checkpoint (see below)
     note = None  # what recover_checkpoint did, if anything: goes out with the first report
@@ -513,6 +551,21 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
             torch.set_rng_state(state["rng"]["torch"])
             start_epoch = state["epoch"]
             history = list(state.get("history", []))
+    def loss_fn(xb, qb):
+        with amp():
+            logits = model(xb)
+        return labels.soft_cross_entropy(logits.float(), qb), logits
+
+    if impl == "cuda_graph":  # after the checkpoint is loaded: the captured graph holds these tensors
+        from trainables.fast import CapturedStep
+        step = CapturedStep(loss_fn, opt, list(model.parameters()))
+    else:
+        def step(xb, qb):
+            loss, logits = loss_fn(xb, qb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.detach(), logits.detach()
     last: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -537,13 +590,9 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
         steps = 0
         for i in range(0, n, cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            logits = model(norm(xs[idx]))
-            loss = labels.soft_cross_entropy(logits, targets[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == y_train[idx]).sum()
+            loss, logits = step(norm(xs[idx]), targets[idx])
+            loss_sum += loss
+            correct += (logits.argmax(1) == y_train[idx]).sum()
             steps += 1
         # per-batch record of Eq. 1's hazard, vectorised: targets below 1/K per batch of the order
         below = (t[order] < 1.0 / NUM_CLASSES).float()
@@ -564,7 +613,7 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
         last_epoch = epoch + 1 == cfg.epochs
         test_due, val_due = eval_due(cfg, epoch + 1)
         record = {} if last_epoch else None
-        metrics.update(evaluate_all(model, d, norm, test_due, val_due, record))
+        metrics.update(evaluate_all(model, d, norm, test_due, val_due, record, amp))
         if last_epoch:  # before the checkpoint that marks the trial finished, so a resume keeps it
             write_calibration(ckpt_dir, cfg, epoch + 1, record)
         # The metrics of every epoch so far travel with the checkpoint: a driver that died (or a

@@ -1,0 +1,159 @@
+"""Issue #13's GPU check in one run (meant for < 8 minutes on one H200): correctness, then speed.
+
+    python -m study.gpu_check --data DIR --json OUT.json [--quick]
+
+Needs torch and the trainables' dependencies only (no Ray, no MLflow: the lent GPU machine has
+neither). What it does, in order, each step printed as it finishes and all of it in the JSON:
+
+1. the bf16 matrix rate of this GPU (an 8192^3 matmul, best of 10): the 100 % of the FLOP share;
+2. CUDA graph vs eager: the nine Table 2 strategies packed, 1 epoch of a 10,000-image subset, tf32,
+   once eagerly and once with the step captured (trainables/fast.py): per member epoch-1 loss, which
+   must agree to cuDNN's non-determinism (|rel| < 1e-3), or the fast path is wrong;
+3. bf16 vs fp32, paired: strategies 1, 8 and 9 x 3 seeds as one pack, 8 epochs of a 10,000-image
+   subset (lr 0.1, decay after 6), 2,000 test images per set, once in fp32 and once in bf16; per
+   (strategy, seed) bf16 - fp32 of pristine and mean accuracy, paired, with the 95 % t interval
+   (analysis.stats) beside the fp32 seed-to-seed spread: the fast precision should be within it;
+4. speed at the paper preset (50,000 images, batch 100 per member, all 10 x 10,000 test images; 2
+   epochs, the second one steady): the pack of 9 in tf32/eager (the old path), bf16/eager, tf32/graph
+   and bf16/graph, and the pack of 27 (3 seeds) in bf16/graph; for each the training images/s of the
+   whole epoch (data path, steps and, for the projection, the final evaluation), the projected paper
+   schedule (2000 epochs), the data path's share of the epoch, and the achieved FLOP/s (186.8 MFLOP
+   per training image, forward + backward) as a share of step 1's rate.
+
+Targets (issue #13): >= 1,000,000 training images/s for the pack of 9 (paper schedule <= 15 min,
+stretch 10), the pack of 27 at >= the per-member rate of the pack of 9, data share <= 10 %.
+`--quick` measures 1 epoch less where it can (a smoke test of the script, not figures).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+MFLOP_PER_IMAGE = 186.8  # forward + backward of the Table 1 CNN per training image (study.bench)
+SUBSET = 10_000
+
+
+def matmul_rate(device, n: int = 8192, reps: int = 10) -> float:
+    """Best bf16 FLOP/s of an n x n x n matmul on `device`."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def _grid_cfgs(data, device, strategies, seeds, **fields):
+    from search_spaces import table2 as space
+    from trainables.config import TrialConfig
+
+    return [TrialConfig(**{**fields, **t, "subset_seed": t["seed"], "data": data, "device": device})
+            for t in space.grid(seeds) if t["strategy"] in strategies]
+
+
+def graph_vs_eager(data, device) -> dict:
+    from trainables.packed import run_packed
+
+    common = dict(epochs=1, subset=SUBSET, test_subset=1000, precision="tf32")
+    out = {}
+    for impl in ("eager", "cuda_graph"):
+        cfgs = _grid_cfgs(data, device, range(1, 10), 1, step_impl=impl, **common)
+        res = run_packed(cfgs)
+        out[impl] = [r["loss"] for r in res]
+    rel = [abs(g - e) / abs(e) for g, e in zip(out["cuda_graph"], out["eager"])]
+    return {"loss_eager": out["eager"], "loss_graph": out["cuda_graph"], "max_rel_diff": max(rel),
+            "ok": max(rel) < 1e-3}
+
+
+def bf16_vs_fp32(data, device, epochs: int) -> dict:
+    from analysis.stats import mean_ci, paired
+    from trainables.packed import run_packed
+
+    common = dict(epochs=epochs, lr_decay_every=max(1, epochs - 2), subset=SUBSET, test_subset=2000,
+                  step_impl="cuda_graph")
+    res = {}
+    for prec in ("fp32", "bf16"):
+        cfgs = _grid_cfgs(data, device, (1, 8, 9), 3, precision=prec, **common)
+        t0 = time.perf_counter()
+        out = run_packed(cfgs)
+        res[prec] = {"wall_s": time.perf_counter() - t0,
+                     "runs": {(c.strategy, c.seed): r for c, r in zip(cfgs, out)}}
+    rows = {}
+    for metric in ("acc_pristine", "acc_mean_all"):
+        for s in (1, 8, 9):
+            a = {seed: res["fp32"]["runs"][s, seed][metric] for seed in range(3)}
+            b = {seed: res["bf16"]["runs"][s, seed][metric] for seed in range(3)}
+            d = paired(a, b)
+            rows[f"s{s} {metric}"] = {"bf16_minus_fp32": d["diff"], "ci": [d["ci_low"], d["ci_high"]],
+                                      "fp32_seed_std": mean_ci(list(a.values()))["std"]}
+    return {"epochs": epochs, "wall_s": {p: res[p]["wall_s"] for p in res}, "paired": rows}
+
+
+def speed(data, device, epochs: int, peak: float) -> list[dict]:
+    from study.pack_probe import probe
+
+    out = []
+    for seeds, prec, impl in ((1, "tf32", "eager"), (1, "bf16", "eager"), (1, "tf32", "cuda_graph"),
+                              (1, "bf16", "cuda_graph"), (3, "bf16", "cuda_graph")):
+        r = probe(data, device, epochs, seeds, precision=prec, step_impl=impl, alone=False)
+        p = r["packed"]
+        row = {"members": p["members"], "precision": prec, "step_impl": impl, "images_per_s": p["images_per_s"],
+               "images_per_s_per_member": p["images_per_s"] / p["members"],
+               "paper_projection_min": p["paper_projection_s"] / 60 * (9 / p["members"]),
+               "data_share": p["data_share"][-1], "flop_share": p["images_per_s"] * MFLOP_PER_IMAGE * 1e6 / peak,
+               "epoch_times_s": p["epoch_times_s"]}
+        out.append(row)
+        print(f"  pack of {row['members']:>2} {prec}/{impl:<10}: {row['images_per_s']:>11,.0f} images/s "
+              f"({row['images_per_s_per_member']:,.0f} per member), one seed of the paper schedule "
+              f"{row['paper_projection_min']:.1f} min, data share {row['data_share']:.3f}, "
+              f"FLOP share {row['flop_share']:.1%}", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.gpu_check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="data source spec (the offline copy carried to the GPU machine)")
+    p.add_argument("--json", default=None, help="write everything here")
+    p.add_argument("--quick", action="store_true", help="fewer epochs (checks the script, not the figures)")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: study.gpu_check needs a CUDA device; none is visible", file=sys.stderr)
+        return 2
+    device = "cuda"
+    t0 = time.perf_counter()
+    res = {"device_name": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda}
+    res["bf16_matmul_flops"] = peak = matmul_rate(torch.device(device))
+    print(f"[{time.perf_counter() - t0:5.0f}s] bf16 matmul 8192^3: {peak / 1e12:.0f} TFLOP/s on {res['device_name']}, "
+          f"torch {res['torch']}", flush=True)
+    res["graph_vs_eager"] = g = graph_vs_eager(args.data, device)
+    print(f"[{time.perf_counter() - t0:5.0f}s] CUDA graph vs eager, 9 members, epoch-1 loss: max |rel diff| "
+          f"{g['max_rel_diff']:.1e} ({'ok' if g['ok'] else 'MISMATCH'})", flush=True)
+    res["bf16_vs_fp32"] = b = bf16_vs_fp32(args.data, device, 4 if args.quick else 8)
+    print(f"[{time.perf_counter() - t0:5.0f}s] bf16 - fp32, paired over 3 seeds, {b['epochs']} epochs of {SUBSET} images:")
+    for name, r in b["paired"].items():
+        print(f"  {name:<20} {r['bf16_minus_fp32']:+.4f} [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] "
+              f"(fp32 seed-to-seed std {r['fp32_seed_std']:.4f})", flush=True)
+    print(f"[{time.perf_counter() - t0:5.0f}s] speed at the paper preset ({'1 epoch' if args.quick else '2 epochs'}):",
+          flush=True)
+    res["speed"] = speed(args.data, device, 1 if args.quick else 2, peak)
+    res["wall_s"] = time.perf_counter() - t0
+    print(f"[{res['wall_s']:5.0f}s] done", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1, sort_keys=True, default=str))
+    return 0 if g["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
