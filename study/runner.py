@@ -40,7 +40,7 @@ RUN_FLAGS = ("resume", "cpus_per_trial", "gpus_per_trial", "address", "out", "de
              "estimate_only")
 # How long each preset takes (the help text; measured on the 2-core CPU, see README "Presets").
 PRESET_TIMES = {"smoke": "pipeline check, ~3 min on 2 CPU cores; accuracies near chance",
-                "demo": "the paper's robustness effect, ~30 min on 2 CPU cores",
+                "demo": "the paper's robustness effect, ~30 min on 2 idle CPU cores",
                 "quick": "~1 h on 2 CPU cores", "overfit": "~8 min per trial on 1 CPU thread",
                 "paper": "Sec. 4.2 unchanged: GPUs, days"}
 
@@ -790,9 +790,9 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
                     rec.close_parent("KILLED")
                 except Exception:
                     pass
-            raise TrackingLost(f"the tracking store {spec.tracking_uri} stopped answering ({recording.lost}); the "
-                               "study stopped, its checkpoints are kept: run the same command with --resume "
-                               "once it answers again")
+            raise TrackingLost(f"writing to the tracking store {spec.tracking_uri} failed ({recording.lost}); the "
+                               "study stopped and its checkpoints are kept: run the same command with --resume "
+                               "once the store answers again")
         failed = dict(recording.failed)
         if recording.failed:
             print(f"  {len(recording.failed)} trial(s) failed: "
@@ -829,7 +829,7 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
 
 SMOKE_NOTE = ("preset smoke is a pipeline check (a few hundred images, 2 epochs): accuracies near 0.10 (chance) and "
               "differences to the paper near -0.65 are expected; --preset demo shows the paper's robustness "
-              "effect in about 30 min on 2 CPU cores")
+              "effect in about 30 min on 2 idle CPU cores")
 
 
 class TrackingLost(RuntimeError):

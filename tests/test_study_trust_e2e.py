@@ -193,7 +193,7 @@ def test_a_dead_tracking_server_stops_the_study_in_one_line_and_resume_finishes_
         lines = [ln for ln in err.strip().splitlines() if ln.strip()]
         assert driver.returncode == 1, out[-2000:] + err[-3000:]
         assert "Traceback" not in err, err[-3000:]
-        assert lines[-1].startswith(f"error: the tracking store {uri} stopped answering (")
+        assert lines[-1].startswith(f"error: writing to the tracking store {uri} failed (")
         assert "run the same command with --resume" in lines[-1]
         assert waited < 120, waited
         server = _server(tmp_path, port)

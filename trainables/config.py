@@ -251,10 +251,11 @@ class TrialConfig:
 #   final accuracies are the same; only the intermediate acc_* points differ;
 # - checkpoint_every: how often the state is written; the state at every epoch is the same, only what
 #   a restart recomputes changes;
-# - step_impl: whether a step is launched eagerly or replayed from a captured CUDA graph
-#   (trainables/fast.py): the same kernels either way.
-# Everything else (seeds, schedule, data, targets, model choices, distortion options) defines the
-# trial, and so does `precompute`: the bank's scores match the on-the-fly ones to float rounding
+# - step_impl: how a step is launched (eager or one CUDA graph replaying the eager kernels,
+#   trainables/fast.py): the same kernels either way.
+# Everything else (seeds, schedule, data, targets, model choices, distortion options, precision: fp32
+# and bf16 train different numbers) defines the trial, and so does `precompute`: the bank's scores
+# match the on-the-fly ones to float rounding
 # (tests/test_train.py), not bit for bit, and a resumed trial should stay on one code path. A field
 # added later defines the trial unless it is listed here.
 RUN_FIELDS = ("device", "threads", "eval_every", "checkpoint_every", "step_impl")
