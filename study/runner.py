@@ -22,7 +22,7 @@ from typing import Callable
 
 from search_spaces.presets import PRESETS, resolve
 from trainables import data as data_mod
-from trainables.config import ConfigError, TrialConfig
+from trainables.config import CIFAR10C_REGENERATE, ConfigError, TrialConfig
 
 DEFAULT_STORAGE = "ray_results"
 PACK_MODES = ("auto", "on", "off")
@@ -113,6 +113,14 @@ def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--fixed-subset", action="store_true",
                    help="draw the training subset with seed 0 for every trial (default: the trial's seed, "
                    "so the spread over seeds includes the subset's sampling; both arms of a pair share it)")
+    p.add_argument("--cifar10c", default=None, metavar="regenerate|DIR",
+                   help="also evaluate every trial's final model on CIFAR-10-C (issue 14): 'regenerate' (the "
+                   "corruptions made from the test split, cached) or a folder of the official files")
+    p.add_argument("--cifar10c-subset", type=int, default=None, metavar="N",
+                   help="--cifar10c on a stratified subset of N test images (default 0 = all 10,000; one core "
+                   "evaluates ~300 images/s, so all of them x 91 sets is ~45 min per model)")
+    p.add_argument("--cifar10c-corruptions", default=None, metavar="NAME,...",
+                   help="--cifar10c: only these corruptions (default: every one available)")
 
 
 def seed_fields(args, seed: int) -> dict:
@@ -144,9 +152,36 @@ def schedule_fields(args) -> dict:
         if v is not None and v < 0:
             raise StudyError(f"--{flag.replace('_', '-')} {v} is not allowed; allowed: an integer >= 0")
     try:
-        return resolve(args.preset, epochs=args.epochs, subset=args.subset, test_subset=args.test_subset)
+        fields = resolve(args.preset, epochs=args.epochs, subset=args.subset, test_subset=args.test_subset)
     except ConfigError as e:
         raise StudyError(f"--preset: {e}") from None
+    return {**fields, **cifar10c_fields(args)}
+
+
+def cifar10c_fields(args) -> dict:
+    """The evaluation-only TrialConfig fields of --cifar10c, --cifar10c-subset, --cifar10c-corruptions
+    ({} without --cifar10c); a folder is made absolute (Ray workers do not share our cwd)."""
+    spec = getattr(args, "cifar10c", None)
+    subset, names = getattr(args, "cifar10c_subset", None), getattr(args, "cifar10c_corruptions", None)
+    if spec is None:
+        given = [f for f, v in (("--cifar10c-subset", subset), ("--cifar10c-corruptions", names)) if v is not None]
+        if given:
+            raise StudyError(f"{given[0]} is not allowed without --cifar10c; allowed: --cifar10c regenerate|DIR")
+        return {}
+    if not spec:
+        raise StudyError(f"--cifar10c {spec!r} is not allowed; allowed: {CIFAR10C_REGENERATE} or a folder of the "
+                         "official CIFAR-10-C files")
+    if subset is not None and subset < 0:
+        raise StudyError(f"--cifar10c-subset {subset} is not allowed; allowed: an integer >= 0 (0 = all test images)")
+    fields = {"cifar10c": spec if spec == CIFAR10C_REGENERATE else str(Path(spec).expanduser().resolve()),
+              "cifar10c_subset": subset or 0}
+    if names is not None:
+        items = [c.strip() for c in names.split(",") if c.strip()]
+        if not items:
+            raise StudyError(f"--cifar10c-corruptions {names!r} is not allowed; allowed: NAME,... e.g. "
+                             "gaussian_noise,fog")
+        fields["cifar10c_corruptions"] = items
+    return fields
 
 
 def make_config(fields: dict) -> TrialConfig:
@@ -225,7 +260,33 @@ def preflight(args, trials: list[Trial]) -> dict:
         test = data_mod.load_split(trials[0].config.data, "test")
     except data_mod.DataError as e:
         raise StudyError(f"--data: {e}") from None
+    from trainables import robustness
+    try:  # an official folder is read and checked here (every file, labels against the test split)
+        robustness.check(trials[0].config)
+    except data_mod.DataError as e:
+        raise StudyError(f"--cifar10c: {e}") from None
     return {"storage": storage, "train": train, "n_test": test.images.shape[0]}
+
+
+def check_resume_evaluation(recorded: dict | None, cfg: TrialConfig) -> None:
+    """Refuse a --resume whose CIFAR-10-C flags differ from the ones the study's trials were recorded
+    with: a checkpoint of another config is refused by the trial itself, so every unfinished trial would
+    fail. (Evaluate a finished study on other data with `python -m study.cifar10c`.)"""
+    if not recorded:
+        return
+    from trainables.config import EVAL_FIELDS
+
+    def value(f: str):  # params are text (study.tracking: lists as JSON); absent = recorded before the field
+        if f not in recorded:
+            return getattr(TrialConfig(), f)
+        if f == "cifar10c_corruptions":
+            return tuple(json.loads(recorded[f]))
+        return int(recorded[f]) if isinstance(getattr(cfg, f), int) else recorded[f]
+    for f in EVAL_FIELDS:
+        if value(f) != getattr(cfg, f):
+            raise StudyError(f"--resume with {f}={getattr(cfg, f)!r} is not allowed: the study's trials were "
+                             f"recorded with {f}={value(f)!r}; allowed: the same --cifar10c flags as the first run "
+                             "(evaluate a finished study on other data with python -m study.cifar10c)")
 
 
 def make_packs(specs: list[dict], size: int) -> list[dict]:
@@ -374,6 +435,8 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
                          "pass --resume to continue it or choose another --name")
     if args.resume and rec.find_parent() is None:
         raise StudyError(f"--resume: no study named {args.name!r} in {args.tracking_uri}")
+    if args.resume and trials:
+        check_resume_evaluation(rec.recorded_trial_params(), trials[0].config)
 
     # --- the plan, with a measured throughput probe
     train = facts["train"]
@@ -392,13 +455,19 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
     n_test = min(cfg0.test_subset or facts["n_test"], facts["n_test"])
     left, left_note = epochs_left(args, trials, rec, facts["storage"])
     est = None
+    from trainables.robustness import evaluation_sets
+    # the final CIFAR-10-C evaluation of one trial: sets x images (0 sets without --cifar10c)
+    c10c_sets, c10c_n = evaluation_sets(cfg0), min(cfg0.cifar10c_subset or facts["n_test"], facts["n_test"])
+    c10c_images = c10c_sets * c10c_n
     if ips:
         # seconds of each run alone: its epochs left, then the final evaluation on the 10 test sets
-        secs = [left[t.key] * n_train / ips + 10 * n_test / eval_ips for t in trials if t.key in left]
+        # (and on CIFAR-10-C)
+        secs = [left[t.key] * n_train / ips + (10 * n_test + c10c_images) / eval_ips for t in trials if t.key in left]
         if packing and secs:  # no speed-up from packing assumed: the packs share their members' time
             secs = [sum(secs) / n_ray] * n_ray
         if search is not None:  # at most: every search trial runs all its epochs and evaluations
-            secs += [search.base.epochs * n_train / ips + search.evals * 10 * n_test / eval_ips] * n_search
+            secs += [search.base.epochs * n_train / ips + (search.evals * 10 * n_test + c10c_images) / eval_ips
+                     ] * n_search
         est = estimate_seconds(secs, parallel, shared_device=gpus > 0)
     commit = _git_commit()
     vers = versions()
@@ -414,6 +483,11 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
               f"grid trials run as {n_ray} Ray trial(s) of up to {args.pack_size} members"
               + ("; search trials run unpacked" if search is not None else "")
               + "; the estimate assumes no speed-up from packing")
+    if cfg0.cifar10c:
+        where = "regenerated from the test split (built once per worker process unless cached)" \
+            if cfg0.cifar10c == CIFAR10C_REGENERATE else f"official files in {cfg0.cifar10c}"
+        print(f"  CIFAR-10-C after each trial's last epoch: {where}; {c10c_sets} sets x {c10c_n} images per "
+              "trial (in the estimate)")
     if left_note:
         print(f"  {left_note}")
     if ips:
@@ -490,6 +564,14 @@ def run_study(args, kind: str, trials: list[Trial], tags_of_config, analyse, pla
                   f"run the same command with --resume to continue them from their checkpoints")
     rec.close_parent(status)
     files = analyse(rec.parent_id, out)
+    if cfg0.cifar10c:  # issue 14: the CIFAR-10-C tables beside the study's own (analysis.cifar10c)
+        from analysis.cifar10c import AnalysisError, build_cifar10c
+        from analysis.cifar10c import format_console as c10c_console
+        try:
+            print(c10c_console(build_cifar10c(parent_run_id=rec.parent_id, tracking_uri=args.tracking_uri,
+                                              experiment=args.experiment, out_dir=out)))
+        except AnalysisError as e:
+            print(f"  CIFAR-10-C tables not built: {e}")
     print(f"open these runs: {tracking.ui_command(args.tracking_uri)}  (experiment {args.experiment}, "
           f"parent run {args.name})")
     return 0 if files is not None and status == "FINISHED" else 1
