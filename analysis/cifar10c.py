@@ -372,10 +372,10 @@ def data_line(doc: dict | None) -> str:
     images = (f"all {key['n_images']} test images" if not key.get("subset") else
               f"a stratified subset of {key['n_images']} of the {key.get('test_images', '?')} test images "
               f"(seed {doc.get('subset_seed', 0)})")
-    made = (f"regenerated from the test split of {doc.get('data')} (seed {src['seed']}, implementation "
-            f"{src['implementation']})" if src["kind"] == "regenerated" else f"official files in {src['location']}")
+    made = (f"regenerated from the test split of {doc.get('data')}, seed {src['seed']}, implementation "
+            f"{src['implementation']}" if src["kind"] == "regenerated" else f"official files in {src['location']}")
     bench = len([c for c in src["corruptions"] if c in BENCHMARK])
-    return (f"CIFAR-10-C {src['kind']}: {made}; {len(src['corruptions'])} corruptions x 5 severities, "
+    return (f"CIFAR-10-C ({made}): {len(src['corruptions'])} corruptions x 5 severities, "
             f"{bench} of the 15 benchmark ones" + (f" (missing: {', '.join(missing)})" if missing else "")
             + f"; {images}, the same images clean")
 

@@ -238,7 +238,7 @@ def test_holm_runs_within_each_table(store):
 def test_tables_name_the_data_the_baseline_and_what_is_missing(store):
     md = (store["root"] / "out" / "cifar10c.md").read_text()
     assert "n = 3 seeds per arm" in md and "data: /data/cifar10-jpeg" in md and "device: Test CPU x2" in md
-    assert "CIFAR-10-C regenerated" in md and "4 of the 15 benchmark ones" in md and "frost" in md
+    assert "CIFAR-10-C (regenerated from the test split" in md and "4 of the 15 benchmark ones" in md and "frost" in md
     assert "a stratified subset of 500 of the 10000 test images" in md
     assert "our 1 Original Pristine of the same seed (not AlexNet" in md
     console = A.format_console(store["result"])
