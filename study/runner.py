@@ -117,8 +117,8 @@ def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
                    help="also evaluate every trial's final model on CIFAR-10-C (issue 14): 'regenerate' (the "
                    "corruptions made from the test split, cached) or a folder of the official files")
     p.add_argument("--cifar10c-subset", type=int, default=None, metavar="N",
-                   help="--cifar10c on a stratified subset of N test images (default 0 = all 10,000; one core "
-                   "evaluates ~300 images/s, so all of them x 91 sets is ~45 min per model)")
+                   help="--cifar10c on a stratified subset of N test images (default 0 = all 10,000: 91 sets x "
+                   "10,000 forward passes per model; the plan's estimate counts them at the probed rate)")
     p.add_argument("--cifar10c-corruptions", default=None, metavar="NAME,...",
                    help="--cifar10c: only these corruptions (default: every one available)")
 

@@ -137,6 +137,23 @@ def test_other_data_is_refused_then_replace_logs_it_and_keeps_the_old_artifact(r
     assert "3 corruptions x 5 severities" in md
 
 
+def test_a_resume_with_other_cifar10c_flags_is_refused_before_any_work(recorded, monkeypatch, capsys):
+    """The trials' checkpoints hold their config: with other flags every unfinished trial would fail."""
+    from study import table2
+
+    cwd, _ = recorded
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("IQA_LS_CACHE", str(cwd / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = {r.info.run_id: r.info.status for r in children(cwd)[1]}
+    rc = table2.main(["--preset", "smoke", "--data", str(FIXTURE), "--test-subset", "100", "--name", "c10c",
+                      "--resume", *C10C_FLAGS[:3], "30", *C10C_FLAGS[4:]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "--resume with cifar10c_subset=30 is not allowed" in err[0] and "cifar10c_subset=20" in err[0]
+    assert {r.info.run_id: r.info.status for r in children(cwd)[1]} == before
+
+
 @pytest.fixture
 def bare(tmp_path, monkeypatch):
     """An empty folder as the working directory, the data cache inside it."""
