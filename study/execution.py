@@ -46,8 +46,9 @@ FAULT_KINDS = {
     # the trainable raises before training, on every attempt: a crash, retried --max-failures times
     "raise": None,
 }
-# logged when the trial wrote them: epoch 1's score histogram, the final evaluation's calibration bins
-OPTIONAL_ARTIFACTS = ("scores_hist.json", "calibration.json")
+# logged when the trial wrote them: epoch 1's score histogram, the final evaluation's calibration bins,
+# the final model's CIFAR-10-C evaluation (trials with cifar10c set)
+OPTIONAL_ARTIFACTS = ("scores_hist.json", "calibration.json", "cifar10c.json")
 STRICT_METRICS_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 
 

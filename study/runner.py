@@ -26,7 +26,7 @@ from typing import Callable
 from search_spaces.presets import PRESETS, resolve
 from study.spec import EXECUTORS, SpecError, StudySpec
 from trainables import data as data_mod
-from trainables.config import ConfigError, TrialConfig
+from trainables.config import CIFAR10C_REGENERATE, ConfigError, TrialConfig
 
 DEFAULT_STORAGE = "ray_results"
 DEFAULT_PRESET = "smoke"  # the pipeline check: minutes, not the hour of quick (help says each preset's time)
@@ -149,6 +149,14 @@ def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--fixed-subset", action="store_true",
                    help="draw the training subset with seed 0 for every trial (default: the trial's seed, "
                    "so the spread over seeds includes the subset's sampling; both arms of a pair share it)")
+    p.add_argument("--cifar10c", default=None, metavar="regenerate|DIR",
+                   help="also evaluate every trial's final model on CIFAR-10-C (issue 14): 'regenerate' (the "
+                   "corruptions made from the test split, cached) or a folder of the official files")
+    p.add_argument("--cifar10c-subset", type=int, default=None, metavar="N",
+                   help="--cifar10c on a stratified subset of N test images (default 0 = all 10,000: 91 sets x "
+                   "10,000 forward passes per model; the plan's estimate counts them at the probed rate)")
+    p.add_argument("--cifar10c-corruptions", default=None, metavar="NAME,...",
+                   help="--cifar10c: only these corruptions (default: every one available)")
 
 
 def seed_fields(args, seed: int) -> dict:
@@ -180,9 +188,36 @@ def schedule_fields(args) -> dict:
         if v is not None and v < 0:
             raise StudyError(f"--{flag.replace('_', '-')} {v} is not allowed; allowed: an integer >= 0")
     try:
-        return resolve(args.preset, epochs=args.epochs, subset=args.subset, test_subset=args.test_subset)
+        fields = resolve(args.preset, epochs=args.epochs, subset=args.subset, test_subset=args.test_subset)
     except ConfigError as e:
         raise StudyError(f"--preset: {e}") from None
+    return {**fields, **cifar10c_fields(args)}
+
+
+def cifar10c_fields(args) -> dict:
+    """The evaluation-only TrialConfig fields of --cifar10c, --cifar10c-subset, --cifar10c-corruptions
+    ({} without --cifar10c); a folder is made absolute (Ray workers do not share our cwd)."""
+    spec = getattr(args, "cifar10c", None)
+    subset, names = getattr(args, "cifar10c_subset", None), getattr(args, "cifar10c_corruptions", None)
+    if spec is None:
+        given = [f for f, v in (("--cifar10c-subset", subset), ("--cifar10c-corruptions", names)) if v is not None]
+        if given:
+            raise StudyError(f"{given[0]} is not allowed without --cifar10c; allowed: --cifar10c regenerate|DIR")
+        return {}
+    if not spec:
+        raise StudyError(f"--cifar10c {spec!r} is not allowed; allowed: {CIFAR10C_REGENERATE} or a folder of the "
+                         "official CIFAR-10-C files")
+    if subset is not None and subset < 0:
+        raise StudyError(f"--cifar10c-subset {subset} is not allowed; allowed: an integer >= 0 (0 = all test images)")
+    fields = {"cifar10c": spec if spec == CIFAR10C_REGENERATE else str(Path(spec).expanduser().resolve()),
+              "cifar10c_subset": subset or 0}
+    if names is not None:
+        items = [c.strip() for c in names.split(",") if c.strip()]
+        if not items:
+            raise StudyError(f"--cifar10c-corruptions {names!r} is not allowed; allowed: NAME,... e.g. "
+                             "gaussian_noise,fog")
+        fields["cifar10c_corruptions"] = items
+    return fields
 
 
 def make_config(fields: dict) -> TrialConfig:
@@ -259,6 +294,11 @@ def preflight(spec: StudySpec, trials: list[Trial]) -> dict:
         test = data_mod.load_split(trials[0].config.data, "test")
     except data_mod.DataError as e:
         raise StudyError(f"--data: {e}") from None
+    from trainables import robustness
+    try:  # an official folder is read and checked here (every file, labels against the test split)
+        robustness.check(trials[0].config)
+    except data_mod.DataError as e:
+        raise StudyError(f"--cifar10c: {e}") from None
     return {"storage": storage, "train": train, "n_test": test.images.shape[0]}
 
 
@@ -429,6 +469,28 @@ def shielded(what: str):
         signal.signal(signal.SIGINT, old)
     if hits:
         raise KeyboardInterrupt
+
+
+def check_resume_evaluation(recorded: dict | None, cfg: TrialConfig) -> None:
+    """Refuse a --resume whose CIFAR-10-C flags differ from the ones the study's trials were recorded
+    with: its finished trials would be evaluated on other data than the rest. (Evaluate a finished study
+    on other data with `python -m study.cifar10c`.) The manifest's flag check (check_resume_matches)
+    catches this too; this check also covers a study recorded before manifests (its params)."""
+    if not recorded:
+        return
+    from trainables.config import EVAL_FIELDS
+
+    def value(f: str):  # params are text (study.tracking: lists as JSON); absent = recorded before the field
+        if f not in recorded:
+            return getattr(TrialConfig(), f)
+        if f == "cifar10c_corruptions":
+            return tuple(json.loads(recorded[f]))
+        return int(recorded[f]) if isinstance(getattr(cfg, f), int) else recorded[f]
+    for f in EVAL_FIELDS:
+        if value(f) != getattr(cfg, f):
+            raise StudyError(f"--resume with {f}={getattr(cfg, f)!r} is not allowed: the study's trials were "
+                             f"recorded with {f}={value(f)!r}; allowed: the same --cifar10c flags as the first run "
+                             "(evaluate a finished study on other data with python -m study.cifar10c)")
 
 
 def make_packs(specs: list[dict], size: int) -> list[dict]:
@@ -648,6 +710,8 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
             raise StudyError(f"--resume: --storage {storage} holds no study {spec.name!r}, which was recorded "
                              f"with --storage {rec_storage}; resume with --storage {rec_storage}")
         check_resume_matches(spec, settings, json.loads(manifest) if manifest else None, recorded[0])
+    if spec.resume and trials:
+        check_resume_evaluation(rec.recorded_trial_params(), trials[0].config)
 
     # --- the plan, with a measured throughput probe
     plan: list[str] = []
@@ -679,14 +743,20 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
         parallel = max(1, min(n_ray + n_search, int(total_cpus // cpus) if gpus == 0 else int(1 / gpus) if gpus else 1))
     n_test = min(cfg0.test_subset or facts["n_test"], facts["n_test"])
     est = None
+    from trainables.robustness import evaluation_sets
+    # the final CIFAR-10-C evaluation of one trial: sets x images (0 sets without --cifar10c)
+    c10c_sets, c10c_n = evaluation_sets(cfg0), min(cfg0.cifar10c_subset or facts["n_test"], facts["n_test"])
+    c10c_images = c10c_sets * c10c_n
     if ips:
         if packing:  # the probed rate is the pack's, all its members at once: the packs share it
-            total = sum(left.values()) * n_train / ips + len(left) * 10 * n_test / eval_ips
+            total = sum(left.values()) * n_train / ips + len(left) * (10 * n_test + c10c_images) / eval_ips
             secs = [total / n_ray] * n_ray if left else []
         else:  # seconds of each run alone: its epochs left, then the final evaluation on the 10 test sets
-            secs = [left[t.key] * n_train / ips + 10 * n_test / eval_ips for t in trials if t.key in left]
+            # (and on CIFAR-10-C)
+            secs = [left[t.key] * n_train / ips + (10 * n_test + c10c_images) / eval_ips
+                    for t in trials if t.key in left]
         if search is not None:  # at most: every search trial runs all its epochs and evaluations
-            secs += [search.base.epochs * n_train / ips + search.evals * 10 * n_test / eval_ips] * n_search
+            secs += [search.base.epochs * n_train / ips + (search.evals * 10 * n_test + c10c_images) / eval_ips] * n_search
         est = estimate_seconds(secs, parallel, shared_device=gpus > 0 or spec.executor == "local")
     commit = _git_commit()
     vers = versions()
@@ -705,6 +775,11 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
         say(f"  packing ({'forced by --pack on' if spec.pack == 'on' else 'auto: CUDA'}): the {len(trials)} "
             f"grid trials run as {n_ray} pack(s) of up to {spec.pack_size} members"
             + ("; search trials run unpacked" if search is not None else ""))
+    if cfg0.cifar10c:
+        where_c = ("regenerated from the test split (built once per worker process unless cached)"
+                   if cfg0.cifar10c == CIFAR10C_REGENERATE else f"official files in {cfg0.cifar10c}")
+        say(f"  CIFAR-10-C after each trial's last epoch: {where_c}; {c10c_sets} sets x {c10c_n} images per "
+            "trial (in the estimate)")
     if left_note:
         say(f"  {left_note}")
     if not spec.estimate_only and lock.broke:
@@ -817,6 +892,14 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
     files = analyse(rec.parent_id, out)
     if spec.preset == "smoke":
         print(SMOKE_NOTE)
+    if cfg0.cifar10c:  # issue 14: the CIFAR-10-C tables beside the study's own (analysis.cifar10c)
+        from analysis.cifar10c import AnalysisError, build_cifar10c
+        from analysis.cifar10c import format_console as c10c_console
+        try:
+            print(c10c_console(build_cifar10c(parent_run_id=rec.parent_id, tracking_uri=spec.tracking_uri,
+                                              experiment=spec.experiment, out_dir=out)))
+        except AnalysisError as e:
+            print(f"  CIFAR-10-C tables not built: {e}")
     print(f"open these runs: {tracking.ui_command(spec.tracking_uri, rec.experiment_id)}  (experiment "
           f"{spec.experiment}, parent run {spec.name})")
     if failed:

@@ -161,10 +161,7 @@ class StudyRecorder:
 
     def find_parent(self):
         # the name is checked (study.runner.check_name) to a character set that needs no quoting here
-        runs = self._search(f"tags.`{T}study` = '{self.study}' and tags.`{T}role` = 'parent'")
-        if len(runs) > 1:
-            raise TrackingError(f"study {self.study!r} has {len(runs)} parent runs in {self.uri}; expected one")
-        return runs[0] if runs else None
+        return _find_parent(self.client, self.experiment_id, self.study, self.uri) if self.experiment_id else None
 
     def children(self) -> dict[str, object]:
         """trial key -> the child run (latest info) of this study."""
@@ -181,6 +178,15 @@ class StudyRecorder:
             return set()
         runs = self._search(f"tags.`mlflow.parentRunId` = '{found.info.run_id}'")
         return {r.data.tags.get(f"{T}trial_key") for r in runs if r.info.status == "FINISHED"}
+
+    def recorded_trial_params(self) -> dict | None:
+        """The params (the resolved TrialConfig) of one recorded child run of this study, None if it has none."""
+        found = self.find_parent()
+        if found is None:
+            return None
+        page = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{found.info.run_id}'",
+                                       max_results=1)
+        return dict(page[0].data.params) if page else None
 
     # ------------------------------------------------------------------ parent
     def open_parent(self, resume: bool, tags: dict, params: dict, description: str = "",
@@ -274,7 +280,8 @@ class StudyRecorder:
         batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())
                  if (k in EPOCH_METRICS or k in EVAL_METRICS or k.startswith(EVAL_METRIC_PREFIXES))
                  and isinstance(v, (int, float))]
-        self.client.log_batch(self.child_ids[key], metrics=batch)
+        for i in range(0, len(batch), MLFLOW_BATCH["metrics"]):  # a final epoch with CIFAR-10-C: ~650
+            self.client.log_batch(self.child_ids[key], metrics=batch[i:i + MLFLOW_BATCH["metrics"]])
         self.last_step[key] = step
         return True
 
@@ -333,6 +340,21 @@ class StudyRecorder:
 
     def set_parent_tags(self, tags: dict) -> None:
         self.client.log_batch(self.parent_id, tags=[RunTag(f"{T}{k}", _val(v)) for k, v in tags.items()])
+
+
+def _find_parent(client, experiment_id: str, study: str, uri: str):
+    """The parent run of `study` (tags iqa_ls.study + iqa_ls.role = parent), None if there is none."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.`{T}study` = '{study}' and tags.`{T}role` = 'parent'",
+                                  max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    if len(runs) > 1:
+        raise TrackingError(f"study {study!r} has {len(runs)} parent runs in {uri}; expected one")
+    return runs[0] if runs else None
 
 
 UI_PORT = 5000  # mlflow ui's default
@@ -492,3 +514,87 @@ def import_study(export_dir, tracking_uri: str, experiment: str = EXPERIMENT) ->
                 rec.client.log_artifact(rid, str(f), None if str(rel) == "." else str(rel))
         rec.client.set_terminated(rid, status=run["status"], end_time=run["end_time"] or None)
     return new_ids[old_parent]
+
+
+# ------------------------------------------------------------------ evaluating a recorded study (study.cifar10c)
+def _reader(tracking_uri: str) -> MlflowClient:
+    """A client for a store that must already exist (a reader never creates a SQLite file)."""
+    check_tracking_uri(tracking_uri)
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        raise TrackingError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]} (tracking URI {tracking_uri})")
+    return MlflowClient(tracking_uri)
+
+
+def finished_trials(tracking_uri: str, study: str | None = None, parent_run_id: str | None = None,
+                    experiment: str = EXPERIMENT) -> tuple[str, list[dict]]:
+    """(parent run id, the study's FINISHED child runs sorted by trial key), each as {"run_id", "key",
+    "tags", "params", "last_step"}; last_step = the last epoch logged (max step of `loss`), None if the
+    run has no `loss` history. The study is named (tag iqa_ls.study) or given by its parent run id."""
+    client = _reader(tracking_uri)
+    if parent_run_id is not None:
+        try:
+            parent = client.get_run(parent_run_id)
+        except Exception as e:  # noqa: BLE001 - MlflowException(RESOURCE_DOES_NOT_EXIST), a broken store
+            raise TrackingError(f"run {parent_run_id} not found at {tracking_uri}: "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        if parent.data.tags.get(f"{T}role") != "parent":
+            raise TrackingError(f"run {parent_run_id} is not a study parent run at {tracking_uri}")
+        exp_id = parent.info.experiment_id
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise TrackingError(f"no experiment {experiment!r} at {tracking_uri}, so no study {study!r}")
+        exp_id = exp.experiment_id
+        parent = _find_parent(client, exp_id, study, tracking_uri)
+        if parent is None:
+            raise TrackingError(f"no study {study!r} in experiment {experiment!r} at {tracking_uri}")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    out = []
+    for r in runs:
+        if r.info.status != "FINISHED":
+            continue
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss")]
+        out.append({"run_id": r.info.run_id, "key": r.data.tags.get(f"{T}trial_key") or r.info.run_name,
+                    "tags": dict(r.data.tags), "params": dict(r.data.params),
+                    "last_step": max(steps) if steps else None})
+    return parent.info.run_id, sorted(out, key=lambda t: (t["key"], t["run_id"]))
+
+
+def download_artifact(tracking_uri: str, run_id: str, path: str, dst_dir) -> Path | None:
+    """The run's artifact `path` downloaded into `dst_dir`, or None when the run has none there."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per downloaded file
+    client = MlflowClient(tracking_uri)
+    folder = str(Path(path).parent) if str(Path(path).parent) != "." else None
+    if path not in {a.path for a in client.list_artifacts(run_id, folder)}:
+        return None
+    Path(dst_dir).mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, path, str(dst_dir)))
+
+
+def list_artifacts(tracking_uri: str, run_id: str, folder: str | None = None) -> list[str]:
+    """The artifact paths of a run (in `folder`, or at its root)."""
+    return sorted(a.path for a in MlflowClient(tracking_uri).list_artifacts(run_id, folder))
+
+
+def log_evaluation(tracking_uri: str, run_id: str, metrics: dict, step: int, artifacts=(), tags: dict | None = None,
+                   artifact_dirs: dict | None = None) -> None:
+    """Add an evaluation to a (finished) trial's run: `metrics` at `step` (in log_batch's chunks), the
+    `artifacts` (files; `artifact_dirs` maps a file to its artifact folder, default the root), then the
+    `tags` (`iqa_ls.` prefixed): written last, so a tag says the evaluation was logged whole."""
+    client = MlflowClient(tracking_uri)
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, int(step)) for k, v in sorted(metrics.items())
+             if isinstance(v, (int, float))]
+    for i in range(0, len(batch), MLFLOW_BATCH["metrics"]):
+        client.log_batch(run_id, metrics=batch[i:i + MLFLOW_BATCH["metrics"]])
+    for f in artifacts:
+        client.log_artifact(run_id, str(f), (artifact_dirs or {}).get(str(f)))
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(f"{T}{k}", _val(v)) for k, v in tags.items()])

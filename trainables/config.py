@@ -46,6 +46,12 @@ PRECISIONS = ("fp32", "tf32", "bf16")  # TrialConfig.precision; trainables.train
 STEP_IMPLS = ("auto", "eager", "cuda_graph")  # TrialConfig.step_impl; trainables/fast.py (same tuple)
 
 
+# Evaluation-only fields (see TrialConfig): they define what a finished trial is also evaluated on,
+# not how it trains, so a checkpoint or a pack member need not agree on them.
+EVAL_FIELDS = ("cifar10c", "cifar10c_subset", "cifar10c_seed", "cifar10c_corruptions")
+CIFAR10C_REGENERATE = "regenerate"  # cifar10c: build the corruptions from the trial's test split
+
+
 class ConfigError(ValueError):
     """A bad config value; the message names the field, the value and what is allowed."""
 
@@ -111,12 +117,21 @@ class TrialConfig:
     # how a training step is launched (trainables/fast.py): "auto" = one CUDA graph per step on CUDA,
     # eager on a CPU; "eager"; "cuda_graph". The replayed kernels are the eager ones: it only runs a trial
     step_impl: str = "auto"
+    # --- evaluation only (issue 14): what the FINAL model is also evaluated on, after its last
+    # epoch. They change no training step, weight or draw: resume and packing need not compare them
+    # (EVAL_FIELDS); they do change what the trial records, so they stay MLflow params.
+    cifar10c: str = ""  # "" = off | "regenerate" (from this trial's test split) | a folder of the official files
+    cifar10c_subset: int = 0  # 0 (or >= N) = all 10,000 test images; else a stratified subset (seed 0)
+    cifar10c_seed: int = 0  # "regenerate" only: seed of the corruptions' random draws
+    cifar10c_corruptions: tuple = ()  # () = every one available (regenerated: 18, frost missing); else these
 
     def __post_init__(self):
         # tuples/dicts arrive as lists from JSON; normalise so equality and hashing of values hold
         object.__setattr__(self, "mix", tuple(float(x) for x in self.mix))
         object.__setattr__(self, "distortion_types", tuple(self.distortion_types))
         object.__setattr__(self, "tmap_params", dict(self.tmap_params))
+        if isinstance(self.cifar10c_corruptions, (list, tuple)):
+            object.__setattr__(self, "cifar10c_corruptions", tuple(self.cifar10c_corruptions))
         self.validate()
 
     # ---------------------------------------------------------------- derived
@@ -135,8 +150,10 @@ class TrialConfig:
         return self.lr * self.lr_decay ** (epoch // self.lr_decay_every)
 
     def defining(self) -> dict:
-        """The config without RUN_FIELDS (below): what checkpoints, packs and a resumed study compare."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUN_FIELDS}
+        """The config without RUN_FIELDS (below) and EVAL_FIELDS (what the final model is also evaluated
+        on): what checkpoints, packs and a resumed trial compare. A resumed study still refuses other
+        CIFAR-10-C flags (study.runner: its recorded flags, check_resume_evaluation)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_FIELDS and k not in EVAL_FIELDS}
 
     def defining_diff(self, other: "TrialConfig") -> list[tuple[str, object, object]]:
         """(field, self's value, other's value) of each defining field where the two configs differ."""
@@ -148,6 +165,7 @@ class TrialConfig:
         d = dataclasses.asdict(self)
         d["mix"] = list(self.mix)
         d["distortion_types"] = list(self.distortion_types)
+        d["cifar10c_corruptions"] = list(self.cifar10c_corruptions)
         return d
 
     @classmethod
@@ -237,6 +255,37 @@ class TrialConfig:
             bad("device", self.device, "auto | cpu | cuda | cuda:N")
         if not isinstance(self.data, str) or not self.data:
             bad("data", self.data, "a data source spec (cifar10, a folder or a .parquet path)")
+        self._validate_cifar10c(bad)
+
+    def _validate_cifar10c(self, bad) -> None:
+        from trainables import corruptions  # the registry; imported late like the others
+
+        if not isinstance(self.cifar10c, str):
+            bad("cifar10c", self.cifar10c, f"'' (off), '{CIFAR10C_REGENERATE}' or a folder of the official files")
+        for name in ("cifar10c_subset", "cifar10c_seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                bad(name, v, "an integer >= 0")
+        names = self.cifar10c_corruptions
+        if not isinstance(names, tuple) or not all(isinstance(c, str) for c in names):
+            bad("cifar10c_corruptions", names, "a list of corruption names (empty = every one available)")
+        unknown = [c for c in names if c not in corruptions.REFERENCE_ORDER]
+        if unknown:
+            bad("cifar10c_corruptions", unknown[0], list(corruptions.REFERENCE_ORDER))
+        if len(set(names)) != len(names):
+            bad("cifar10c_corruptions", list(names), "distinct names")
+        if self.cifar10c == CIFAR10C_REGENERATE:
+            missing = [c for c in names if c in corruptions.NOT_IMPLEMENTED]
+            if missing:
+                bad("cifar10c_corruptions", missing[0], f"{list(corruptions.CORRUPTIONS)} with cifar10c="
+                    f"'{CIFAR10C_REGENERATE}' ({missing[0]} cannot be regenerated: it "
+                    f"{corruptions.NOT_IMPLEMENTED[missing[0]]})")
+        if not self.cifar10c:
+            # a CIFAR-10-C option without the evaluation would be silently ignored: refuse it
+            for f in fields(self):
+                if f.name in EVAL_FIELDS[1:] and getattr(self, f.name) != f.default:
+                    bad(f.name, getattr(self, f.name), f"{f.default!r} while cifar10c is '' (the CIFAR-10-C "
+                        "evaluation is off)")
 
 
 # ---------------------------------------------------------------- what defines a trial vs what runs it

@@ -325,6 +325,10 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
             metrics.update(T.evaluate_all(m.model, m.d, m.norm, test_due, val_due, record, amp))
             if last_epoch:
                 T.write_calibration(m.ckpt_dir, m.cfg, epoch + 1, record)
+                if m.cfg.cifar10c:  # as run_trial: the final model on CIFAR-10-C (trainables/robustness.py)
+                    from trainables import robustness
+                    metrics.update(robustness.final_evaluation(m.model, m.cfg, m.norm, device, m.ckpt_dir,
+                                                               cache_dir, epoch + 1))
             m.history.append(dict(metrics))
             if due_ckpt:
                 _save(m, epoch, metrics, last_epoch)

@@ -36,8 +36,9 @@ TEST_SETS = ("pristine",) + tuple(f"{t}_{lv}" for t in TEST_TYPES for lv in LEVE
 ACC_METRICS = tuple(f"acc_{name}" for name in TEST_SETS)  # stable metric names (MLflow, tables)
 EVAL_WHATS = ("acc",) + calibration.CALIBRATION_METRICS  # per evaluation set: <what>_<set>
 VAL_PREFIX = "val_"  # validation metrics: val_<what>_<set>
-# metric name prefixes of every evaluation (test and validation), for the recorder
-EVAL_METRIC_PREFIXES = tuple(f"{p}{w}_" for p in ("", VAL_PREFIX) for w in EVAL_WHATS)
+C10C_PREFIX = "c10c_"  # CIFAR-10-C metrics of the final model (trainables/robustness.py): c10c_<what>_<set>
+# metric name prefixes of every evaluation (test, validation, CIFAR-10-C), for the recorder
+EVAL_METRIC_PREFIXES = tuple(f"{p}{w}_" for p in ("", VAL_PREFIX) for w in EVAL_WHATS) + (C10C_PREFIX,)
 # the quality measure of the confidence-against-quality record: the paper's SSIM (Sec. 3), whatever
 # IQA metric the trial's labels use, so every trial is read on the same axis
 QUALITY_METRIC = "ssim"
@@ -616,6 +617,9 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
         metrics.update(evaluate_all(model, d, norm, test_due, val_due, record, amp))
         if last_epoch:  # before the checkpoint that marks the trial finished, so a resume keeps it
             write_calibration(ckpt_dir, cfg, epoch + 1, record)
+            if cfg.cifar10c:  # issue 14: the final model on CIFAR-10-C (trainables/robustness.py)
+                from trainables import robustness
+                metrics.update(robustness.final_evaluation(model, cfg, norm, device, ckpt_dir, cache_dir, epoch + 1))
         # The metrics of every epoch so far travel with the checkpoint: a driver that died (or a
         # node lost) between a checkpoint and the report reaching MLflow can fill that gap from it.
         history.append(dict(metrics))
