@@ -544,6 +544,20 @@ def bench_cuda_extras(x_u8, y, device, sz) -> dict:
         sync(device)
         out[f"{name}_warmup_s"] = time.perf_counter() - t0
         steps[name] = step
+    if device.type == "cuda":  # the study's own fast path (trainables.fast, step_impl auto on CUDA)
+        from trainables.fast import CapturedStep
+
+        model = T.build_model(cfg, device)
+        opt = T.build_optimizer(cfg, model)
+        captured = CapturedStep(lambda x, q, m=model: (lambda lg: (labels.soft_cross_entropy(lg, q), lg))(m(x)),
+                                opt, list(model.parameters()))
+        t0 = time.perf_counter()
+        for _ in range(3):  # the first call warms up and captures
+            captured(xb, qb)
+        sync(device)
+        out["fast_path_warmup_s"] = time.perf_counter() - t0
+        out["fast_path_failed"] = captured.failed
+        steps["fast_path"] = lambda captured=captured: captured(xb, qb)
     reps = 20 if device.type == "cuda" else sz["step_reps"]
     rec = {k: [] for k in steps}
     for _ in range(sz["repeats"]):
@@ -624,6 +638,9 @@ def table(res: dict) -> str:
                  f"{'matches' if fl['matches_issue'] else 'DIFFERS'})")
     lines.append(f"{'epoch, ' + ep['train_set'] + ' IQA-LS, ' + str(ep['images']) + ' images':<{w}}"
                  f"{ep['epoch_time_s']:>12.1f} s  ({fmt_rate(ep['images_per_s'])} images/s)")
+    fp = res.get("fast_path", {})
+    lines.append(f"{'  run_trial here: step_impl, precision':<{w}}{fp.get('step_impl', '?')}, {fp.get('precision', '?')}"
+                 "  (the study's --precision auto picks bf16 on CUDA)")
     lines.append(f"{'  outside forward/backward':<{w}}{ep['outside_share'] * 100:>12.1f} %  (epoch data "
                  f"{ep['data_share'] * 100:.1f} %; run_trial's own data_share {ep['run_trial_data_share'] * 100:.1f} %)")
     ag = dp["agreement"]
@@ -660,13 +677,18 @@ def main(argv=None) -> dict:
     if _MISSING is not None:
         sys.exit(f"study.bench needs the baseline's libraries ({_MISSING}); install with pip install -e '.[test]'")
     device = T.pick_device(args.device)
+    from trainables.fast import resolve_step_impl
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cpu":
         T.keep_freed_memory()  # what run_trial does; process-wide, so the baselines get it too
     sz = dict(SIZES["tiny" if args.tiny else "full"])
     res: dict = {"machine": machine_info(device, torch.get_num_threads()), "sizes": sz,
-                 "data": args.data or default_data()}
+                 "data": args.data or default_data(),
+                 # what a trial's run_trial uses here (the 3/3 epoch's run_trial check runs it)
+                 "fast_path": {"step_impl": resolve_step_impl(TrialConfig().step_impl, device),
+                               "precision": TrialConfig().precision}}
     cfg = TrialConfig(data=res["data"], train_set="mix_all3", regularization="iqa_ls", iqa_metric="ssim",
                       device=str(device), test_subset=20 if args.tiny else 100)
     train = data_mod.load_split(cfg.data, "train")

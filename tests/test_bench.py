@@ -44,6 +44,9 @@ def test_tiny_bench_writes_numbers_and_its_agreement_checks_pass(tmp_path):
     assert m["dtype"] == "float32" and m["versions"]["torch"] == torch.__version__
     assert res["sizes"]["repeats"] >= 3
     assert "agreement before timing" in proc.stdout and "passed" in proc.stdout
+    # the report says which step a trial's run_trial takes here: eager fp32 on a CPU (the CUDA graph on CUDA)
+    assert res["fast_path"] == {"step_impl": "eager", "precision": "fp32"}
+    assert "step_impl, precision" in proc.stdout and "eager, fp32" in proc.stdout
 
 
 def test_flop_count_is_the_issues_186_8_mflop_per_training_image():
