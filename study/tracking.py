@@ -151,13 +151,7 @@ class StudyRecorder:
     def _search(self, filt: str):
         if self.experiment_id is None:
             return []
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment_id], filt, max_results=1000, page_token=token)
-            runs += list(page)
-            token = page.token
-            if not token:
-                return runs
+        return search_all(self.client, self.experiment_id, filt)
 
     def find_parent(self):
         # the name is checked (study.runner.check_name) to a character set that needs no quoting here
@@ -342,16 +336,20 @@ class StudyRecorder:
         self.client.log_batch(self.parent_id, tags=[RunTag(f"{T}{k}", _val(v)) for k, v in tags.items()])
 
 
-def _find_parent(client, experiment_id: str, study: str, uri: str):
-    """The parent run of `study` (tags iqa_ls.study + iqa_ls.role = parent), None if there is none."""
+def search_all(client, experiment_id: str, filt: str) -> list:
+    """Every run of the experiment that matches `filt`, page by page (MLflow returns 1,000 at most)."""
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], f"tags.`{T}study` = '{study}' and tags.`{T}role` = 'parent'",
-                                  max_results=1000, page_token=token)
+        page = client.search_runs([experiment_id], filt, max_results=1000, page_token=token)
         runs += list(page)
         token = page.token
         if not token:
-            break
+            return runs
+
+
+def _find_parent(client, experiment_id: str, study: str, uri: str):
+    """The parent run of `study` (tags iqa_ls.study + iqa_ls.role = parent), None if there is none."""
+    runs = search_all(client, experiment_id, f"tags.`{T}study` = '{study}' and tags.`{T}role` = 'parent'")
     if len(runs) > 1:
         raise TrackingError(f"study {study!r} has {len(runs)} parent runs in {uri}; expected one")
     return runs[0] if runs else None
@@ -548,14 +546,7 @@ def finished_trials(tracking_uri: str, study: str | None = None, parent_run_id: 
         parent = _find_parent(client, exp_id, study, tracking_uri)
         if parent is None:
             raise TrackingError(f"no study {study!r} in experiment {experiment!r} at {tracking_uri}")
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
+    runs = search_all(client, exp_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     out = []
     for r in runs:
         if r.info.status != "FINISHED":

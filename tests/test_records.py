@@ -1,6 +1,7 @@
 """study.records: a recorded study exported to parquet and imported into another store rebuilds the
 same tables; damaged exports, non-empty folders and duplicate studies are refused in one line."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,8 @@ def test_import_refuses_a_study_that_exists_and_a_damaged_export(source, tmp_pat
 
 
 def test_the_command_line_exits_2_with_one_line(tmp_path):
+    root = Path(__file__).resolve().parents[1]  # run from elsewhere, the package found by path, not install
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     res = subprocess.run([sys.executable, "-m", "study.records", "import", str(tmp_path)], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "manifest.json" in res.stderr
