@@ -312,8 +312,10 @@ class Recording:
     (tuner.pkl), so it holds the recorder, `tags_of` (a module-level function: trial config dict ->
     tags) and a dict of tags every trial shares (`common_tags`), never the data set."""
 
-    def __init__(self, recorder, tags_of, common_tags: dict | None = None, say=print):
-        self.rec, self.tags_of_config, self.common_tags, self.say = recorder, tags_of, common_tags or {}, say
+    def __init__(self, recorder, tags_of, common_tags: dict | None = None, say=None):
+        # `say` None = print, looked up when used: Ray pickles this object into its experiment state,
+        # and on a cluster driver builtins.print is wrapped (a stored reference then fails to pickle)
+        self.rec, self.tags_of_config, self.common_tags, self._say = recorder, tags_of, common_tags or {}, say
         self.failed: dict[str, str] = {}
         self.stopped_early: dict[str, int] = {}  # key -> last epoch, trials a scheduler (ASHA) stopped
         self.lost: str | None = None  # why the tracking store stopped taking writes
@@ -335,7 +337,7 @@ class Recording:
             self.rec.client.set_tag(self.rec.child_ids[key], "iqa_ls.device_name", result["device_name"])
         if result.get("checkpoint_note"):  # an unreadable checkpoint was moved aside (recover_checkpoint)
             self.rec.set_child_tag(key, "checkpoint_recovery", result["checkpoint_note"])
-            self.say(f"  {key}: {result['checkpoint_note']}", flush=True)
+            (self._say or print)(f"  {key}: {result['checkpoint_note']}", flush=True)
         if "start_epoch" in result:  # the first report of an attempt
             start = int(result["start_epoch"])
             if start > self.rec.last_step.get(key, 0):
@@ -412,10 +414,10 @@ class Progress:
     call `result`, `complete`, `error` and `tick`; `running` is the keys of the trials running now."""
 
     def __init__(self, keys: list[str], total_epochs: int, every_s: float = 30.0, kept: int = 0,
-                 n_search: int = 0, metric: str = "acc_mean_all", printer=print):
+                 n_search: int = 0, metric: str = "acc_mean_all", printer=None):
         self.keys, self.total_epochs, self.every_s, self.kept = list(keys), total_epochs, every_s, kept
         self.n_total = kept + len(self.keys) + n_search
-        self.metric, self.print = metric, printer
+        self.metric, self._printer = metric, printer  # None = print, looked up when used (see Recording)
         self.t0 = time.time()
         self.last_print = 0.0
         self.epochs: dict[str, int] = {}  # key -> last epoch reported
@@ -423,6 +425,10 @@ class Progress:
         self.ended: dict[str, str] = {}  # key -> "finished" | "FAILED"
         self.best: tuple[float, str] | None = None
 
+
+    def say(self, *args, **kwargs) -> None:
+        """A progress line (print unless a printer was given)."""
+        (self._printer or print)(*args, **kwargs)
     def result(self, spec: dict, result: dict) -> None:
         key = result.get("member") or spec["key"]
         if "start_epoch" in result:
@@ -464,7 +470,7 @@ class Progress:
         best = f" | best {self.metric} {self.best[0]:.3f} ({self.best[1]})" if self.best else ""
         extra = ", ".join(x for x in (f"{failed} failed" if failed else "",
                                       f"{self.kept} kept from before" if self.kept else "") if x)
-        self.print(f"[{fmt_duration(elapsed)}] trials {done}/{self.n_total} done" + (f" ({extra})" if extra else "")
+        self.say(f"[{fmt_duration(elapsed)}] trials {done}/{self.n_total} done" + (f" ({extra})" if extra else "")
                    + f", {running} running, {max(0, self.n_total - done - running)} pending | epochs "
                    f"{min(trained, self.total_epochs)}/{self.total_epochs} to train{best} | left ~{eta}"
                    + (f" | {note}" if note else ""), flush=True)

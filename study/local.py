@@ -50,8 +50,8 @@ def execute(study, runs: list[dict], search, spec_of, recording: Recording, prog
                 raise
             except Exception:  # noqa: BLE001 - a crash: retried from the checkpoint, then recorded
                 if attempt < study.max_failures:
-                    progress.print(f"  {spec['key']} crashed (attempt {attempt + 1} of "
-                                   f"{study.max_failures + 1}); retrying from its last checkpoint", flush=True)
+                    progress.say(f"  {spec['key']} crashed (attempt {attempt + 1} of "
+                                 f"{study.max_failures + 1}); retrying from its last checkpoint", flush=True)
                     continue
                 recording.error(spec, traceback.format_exc())
                 progress.error(spec, set())

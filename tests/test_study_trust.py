@@ -464,3 +464,20 @@ def test_table2_runs_are_named_by_strategy_and_keep_the_key():
     assert [t.key for t in trials][:3] == ["s1-seed0", "s2-seed0", "s3-seed0"]
     assert trials[2].title == "s3 IQA-LS MIX_blur seed0" == title(3, 0)
     assert trials[0].title == "s1 Original Pristine seed0"
+
+
+def test_the_callbacks_pickle_when_print_is_wrapped(monkeypatch):
+    """Ray pickles the callbacks into its experiment state; on a cluster driver builtins.print is
+    wrapped, and a stored reference to the original print then fails to pickle (seen in
+    tests/test_multinode.py)."""
+    import builtins
+
+    import cloudpickle
+
+    from study import execution
+
+    recording, progress = execution.Recording(None, lambda c: {}, {}), execution.Progress(["k"], 2)
+    original = builtins.print
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: original(*a, **k))
+    for obj in (recording, progress):
+        assert len(cloudpickle.dumps(obj)) < 10_000
