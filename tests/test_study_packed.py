@@ -143,7 +143,7 @@ def test_forced_packing_study_matches_the_unpacked_study_per_member(tmp_path):
                  env_extra={"IQA_LS_FAULT": "nan@s3-seed0"})
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]  # s3-seed0 did not finish
     assert res.stderr.strip().splitlines()[-1].startswith("error: 1 of 9 trial(s) did not finish (s3-seed0: ")
-    assert "packing (forced by --pack on): the 9 grid trials run as 3 Ray trial(s) of up to 4 members" in res.stdout
+    assert "packing (forced by --pack on): the 9 grid trials run as 3 pack(s) of up to 4 members" in res.stdout
     ref = _study(tmp_path, "separate", "--pack", "off")
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
     assert "packing (" not in ref.stdout
