@@ -377,3 +377,21 @@ def test_analysis_cifar10c_has_a_fine_tune_group_paired_by_seed(ft_store):
     assert row["p"] == pytest.approx(sps.ttest_rel(xb, xa).pvalue)
     text = A.format_console(res)
     assert "fine-tune protocol" in text and "9ft − 8ft" in text and "9ft − 9" in text
+
+
+@pytest.mark.slow
+def test_ray_runs_the_fine_tunes_after_their_parents_in_a_second_tuner_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    res = _study(tmp_path, "--strategies", "8,9", "--protocol", "finetune", "--epochs", "1",
+                 "--finetune-epochs", "1", "--executor", "ray", "--cpus-per-trial", "1")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = c.get_experiment_by_name("iqa-ls")
+    runs = {r.data.tags["iqa_ls.trial_key"]: r for r in c.search_runs([exp.experiment_id],
+                                                                      "tags.`iqa_ls.role` = 'trial'")}
+    assert sorted(runs) == ["s8-seed0", "s9-seed0-ft"]
+    ft, parent = runs["s9-seed0-ft"], runs["s8-seed0"]
+    assert ft.info.status == "FINISHED" and ft.info.start_time >= parent.info.end_time
+    assert ft.data.tags["iqa_ls.finetune_parent_run"] == parent.info.run_id
+    assert list((tmp_path / "ray_results" / "table2" / "finetune").glob("ray-*"))  # the second Tuner run
