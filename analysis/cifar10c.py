@@ -67,6 +67,8 @@ from analysis.common import (
     TAG_REGULARIZATION,
     TAG_SEED,
     TAG_SEEDS,
+    TAG_STRATEGIES,
+    TAG_STRATEGY,
     TAG_TRAIN_SET,
     AnalysisError,
     TrialRecord,
@@ -76,6 +78,7 @@ from analysis.common import (
     log_files,
     new_figure,
     plus_minus,
+    protocol_of,
     provenance,
     provenance_line,
     provenance_warnings,
@@ -179,7 +182,7 @@ def corruption_errors(sets: dict, base: dict | None, corruptions) -> dict[str, d
 
 
 # --- the arms of a study -------------------------------------------------------------------------------
-def arms_of(trials: list[TrialRecord], kind: str, seeds: list[int]):
+def arms_of(trials: list[TrialRecord], kind: str, seeds: list[int], strategies=tuple(t2.STRATEGY_ROWS)):
     """[(group, arms)], the gaps of the selection and notes. An arm: {"arm", "label", "regularization",
     "train_set", "runs" (by seed)}; each group has "baseline" (an arm id or None) and "pairs"."""
     groups, gaps, notes = [], [], []
@@ -204,17 +207,65 @@ def arms_of(trials: list[TrialRecord], kind: str, seeds: list[int]):
         if not groups:
             raise AnalysisError("the study has no grid ablation runs (child tag iqa_ls.ablation)")
     else:
-        selected, g, n = t2.select_trials(trials, seeds)
+        scratch = [t for t in trials if protocol_of(t) == "scratch"]
+        tuned = [t for t in trials if protocol_of(t) == "finetune"]
+        selected, g, n = t2.select_trials(scratch, seeds, strategies)
         gaps += [{"group": "table2", "arm": str(r["strategy"]), "seed": r["seed"], "run_name": r["run_name"],
                   "status": r["status"], "error": r["error"]} for r in g.to_dict("records")]
         notes += n
         arms = []
-        for s in t2.STRATEGY_ROWS:
+        for s in strategies:
             reg, train = t2.row_labels(s)
             arms.append({"arm": s, "label": f"{s} {reg} {train}", "regularization": t2.STRATEGY_ROWS[s][1],
                          "train_set": train, "runs": selected[s]})
-        groups.append({"group": "table2", "arms": arms, "baseline": 1, "pairs": list(t2.PAIRS)})
+        groups.append({"group": "table2", "arms": arms, "baseline": 1, "pairs": t2.pairs_of(strategies)})
+        if tuned:
+            groups.append(finetune_group(arms, tuned, seeds, gaps, notes))
     return groups, gaps, notes
+
+
+FT_ARM = 100  # arm id of fine-tuned strategy s: FT_ARM + s (shown "9ft"; arms are integers in the frames)
+FT_GROUP = "table2-finetune"
+GROUP_TITLES = {"table2": "Table 2 strategies",
+                FT_GROUP: "Table 2, fine-tune protocol (Nft: fine-tuned from its Original's final weights; "
+                          "an Original's Nft: continued one-hot as long, the epochs control)"}
+PAIR_TITLES = {"table2": "IQA-LS − Original", FT_GROUP: "IQA-LS fine-tuned − reference"}
+
+
+def arm_name(arm: int) -> str:
+    """A Table 2 arm's short name: "9", or "9ft" for strategy 9 fine-tuned (analysis.table2.ft_arm)."""
+    return t2.ft_arm(arm - FT_ARM) if arm > FT_ARM else str(arm)
+
+
+def finetune_group(scratch_arms: list[dict], tuned: list[TrialRecord], seeds, gaps: list,
+                   notes: list) -> dict:
+    """The fine-tune protocol's group: strategy 1 (the CE baseline), the from-scratch arms the fine-tunes are
+    compared with and the fine-tuned arms; pairs as analysis.table2.FT_REFERENCES: each fine-tuned IQA-LS arm
+    against its parent (the Original), the Original continued as long (the epochs control) and IQA-LS from
+    scratch, each paired by seed."""
+    planned = sorted({t.tag_int(TAG_STRATEGY) for t in tuned} & set(t2.STRATEGY_ROWS))
+    selected, g, n = t2.select_trials(tuned, seeds, planned)
+    gaps += [{"group": FT_GROUP, "arm": t2.ft_arm(r["strategy"]), "seed": r["seed"],
+              "run_name": r["run_name"], "status": r["status"], "error": r["error"]}
+             for r in g.to_dict("records")]
+    notes += [f"fine-tune protocol: {x}" for x in n]
+    by_arm = {a["arm"]: a for a in scratch_arms}
+    arms = [dict(a) for a in scratch_arms if a["arm"] == 1]
+    pairs = []
+    for a, b in t2.PAIRS:
+        if not selected.get(b):
+            continue
+        for s in (a, b):
+            if s in by_arm and all(x["arm"] != s for x in arms):
+                arms.append(dict(by_arm[s]))
+        for s in (a, b):
+            if selected.get(s):
+                reg, train = t2.row_labels(s)
+                arms.append({"arm": FT_ARM + s, "label": f"{t2.ft_arm(s)} {reg} {train}",
+                             "regularization": t2.STRATEGY_ROWS[s][1], "train_set": train,
+                             "runs": selected[s]})
+        pairs += [(ref, FT_ARM + b) for ref in (a, FT_ARM + a, b) if any(x["arm"] == ref for x in arms)]
+    return {"group": FT_GROUP, "arms": arms, "baseline": 1 if 1 in by_arm else None, "pairs": pairs}
 
 
 def _one(runs: list[TrialRecord], tag: str) -> str:
@@ -434,7 +485,7 @@ def format_markdown(result: dict) -> str:
     out += [f"- note: {w}" for w in notes] + ([""] if notes else [])
     for g in result["groups"]:
         gname = g["group"]
-        title = "Table 2 strategies" if gname == "table2" else f"ablation `{gname}`"
+        title = GROUP_TITLES.get(gname, f"ablation `{gname}`")
         out += [f"## {title}", "", _baseline_text(g) + ".", "",
                 "| Arm | n | " + " | ".join(LABELS[m] for m in SUMMARY) + " |",
                 "|---|---:|" + "---:|" * len(SUMMARY)]
@@ -443,7 +494,7 @@ def format_markdown(result: dict) -> str:
             out.append(f"| {a['label']} | {row[0]['n']} | "
                        + " | ".join(MISSING if c["n"] == 0 else interval_text(c, 4) for c in row) + " |")
         gp = pairs[pairs["group"] == gname]
-        what = "IQA-LS − Original" if gname == "table2" else "each setting − the one-hot setting"
+        what = PAIR_TITLES.get(gname, "each setting − the one-hot setting")
         for family in ("accuracy", "calibration", "corruptions"):
             fp = gp[gp["family"] == family]
             if fp.empty:
@@ -460,7 +511,7 @@ def format_markdown(result: dict) -> str:
                     continue
                 n = "/".join(map(str, sorted(set(pr["n"].tolist()))))
                 cellmap = {r["metric"]: r for r in pr.to_dict("records")}
-                out.append(f"| {b} − {a} | {n} | " + " | ".join(
+                out.append(f"| {arm_name(b)} − {arm_name(a)} | {n} | " + " | ".join(
                     interval_text(cellmap[m], 4, signed=True) if m in cellmap else MISSING for m in metrics) + " |")
         gc = corr[(corr["group"] == gname) & (corr["severity"] == "all")]
         names = [c for c in ORDER if c in set(gc["corruption"])]
@@ -524,7 +575,7 @@ def format_console(result: dict) -> str:
              "mCE: lower is better"]
     head = " " * (lw + 5) + "".join(f"{LABELS[m]:>{w}}" for m in CONSOLE)
     for g in result["groups"]:
-        lines += ["", ("Table 2 strategies" if g["group"] == "table2" else f"ablation {g['group']}")
+        lines += ["", GROUP_TITLES.get(g["group"], f"ablation {g['group']}")
                   + f" — {_baseline_text(g)}", head]
         for a in g["arms"]:
             row = [_cell(cells, g["group"], a["arm"], m) for m in CONSOLE]
@@ -533,13 +584,14 @@ def format_console(result: dict) -> str:
         gp = pairs[(pairs["group"] == g["group"]) & (pairs["family"] == "accuracy")]
         if gp.empty:
             continue
-        what = "IQA-LS − Original" if g["group"] == "table2" else "setting − one-hot"
+        what = PAIR_TITLES.get(g["group"], "setting − one-hot")
         lines += [""] + textwrap.wrap(f"{what}, paired by seed: Δ (* = Holm-adjusted p < {stats.ALPHA:g} over "
                                       f"{len(gp)}), second line ± half-width of the {stats.CI_LEVEL:.0%} t interval. "
                                       f"{pair_text(gp)}.", 156) + [head]
         for a, b in g["pairs"]:
             pr = {r["metric"]: r for r in gp[(gp["baseline"] == a) & (gp["arm"] == b)].to_dict("records")}
-            label = f"{b} − {a}" if g["group"] == "table2" else next(x["label"] for x in g["arms"] if x["arm"] == b)
+            label = (f"{arm_name(b)} − {arm_name(a)}" if g["group"] in ("table2", FT_GROUP)
+                     else next(x["label"] for x in g["arms"] if x["arm"] == b))
             ns = sorted({int(r["n"]) for r in pr.values()})
             lines.append(f"{label[:lw - 1]:<{lw}}{'n=' + '/'.join(map(str, ns)):<5}"
                          + "".join(f"{fmt(pr[m]['diff'], 3, True) + pr[m]['mark']:>{w}}" for m in CONSOLE))
@@ -571,9 +623,9 @@ def severity_plot(result: dict, path: Path) -> Path:
                 continue
             ys = [c["mean"] for c in cs]
             err = [0.0 if not math.isfinite(c["ci_low"]) else (c["ci_high"] - c["ci_low"]) / 2 for c in cs]
-            if g["group"] == "table2":
-                style = {"color": t2.TRAIN_SET_COLORS[t2.STRATEGY_ROWS[a["arm"]][0]],
-                         "ls": "-" if a["regularization"] == "iqa_ls" else "--"}
+            if g["group"] in ("table2", FT_GROUP):
+                style = {"color": t2.TRAIN_SET_COLORS[t2.STRATEGY_ROWS[a["arm"] % FT_ARM][0]],
+                         "ls": ":" if a["arm"] > FT_ARM else "-" if a["regularization"] == "iqa_ls" else "--"}
             else:
                 style = {"color": f"C{k % 10}", "ls": "--" if a["regularization"] == "onehot" else "-"}
             ax.errorbar(xs, ys, yerr=err, marker="o", ms=3.5, capsize=2.5, lw=1.2, label=a["label"], **style)
@@ -581,8 +633,10 @@ def severity_plot(result: dict, path: Path) -> Path:
         ax.set_xlabel("severity (benchmark corruptions present, mean)")
         if i == 0:
             ax.set_ylabel("top-1 accuracy")
-        ax.set_title("Table 2 strategies (solid: IQA-LS, dashed: Original)" if g["group"] == "table2"
-                     else f"ablation {g['group']} (dashed: one-hot)", fontsize=10)
+        ax.set_title({"table2": "Table 2 strategies (solid: IQA-LS, dashed: Original)",
+                      FT_GROUP: "fine-tune protocol (dotted: fine-tuned, solid: IQA-LS, dashed: "
+                                "Original)"}.get(
+                          g["group"], f"ablation {g['group']} (dashed: one-hot)"), fontsize=10)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -604,7 +658,8 @@ def build_cifar10c(study: str | None = None, parent_run_id: str | None = None,
     client, parent, trials = read_study(tracking_uri, experiment, study, parent_run_id)
     kind = parent.data.tags.get(TAG_KIND) or "table2"
     seeds = (ab.planned_seeds if kind.startswith("ablate") else t2.planned_seeds)(parent.data.tags.get(TAG_SEEDS))
-    groups, gaps, notes = arms_of(trials, kind, seeds)
+    strategies = t2.planned_strategies(parent.data.tags.get(TAG_STRATEGIES))
+    groups, gaps, notes = arms_of(trials, kind, seeds, strategies)
     runs = [t for g in groups for a in g["arms"] for t in a["runs"]]
     docs = download_json(client, [t.run_id for t in runs], ARTIFACT)
     chosen_key, doc = choose_evaluation(groups, docs, notes)

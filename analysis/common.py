@@ -38,6 +38,9 @@ TAG_TRAIN_SET = "iqa_ls.train_set"
 TAG_REGULARIZATION = "iqa_ls.regularization"
 TAG_SEED = "iqa_ls.seed"
 TAG_ERROR = "iqa_ls.error"
+TAG_PROTOCOL = "iqa_ls.protocol"  # "scratch" (absent on runs recorded before it) | "finetune"
+TAG_FINETUNE_PARENT = "iqa_ls.finetune_parent"  # a fine-tune's parent trial key
+TAG_STRATEGIES = "iqa_ls.strategies"  # parent run: the Table 2 rows the grid holds, "1,8,9"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 
 # Provenance tags every trial carries too; the header states the parent's and flags disagreement.
@@ -85,6 +88,11 @@ class TrialRecord:
             return int(self.tags[key])
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def protocol_of(t: TrialRecord) -> str:
+    """How the run's trial started: "scratch" or "finetune" (docs/paper-mapping.md)."""
+    return t.tags.get(TAG_PROTOCOL) or "scratch"
 
 
 def open_client(tracking_uri: str):

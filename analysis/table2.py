@@ -50,10 +50,12 @@ import pandas as pd
 from analysis import calibration as cal
 from analysis import stats
 from analysis.common import (DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, MISSING, TAG_ERROR, TAG_KIND,
-                             TAG_REGULARIZATION, TAG_SEED, TAG_SEEDS, TAG_STRATEGY, TAG_TRAIN_SET,
+                             TAG_REGULARIZATION, TAG_SEED, TAG_SEEDS, TAG_STRATEGIES, TAG_STRATEGY,
+                             TAG_TRAIN_SET,
                              TEST_SET_LABELS, TEST_SETS, AnalysisError, TrialRecord, download_json, fmt,
                              interval_text, log_files, new_figure, plus_minus, provenance, provenance_line,
-                             provenance_warnings, read_study, run_cli, save_figure, study_main, write_csv,
+                             protocol_of, provenance_warnings, read_study, run_cli, save_figure, study_main,
+                             write_csv,
                              write_parquet, write_text)
 
 PAPER_JSON = Path(__file__).with_name("paper_table2.json")
@@ -114,8 +116,24 @@ def planned_seeds(text: str | None) -> list[int]:
     return []
 
 
-def select_trials(trials: list[TrialRecord], seeds: list[int]):
-    """Per strategy the FINISHED run of each seed (latest started wins), the gaps, and notes."""
+def planned_strategies(text: str | None) -> list[int]:
+    """The Table 2 rows the study planned (parent tag `iqa_ls.strategies`, "1,8,9"); all nine when the tag
+    is absent (studies recorded before --strategies) or unreadable."""
+    try:
+        chosen = sorted({int(v) for v in (text or "").split(",") if v.strip()})
+    except ValueError:
+        chosen = []
+    return [s for s in chosen if s in STRATEGY_ROWS] or list(STRATEGY_ROWS)
+
+
+def pairs_of(strategies) -> list[tuple[int, int]]:
+    """The IQA-LS − Original pairs (PAIRS) whose two strategies the study planned."""
+    return [(a, b) for a, b in PAIRS if a in strategies and b in strategies]
+
+
+def select_trials(trials: list[TrialRecord], seeds: list[int], strategies=tuple(STRATEGY_ROWS)):
+    """Per strategy the FINISHED run of each seed (latest started wins), the gaps, and notes; a planned
+    (strategy, seed) without any run is a MISSING gap. Callers pass the runs of one protocol."""
     by_key: dict[tuple[int, int | None], list[TrialRecord]] = {}
     outside = 0
     for t in trials:
@@ -137,7 +155,7 @@ def select_trials(trials: list[TrialRecord], seeds: list[int]):
         else:
             gaps += [{"strategy": s, "seed": seed, "run_name": t.run_name, "run_id": t.run_id,
                       "status": t.status, "error": t.tags.get(TAG_ERROR, "")} for t in runs]
-    for s in STRATEGY_ROWS:
+    for s in strategies:
         for seed in seeds:
             if (s, seed) not in by_key:
                 gaps.append({"strategy": s, "seed": seed, "run_name": "", "run_id": "",
@@ -164,11 +182,12 @@ def _seed_key(seed: int | None) -> tuple[int, int]:
 
 
 def compute(trials: list[TrialRecord], seeds: list[int], paper: dict[int, dict[str, float]],
-            what: str = "acc"):
+            what: str = "acc", strategies=tuple(STRATEGY_ROWS)):
     """The long cells frame, the pairs frame, the gaps frame and notes of metric family `what`
     (pure: no MLflow, no files). Cells: the mean over seeds with its t interval; pairs: IQA-LS −
-    Original paired by seed (analysis/stats.py), Holm-adjusted over the table's 40 comparisons."""
-    selected, gaps, notes = select_trials(trials, seeds)
+    Original paired by seed (analysis/stats.py), Holm-adjusted over the table's comparisons (4 pairs x
+    10 test sets when every strategy is planned). `trials`: the runs trained from scratch."""
+    selected, gaps, notes = select_trials(trials, seeds, strategies)
     with_paper = FAMILIES[what]["paper"]
     values = {(s, ts): {t.tag_int(TAG_SEED): t.metrics.get(f"{what}_{ts}", math.nan) for t in selected[s]}
               for s in STRATEGY_ROWS for ts in TEST_SETS}
@@ -185,7 +204,7 @@ def compute(trials: list[TrialRecord], seeds: list[int], paper: dict[int, dict[s
     cells = pd.DataFrame(rows, columns=cols + (["paper", "diff"] if with_paper else []))
     cells = cells.astype({"strategy": "int64", "n": "int64"})
     pair_rows = []
-    for a, b in PAIRS:
+    for a, b in pairs_of(strategies):
         for ts in TEST_SETS:
             c = stats.compare(values[a, ts], values[b, ts], CI_LEVEL)
             row = {"original": a, "iqa_ls": b, "train_set": row_labels(b)[1], "test_set": ts,
@@ -200,6 +219,93 @@ def compute(trials: list[TrialRecord], seeds: list[int], paper: dict[int, dict[s
     pairs = pd.DataFrame(pair_rows, columns=pcols).astype(
         {"original": "int64", "iqa_ls": "int64", "n": "int64", "n_a": "int64", "n_b": "int64"})
     return cells, pairs, gaps, notes
+
+
+# --- the fine-tune protocol (docs/paper-mapping.md: the introduction's reading) ----------------------------
+# A fine-tuned IQA-LS strategy b ("9ft") started from the final weights of its Original a of the same seed
+# and trained F epochs more. It is compared, paired by seed, with: its parent (the Original: the
+# introduction's "first train ... then fine-tune"), the Original continued one-hot for the same F epochs
+# ("8ft", the epochs control, when the study ran it), and IQA-LS trained from scratch (the other reading).
+FT_REFERENCES = (("parent", "Original (its parent, E epochs)"),
+                 ("continued", "Original continued one-hot as long (E + F epochs: the epochs control)"),
+                 ("scratch", "IQA-LS from scratch (Sec. 4.3.3's reading)"))
+
+
+def ft_arm(s: int) -> str:
+    """The label of a fine-tuned arm: "9ft" (an Original's, "8ft", is its one-hot continuation)."""
+    return f"{s}ft"
+
+
+def compute_finetune(scratch: dict[int, list[TrialRecord]], tuned: dict[int, list[TrialRecord]],
+                     what: str = "acc"):
+    """Cells of the fine-tuned arms and the fine-tune pairs (FT_REFERENCES) of metric family `what`, paired
+    by seed, Holm-adjusted over the frame's comparisons. `scratch` / `tuned`: per strategy the selected
+    FINISHED runs of each protocol (select_trials)."""
+    def values(sel, s, ts):
+        return {t.tag_int(TAG_SEED): t.metrics.get(f"{what}_{ts}", math.nan) for t in sel.get(s, [])}
+    rows = []
+    for s in STRATEGY_ROWS:
+        if tuned.get(s):
+            reg, train = row_labels(s)
+            rows += [{"arm": ft_arm(s), "strategy": s, "regularization": reg, "train_set": train,
+                      "test_set": ts, **stats.mean_ci(list(values(tuned, s, ts).values()))}
+                     for ts in TEST_SETS]
+    cells = pd.DataFrame(rows, columns=["arm", "strategy", "regularization", "train_set", "test_set", "mean",
+                                        "ci_low", "ci_high", "std", "n"])
+    pair_rows = []
+    for a, b in PAIRS:
+        if not tuned.get(b):
+            continue
+        refs = {"parent": (scratch, a, str(a)), "continued": (tuned, a, ft_arm(a)),
+                "scratch": (scratch, b, str(b))}
+        for ref, _ in FT_REFERENCES:
+            sel, s, label = refs[ref]
+            if not sel.get(s):
+                continue
+            for ts in TEST_SETS:
+                c = stats.compare(values(sel, s, ts), values(tuned, b, ts), CI_LEVEL)
+                keep = ("diff", "ci_low", "ci_high", "p", "method", "df", "n", "n_a", "n_b")
+                pair_rows.append({"reference": ref, "baseline": label, "arm": ft_arm(b),
+                                  "train_set": row_labels(b)[1], "test_set": ts, **{k: c[k] for k in keep},
+                                  "no_spread": bool(c.get("no_spread", False))})
+    pair_rows = stats.with_holm(pair_rows)
+    pcols = ["reference", "baseline", "arm", "train_set", "test_set", "diff", "ci_low", "ci_high", "p",
+             "p_holm", "mark", "method", "df", "n", "n_a", "n_b", "no_spread"]
+    return cells, pd.DataFrame(pair_rows, columns=pcols)
+
+
+def finetune_markdown(result: dict) -> str:
+    """The fine-tune protocol's page (table2_finetune.md): the fine-tuned arms and their pairs, per family."""
+    ft = result["finetune"]
+    labels = [TEST_SET_LABELS[x] for x in TEST_SETS]
+    out = [f"# Table 2, fine-tune protocol — study `{result['study']}`", "",
+           f"_{provenance_line(result['provenance'], result['n_text'])}_", "",
+           f"Parent run `{result['parent_run_id']}`. An arm `Nft` started from the final weights of the "
+           "Original of its training set and seed (E epochs) and trained F epochs more "
+           "(docs/paper-mapping.md, \"IQA-LS from scratch or as fine-tuning\"): `9ft` = IQA-LS fine-tuned, "
+           "`8ft` = the Original continued one-hot as long (the epochs control). Pairs are paired by seed "
+           f"with the 95 % t interval; * = Holm-adjusted p < {stats.ALPHA:g} within each table. An interval "
+           "that spans 0 is unresolved.", ""]
+    for what, fam in FAMILIES.items():
+        cells, pairs = ft[what]["cells"], ft[what]["pairs"]
+        out += [f"## {fam['title'].capitalize()} ({fam['better']} is better)", "",
+                "| Arm | Regularization | Training set | n | " + " | ".join(labels) + " |",
+                "|---|---|---|---:|" + "---:|" * len(labels)]
+        for arm in dict.fromkeys(cells["arm"]):
+            rows = cells[cells["arm"] == arm]
+            r0 = rows.iloc[0]
+            out.append(f"| {arm} | {r0['regularization']} | {r0['train_set']} | {int(rows['n'].max())} | "
+                       + " | ".join(_ours(r, 4) for _, r in rows.iterrows()) + " |")
+        if not pairs.empty:
+            out += ["", f"Summary: {summary_text(pairs)}.", "",
+                    "| Pair | vs | n | " + " | ".join(labels) + " |",
+                    "|---|---|---:|" + "---:|" * len(labels)]
+            for (ref, base, arm), prs in pairs.groupby(["reference", "baseline", "arm"], sort=False):
+                n = "/".join(map(str, sorted(set(prs["n"].tolist()))))
+                out.append(f"| {arm} − {base} | {dict(FT_REFERENCES)[ref]} | {n} | "
+                           + " | ".join(interval_text(p, 4, signed=True) for _, p in prs.iterrows()) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def n_text(cells: pd.DataFrame, seeds: list[int]) -> str:
@@ -266,7 +372,7 @@ def format_markdown(result: dict, what: str = "acc") -> str:
     out += [f"- note: {w}" for w in notes] + ([""] if notes else [])
     out += ["| Strategy | Regularization | Training set | | " + " | ".join(labels) + " |",
             "|---:|---|---|---|" + "---:|" * len(labels)]
-    for s in STRATEGY_ROWS:
+    for s in result["strategies"]:
         reg, train = row_labels(s)
         row = [_cell(cells, s, ts) for ts in TEST_SETS]
         out.append(f"| {s} | {reg} | {train} | ours | " + " | ".join(_ours(c, 4) for c in row) + " |")
@@ -282,7 +388,7 @@ def format_markdown(result: dict, what: str = "acc") -> str:
             + (" paper: the same difference in the published Table 2." if fam["paper"] else ""), "",
             f"Summary: {summary_text(pairs)}.", "",
             "| Pair | Training set | | n | " + " | ".join(labels) + " |", "|---|---|---|---:|" + "---:|" * len(labels)]
-    for a, b in PAIRS:
+    for a, b in pairs_of(result["strategies"]):
         prs = pairs[(pairs["original"] == a) & (pairs["iqa_ls"] == b)]
         n = sorted(set(prs["n"].tolist()))
         out.append(f"| {b} − {a} | {row_labels(b)[1]} | ours | {'/'.join(map(str, n))} | "
@@ -368,7 +474,7 @@ def format_console(result: dict) -> str:
     lines = [f"Table 2, study {result['study']} (parent run {result['parent_run_id']})",
              textwrap.fill(provenance_line(result["provenance"], result["n_text"]), 156),
              f"ours: mean over seeds ± half-width of its {CI_LEVEL:.0%} t interval (the value alone when n = 1)", head]
-    for s in STRATEGY_ROWS:
+    for s in result["strategies"]:
         reg, train = row_labels(s)
         row = [_cell(cells, s, ts) for ts in TEST_SETS]
         ns = sorted({int(c["n"]) for c in row})
@@ -382,7 +488,7 @@ def format_console(result: dict) -> str:
             f"IQA-LS − Original, {fam['title']} ({fam['better']} is better), paired by seed: Δ of the means "
             f"(* = Holm-adjusted p < {stats.ALPHA:g} over {len(pairs)}), ± half-width of the {CI_LEVEL:.0%} t "
             f"interval. {summary_text(pairs)}.", 156) + [head]
-        for a, b in PAIRS:
+        for a, b in pairs_of(result["strategies"]):
             prs = [p for _, p in pairs[(pairs["original"] == a) & (pairs["iqa_ls"] == b)].iterrows()]
             half = ["n<2" if not math.isfinite(p["ci_low"]) else "no spread" if p["no_spread"]
                     else "±" + fmt((p["ci_high"] - p["ci_low"]) / 2, 3) for p in prs]
@@ -391,6 +497,31 @@ def format_console(result: dict) -> str:
             lines.append(f"{'':<{lw}}{'95% CI':<10}" + "".join(f"{h:>{w}}" for h in half))
             if fam["paper"]:
                 lines.append(f"{'':<{lw}}{'paper Δ':<10}" + "".join(f"{fmt(p['paper_diff'], 3, True):>{w}}" for p in prs))
+    ft = result.get("finetune")
+    if ft is not None:
+        cells_ft, pairs = ft["acc"]["cells"], ft["acc"]["pairs"]
+        lines += [""] + textwrap.wrap(
+            "Fine-tune protocol (the introduction's reading): Nft = strategy N started from the final "
+            "weights of its Original (same seed) and trained F epochs more; an Original's Nft (e.g. 8ft) "
+            "is its one-hot continuation, the epochs control", 156) + [head]
+        for arm in dict.fromkeys(cells_ft["arm"]):
+            rows = [r for _, r in cells_ft[cells_ft["arm"] == arm].iterrows()]
+            label = f"{arm} {rows[0]['regularization']}"
+            lines.append(f"{label:<{lw}}{'ours n=' + str(int(max(r['n'] for r in rows))):<10}"
+                         + "".join(f"{plus_minus(r, 3):>{w}}" for r in rows))
+        if not pairs.empty:
+            lines += [""] + textwrap.wrap(
+                f"Fine-tuned IQA-LS − reference, top-1 accuracy, paired by seed: Δ of the means (* = "
+                f"Holm-adjusted p < {stats.ALPHA:g} over {len(pairs)}), ± half-width of the {CI_LEVEL:.0%} t "
+                "interval. "
+                f"{summary_text(pairs)}.", 156) + [head]
+            for (ref, base, arm), prs in pairs.groupby(["reference", "baseline", "arm"], sort=False):
+                prs = [p for _, p in prs.iterrows()]
+                half = ["n<2" if not math.isfinite(p["ci_low"]) else "no spread" if p["no_spread"]
+                        else "±" + fmt((p["ci_high"] - p["ci_low"]) / 2, 3) for p in prs]
+                lines.append(f"{f'{arm} − {base} ({ref})':<{lw + 10}}"
+                             + "".join(f"{fmt(p['diff'], 3, True) + p['mark']:>{w}}" for p in prs))
+                lines.append(f"{'':<{lw}}{'95% CI':<10}" + "".join(f"{h:>{w}}" for h in half))
     if not gaps.empty:
         lines += ["", f"Gaps ({len(gaps)}):"]
         lines += [f"  strategy {g['strategy']} seed {g['seed']} {g['run_name'] or '(no run)'}: "
@@ -475,13 +606,28 @@ def build_table2(study: str | None = None, parent_run_id: str | None = None,
     """Read the study, write the Table 2 files and their ECE / NLL companions to `out_dir` (default
     results/<study>) and, with `log_to_parent`, log them to the parent run under `analysis/`. Returns
     the frames and file paths."""
-    client, parent, trials = read_study(tracking_uri, experiment, study, parent_run_id)
+    client, parent, every = read_study(tracking_uri, experiment, study, parent_run_id)
     seeds = planned_seeds(parent.data.tags.get(TAG_SEEDS))
+    strategies = planned_strategies(parent.data.tags.get(TAG_STRATEGIES))
+    trials = [t for t in every if protocol_of(t) == "scratch"]  # Table 2 itself: trained from scratch
+    tuned_runs = [t for t in every if protocol_of(t) == "finetune"]
     paper = load_paper()
     tables = {}
     for what in FAMILIES:
-        cells, pairs, gaps, notes = compute(trials, seeds, paper, what)
+        cells, pairs, gaps, notes = compute(trials, seeds, paper, what, strategies)
         tables[what] = {"cells": cells, "pairs": pairs}
+    finetune = None
+    if tuned_runs:
+        scratch_sel, _, _ = select_trials(trials, seeds, strategies)
+        planned_ft = sorted({t.tag_int(TAG_STRATEGY) for t in tuned_runs} & set(STRATEGY_ROWS))
+        tuned_sel, ft_gaps, ft_notes = select_trials(tuned_runs, seeds, planned_ft)
+        notes += [f"fine-tune protocol: {n}" for n in ft_notes]
+        ft_gaps["strategy"] = [ft_arm(s) if isinstance(s, int) else s for s in ft_gaps["strategy"]]
+        gaps = pd.concat([gaps, ft_gaps], ignore_index=True) if not ft_gaps.empty else gaps
+        finetune = {}
+        for what in FAMILIES:
+            c, p = compute_finetune(scratch_sel, tuned_sel, what)
+            finetune[what] = {"cells": c, "pairs": p}
     cells = tables["acc"]["cells"]
     kind = parent.data.tags.get(TAG_KIND)
     if kind not in (None, "table2"):
@@ -493,7 +639,8 @@ def build_table2(study: str | None = None, parent_run_id: str | None = None,
     result = {"study": study, "parent_run_id": parent.info.run_id, "tracking_uri": tracking_uri,
               "experiment": experiment, "out_dir": out, "tables": tables, "cells": cells,
               "pairs": tables["acc"]["pairs"], "gaps": gaps, "notes": notes, "provenance": prov,
-              "n_text": n_text(cells, seeds), "logged": False}
+              "n_text": n_text(cells[cells["strategy"].isin(strategies)], seeds), "logged": False,
+              "strategies": strategies, "finetune": finetune}
     selected, _, _ = select_trials(trials, seeds)
     found = download_json(client, [t.run_id for runs in selected.values() for t in runs], cal.CALIBRATION_FILE)
     docs = {s: [found[t.run_id] for t in runs if t.run_id in found] for s, runs in selected.items()}
@@ -509,6 +656,13 @@ def build_table2(study: str | None = None, parent_run_id: str | None = None,
         files[f"{stem}.tex"] = write_text(out / f"{stem}.tex", format_tex(result, what))
         files[f"{stem}.parquet"] = write_parquet(t["cells"], out / f"{stem}.parquet")
         files[f"{stem}_pairs.csv"] = write_csv(t["pairs"], out / f"{stem}_pairs.csv")
+    if finetune is not None:
+        files["table2_finetune.md"] = write_text(out / "table2_finetune.md", finetune_markdown(result))
+        ft_cells = pd.concat([f["cells"].assign(family=w) for w, f in finetune.items()], ignore_index=True)
+        files["table2_finetune.csv"] = write_csv(ft_cells, out / "table2_finetune.csv")
+        files["table2_finetune_pairs.csv"] = write_csv(
+            pd.concat([f["pairs"].assign(family=w) for w, f in finetune.items()], ignore_index=True),
+            out / "table2_finetune_pairs.csv")
     files["table2_heatmap.png"] = _heatmap(result, _matrix(cells, "mean"),
                                            f"Table 2, ours: top-1 accuracy (mean, {result['n_text']})",
                                            "viridis", False, out / "table2_heatmap.png")

@@ -23,6 +23,12 @@ learning rate still falls x0.1 five times over the run.
   Enough steps (800 per trial) for each mixture to learn its own distortion: its level-3 accuracy
   rose over strategy 1 by +6.1 (blur), +4.9 (noise), +3.2 (JPEG) points, n = 1
   (docs/results/table2-demo.md); too few to reach the over-confident regime label smoothing acts in.
+- finetune-demo: issue 14 part 2's CPU check of the two readings (IQA-LS from scratch or as
+  fine-tuning) with CIFAR-10-C, strategies 1, 8, 9 x 3 seeds in well under an hour on a shared 2-core
+  CPU: a stratified 2,000-image subset for 5 epochs, lr 0.1 then 0.01 after epoch 4, 500 of each test
+  set's images. The command (fine-tune flags are study flags, not preset fields): docs/results/
+  finetune-cifar10c-demo.md. Far from the paper's regime (100 SGD steps): it shows that the protocols
+  run, are recorded apart and are compared paired by seed, not the paper's effect.
 - smoke: a pipeline check, a couple of minutes for all 9 trials on a 2-core CPU: 200 images, 2
   epochs, 500 test images. Accuracies stay near chance (0.10): it checks that everything runs and
   is recorded, not what the paper measured.
@@ -36,6 +42,7 @@ PRESETS: dict[str, dict] = {
     "demo": {"epochs": 8, "subset": 10000, "test_subset": 2000, "lr_decay_every": 6},
     "quick": {"epochs": 24, "subset": 5000, "test_subset": 0},
     "overfit": {"epochs": 100, "subset": 1000, "test_subset": 5000, "lr_decay_every": 50},
+    "finetune-demo": {"epochs": 5, "subset": 2000, "test_subset": 500, "lr_decay_every": 4},
     "smoke": {"epochs": 2, "subset": 200, "test_subset": 500, "checkpoint_every": 1},
 }
 

@@ -36,14 +36,60 @@ IQA_METRIC = "ssim"
 TMAP = "identity"
 
 
-def grid(seeds: int = 1) -> list[dict]:
-    """TrialConfig fields of every trial: 9 strategies x `seeds` seeds (0 .. seeds-1)."""
+def grid(seeds: int = 1, strategies=tuple(STRATEGIES)) -> list[dict]:
+    """TrialConfig fields of every trial: the strategies (all 9 by default) x `seeds` seeds (0 .. seeds-1)."""
     return [{"strategy": s, "train_set": ts, "regularization": reg, "iqa_metric": IQA_METRIC,
              "tmap": TMAP, "seed": seed}
-            for s, (ts, reg) in STRATEGIES.items() for seed in range(seeds)]
+            for s, (ts, reg) in STRATEGIES.items() if s in strategies for seed in range(seeds)]
 
 
-def title(strategy: int, seed: int) -> str:
-    """The run name of a trial: 's3 IQA-LS MIX_blur seed0'."""
+# The two readings of the paper (docs/paper-mapping.md): Sec. 4.3.3 trains IQA-LS from scratch; the
+# introduction trains on the mixture first "then" fine-tunes "with the IQA measure". A fine-tune of
+# IQA-LS strategy b starts from the final weights of its Original twin a (PAIRS) of the same seed.
+PARENT = {b: a for a, b in PAIRS}  # IQA-LS strategy -> the Original it fine-tunes
+
+
+def plan(seeds: int = 1, strategies=tuple(STRATEGIES), protocols=("scratch",),
+         control: bool = False) -> list[dict]:
+    """The trials of a Table 2 study: the chosen strategies from scratch (an IQA-LS strategy only
+    with protocol scratch: Originals and strategy 1 have no other), then with protocol finetune each
+    chosen IQA-LS strategy fine-tuned from its Original (which must be chosen too), and with
+    `control` that Original continued one-hot as long (the epochs control). Each fine-tune's fields
+    carry protocol "finetune" and finetune_from = its parent's key (key())."""
+    from trainables.config import ConfigError
+
+    tuned = [b for b in strategies if b in PARENT] if "finetune" in protocols else []
+    if "finetune" in protocols and not tuned:
+        raise ConfigError(f"protocol finetune with strategies {list(strategies)} is not allowed; allowed: "
+                          f"at least one IQA-LS strategy ({', '.join(map(str, PARENT))}) to fine-tune")
+    missing = [b for b in tuned if PARENT[b] not in strategies]
+    if missing:
+        b = missing[0]
+        chosen = ",".join(map(str, strategies))
+        fixed = ",".join(map(str, sorted(set(strategies) | {PARENT[b]})))
+        raise ConfigError(f"strategies {chosen} with protocol finetune is not allowed: strategy {b} "
+                          f"fine-tunes strategy {PARENT[b]}'s final weights; allowed: add {PARENT[b]} "
+                          f"(e.g. {fixed})")
+    scratch = [t for t in grid(seeds, strategies)
+               if "scratch" in protocols or t["strategy"] not in PARENT]
+    out = [{**t, "protocol": "scratch"} for t in scratch]
+    for b in tuned:
+        for arm in ([PARENT[b]] if control else []) + [b]:
+            for t in grid(seeds, (arm,)):
+                parent = {**t, "strategy": PARENT[b], "protocol": "scratch"}
+                out.append({**t, "protocol": "finetune", "finetune_from": key(parent)})
+    return out
+
+
+def key(trial: dict) -> str:
+    """The trial key: 's9-seed0' from scratch, 's9-seed0-ft' fine-tuned (names its folder and MLflow run)."""
+    tail = "-ft" if trial.get("protocol") == "finetune" else ""
+    return f"s{trial['strategy']}-seed{trial['seed']}{tail}"
+
+
+def title(strategy: int, seed: int, protocol: str = "scratch") -> str:
+    """The run name of a trial: 's3 IQA-LS MIX_blur seed0'; fine-tuned 's9 IQA-LS MIX_all3 seed0
+    fine-tuned', an Original's continuation (the control) 's8 Original MIX_all3 seed0 continued'."""
     train_set, reg = STRATEGIES[strategy]
-    return f"s{strategy} {REGULARIZATION_LABELS[reg]} {TRAIN_SET_LABELS[train_set]} seed{seed}"
+    name = f"s{strategy} {REGULARIZATION_LABELS[reg]} {TRAIN_SET_LABELS[train_set]} seed{seed}"
+    return name + ({"onehot": " continued"}.get(reg, " fine-tuned") if protocol == "finetune" else "")

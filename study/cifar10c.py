@@ -159,7 +159,7 @@ def evaluate_study(args, tmp: Path) -> int:
         weights = tracking.download_artifact(args.tracking_uri, r["run_id"], "final_weights.pt", tmp / r["run_id"])
         model = robustness.load_model(cfg, weights, device)
         metrics = robustness.evaluate(model, ev, robustness.trial_norm(cfg, device), device)
-        step = r["last_step"] if r["last_step"] is not None else cfg.epochs
+        step = r["last_step"] if r["last_step"] is not None else cfg.total_epochs
         doc = robustness.artifact(metrics, ev, cfg, step)
         files, dirs = [], {}
         if old is not None:  # --replace: the previous evaluation's artifact is kept, numbered

@@ -159,6 +159,11 @@ def run_spec(spec: dict, emit, node: str) -> None:
     state, note = recover_checkpoint(ckpt_dir)
     start_epoch = int(state["epoch"]) if state else 0  # 0: from scratch; else resumed from there
     del state
+    parent_dir = None
+    if cfg.finetune and start_epoch < cfg.first_epoch:
+        # no checkpoint of its own: it starts from its parent's final weights (run_trial checks them)
+        parent_dir = TrialStore(spec["parent_store"]).fetch() if spec.get("parent_store") else None
+        start_epoch = cfg.first_epoch
     token = store.claim({"node": node, "pid": os.getpid(), "since": time.time(), "start_epoch": start_epoch})
     first = True
 
@@ -185,7 +190,8 @@ def run_spec(spec: dict, emit, node: str) -> None:
         emit(metrics)
 
     try:
-        last = run_trial(cfg, report, checkpoint_dir=ckpt_dir, cache_dir=spec.get("cache_dir"))
+        last = run_trial(cfg, report, checkpoint_dir=ckpt_dir, cache_dir=spec.get("cache_dir"),
+                         parent_dir=parent_dir)
     except TrialError as e:
         # A property of the trial (e.g. NaN loss), not of the machine: report it instead of raising,
         # so no executor retries it; Recording marks the MLflow run FAILED with this reason.
@@ -326,7 +332,11 @@ class Recording:
     @_recording
     def start(self, spec: dict) -> None:
         for m in members_of(spec):
-            self.rec.open_child(m["key"], m["config"], self.tags_of(m), run_name=m.get("run_name"))
+            tags = self.tags_of(m)
+            if m.get("parent"):  # a fine-tune: which trial, and which MLflow run, it starts from
+                tags.update(finetune_parent=m["parent"],
+                            finetune_parent_run=self.rec.child_ids.get(m["parent"], ""))
+            self.rec.open_child(m["key"], m["config"], tags, run_name=m.get("run_name"))
 
     @_recording
     def result(self, spec: dict, result: dict) -> None:
@@ -377,7 +387,7 @@ class Recording:
             files = [local / a for a in ARTIFACTS if (local / a).exists()]
             extra = [local / a for a in OPTIONAL_ARTIFACTS if (local / a).exists()]
             if len(files) != len(ARTIFACTS) and not packed and last.get("done") and \
-                    0 < int(last.get("epoch", 0)) < spec["config"]["epochs"]:
+                    0 < int(last.get("epoch", 0)) < TrialConfig.from_dict(spec["config"]).total_epochs:
                 # the scheduler stopped it before its last epoch (Tune marks that result done): an
                 # honest KILLED with the epoch it reached, neither a failure nor a finished trial
                 self.stopped_early[spec["key"]] = int(last["epoch"])
@@ -400,6 +410,36 @@ class Recording:
             if m["key"] not in self.failed:
                 self.failed[m["key"]] = lines[-1] if lines else str(err)
                 self.rec.fail_child(m["key"], self.failed[m["key"]])
+
+
+def phases(runs: list[dict]) -> list[list[dict]]:
+    """`runs` in the order they may start, for every executor: first every trial that starts from
+    scratch (and every pack: fine-tunes are never packed), then the fine-tunes, which start from
+    their parents' final weights (study/runner.py puts each parent in the grid)."""
+    first = [r for r in runs if not r.get("parent")]
+    then = [r for r in runs if r.get("parent")]
+    return [p for p in (first, then) if p]
+
+
+def without_orphans(runs: list[dict], recording: "Recording", progress: "Progress") -> list[dict]:
+    """The fine-tunes of `runs` whose parent did not fail in this run of the study; each of the others
+    is recorded FAILED with its parent's reason (never started: a fine-tune never trains from random
+    weights). A parent that is not finished for another reason stops its child in run_trial
+    (trainables.train.load_parent: a TrialError, recorded the same way)."""
+    keep = []
+    for r in runs:
+        parent = r.get("parent")
+        if parent and parent in recording.failed:
+            reason = recording.failed[parent][:300]
+            why = {"trial_error": f"not started: its parent {parent} failed ({reason}); a fine-tune never "
+                                  "starts from random weights"}
+            recording.start(r)
+            recording.result(r, why)
+            progress.result(r, why)
+            progress.complete(r, set())
+        else:
+            keep.append(r)
+    return keep
 
 
 def members_of(spec: dict) -> list[dict]:

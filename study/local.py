@@ -19,16 +19,26 @@ from study.execution import (
     Recording,
     local_node,
     members_of,
+    phases,
     run_spec,
+    without_orphans,
 )
 
 
 def execute(study, runs: list[dict], search, spec_of, recording: Recording, progress: Progress) -> None:
-    """Run `runs` (trial specs and packs) in order; `search` must be None (refused before: the study
-    spec checks it)."""
+    """Run `runs` (trial specs and packs) in order, the from-scratch ones before the fine-tunes
+    (execution.phases); `search` must be None (refused before: the study spec checks it)."""
     if search is not None:
         raise ValueError("a search needs --executor ray")
     node = local_node()
+    for n, phase in enumerate(phases(runs)):  # the from-scratch trials, then the fine-tunes
+        if recording.lost is not None:
+            return
+        phase = without_orphans(phase, recording, progress) if n else phase
+        run_phase(study, phase, node, recording, progress)
+
+
+def run_phase(study, runs: list[dict], node: str, recording: Recording, progress: Progress) -> None:
     for spec in runs:
         if recording.lost is not None:
             return

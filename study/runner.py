@@ -42,7 +42,9 @@ RUN_FLAGS = ("resume", "cpus_per_trial", "gpus_per_trial", "address", "out", "de
 PRESET_TIMES = {"smoke": "pipeline check, ~3 min on 2 CPU cores; accuracies near chance",
                 "demo": "the paper's robustness effect, ~30 min on 2 idle CPU cores",
                 "quick": "~1 h on 2 CPU cores", "overfit": "~8 min per trial on 1 CPU thread",
-                "paper": "Sec. 4.2 unchanged: GPUs, days"}
+                "paper": "Sec. 4.2 unchanged: GPUs, days",
+                "finetune-demo": "strategies 1, 8, 9 from scratch and fine-tuned, with CIFAR-10-C: "
+                                 "docs/results/finetune-cifar10c-demo.md"}
 
 
 class StudyError(RuntimeError):
@@ -294,12 +296,33 @@ def preflight(spec: StudySpec, trials: list[Trial]) -> dict:
         test = data_mod.load_split(trials[0].config.data, "test")
     except data_mod.DataError as e:
         raise StudyError(f"--data: {e}") from None
+    check_parents(trials)
     from trainables import robustness
     try:  # an official folder is read and checked here (every file, labels against the test split)
         robustness.check(trials[0].config)
     except data_mod.DataError as e:
         raise StudyError(f"--cifar10c: {e}") from None
     return {"storage": storage, "train": train, "n_test": test.images.shape[0]}
+
+
+def check_parents(trials: list[Trial]) -> None:
+    """Every fine-tune's parent (TrialConfig.finetune_from) is a from-scratch Original of the same
+    grid that shares its training set, data, schedule and seed (TrialConfig.parent_mismatch): the
+    study trains it first and the fine-tune starts from its final weights. Refused in one line."""
+    by_key = {t.key: t for t in trials}
+    for t in trials:
+        if not t.config.finetune:
+            continue
+        parent = by_key.get(t.config.finetune_from)
+        if parent is None:
+            raise StudyError(f"trial {t.key}: finetune_from={t.config.finetune_from!r} is not allowed; "
+                             f"allowed: a trial of this study's grid ({', '.join(sorted(by_key)[:4])}, ...)")
+        diff = t.config.parent_mismatch(parent.config)
+        if diff:
+            k, a, b = diff[0]
+            raise StudyError(f"trial {t.key}: its parent {parent.key} has {k}={a!r}; allowed: {k}={b!r} "
+                             "(a fine-tune starts from the Original of the same training set, data, schedule "
+                             "and seed)")
 
 
 # ------------------------------------------------------------------ the study's own records in storage
@@ -498,13 +521,16 @@ def make_packs(specs: list[dict], size: int) -> list[dict]:
     (schedule, data, model code path, device) and checkpoint cadence (so they resume from one
     epoch), in grid order, at most `size` per pack and the packs of a group as even as can be (9
     trials, size 4: 3 + 3 + 3, not 4 + 4 + 1). A group of one stays an ordinary trial spec."""
-    from trainables.packed import pack_key
+    from trainables.packed import pack_key, packable
 
     groups: dict[tuple, list[dict]] = {}
+    out = []
     for s in specs:
         cfg = TrialConfig.from_dict(s["config"])
+        if not packable(cfg):  # a fine-tune runs alone, from its parent's final weights
+            out.append(s)
+            continue
         groups.setdefault((pack_key(cfg), cfg.checkpoint_every), []).append(s)
-    out = []
     for group in groups.values():
         n = -(-len(group) // size)  # packs this group needs
         bounds = [-(-i * len(group) // n) for i in range(n + 1)]  # ceil: larger packs first
@@ -524,7 +550,7 @@ def epochs_left(spec, trials: list[Trial], rec, storage: str) -> tuple[dict[str,
     --resume, none for a finished trial and the epochs after its checkpoint for the others (read
     where the storage is a filesystem path; on object storage they count from epoch 0)."""
     if not spec.resume:
-        return {t.key: t.config.epochs for t in trials}, ""
+        return {t.key: t.config.total_epochs - t.config.first_epoch for t in trials}, ""
     from study.execution import trial_store_uri
     from trainables.train import load_checkpoint
 
@@ -537,8 +563,8 @@ def epochs_left(spec, trials: list[Trial], rec, storage: str) -> tuple[dict[str,
         if "://" not in storage:
             state = load_checkpoint(Path(trial_store_uri(storage, spec.name, t.key)))
             start = int(state["epoch"]) if state else 0
-        left[t.key] = max(0, t.config.epochs - start)
-    total = sum(t.config.epochs for t in trials)
+        left[t.key] = max(0, t.config.total_epochs - max(start, t.config.first_epoch))
+    total = sum(t.config.total_epochs - t.config.first_epoch for t in trials)
     return left, (f"resume: {sum(left.values())} of {total} epochs left ({len(finished)} trials finished"
                   + (", checkpoints on object storage counted from epoch 0)" if "://" in storage else ")"))
 
@@ -724,7 +750,7 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
     cfg0 = trials[0].config if trials else search.base
     n_train = min(cfg0.subset or train.images.shape[0], train.images.shape[0])
     left, left_note = epochs_left(spec, trials, rec, storage) if rec is not None else (
-        {t.key: t.config.epochs for t in trials}, "")
+        {t.key: t.config.total_epochs - t.config.first_epoch for t in trials}, "")
     nothing_left = spec.resume and search is None and not left
     # packs are planned from every trial of the grid (a resumed run packs what is left, below)
     packs = make_packs([{"config": t.config.to_dict(), "tags": {}, "cache_dir": ""} for t in trials],
@@ -780,6 +806,14 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
                    if cfg0.cifar10c == CIFAR10C_REGENERATE else f"official files in {cfg0.cifar10c}")
         say(f"  CIFAR-10-C after each trial's last epoch: {where_c}; {c10c_sets} sets x {c10c_n} images per "
             "trial (in the estimate)")
+    tunes = [t.config for t in trials if t.config.finetune]
+    if tunes:
+        f = tunes[0]
+        decay = (f"x{f.lr_decay:g} every {f.finetune_lr_decay_every} epochs" if f.finetune_lr_decay_every
+                 else "constant")
+        say(f"  fine-tune: {len(tunes)} trial(s) start from their Original parent's final weights once the "
+            f"{len(trials) - len(tunes)} from-scratch trials are done: epochs {f.epochs + 1}.."
+            f"{f.total_epochs}, lr {f.finetune_lr:g} {decay}, a fresh SGD; unpacked")
     if left_note:
         say(f"  {left_note}")
     if not spec.estimate_only and lock.broke:
@@ -803,7 +837,8 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
     parent_tags = {"preset": spec.preset, "seeds": spec.seeds, "data_source": train.source,
                    "data_checksum": train.checksum, "git_commit": commit, "versions": vers,
                    "device_name": execution.device_name(spec.probe_device) if ips else device, "storage": storage,
-                   "executor": spec.executor, **(search.parent_tags if search is not None else {})}
+                   "executor": spec.executor, **grid_tags(trials),
+                   **(search.parent_tags if search is not None else {})}
     sched = resume_schedule_params(trials, search)
     flags = {k: v for k, v in spec.flags.items() if k != "resume"}
     description = (f"{'Resumed' if spec.resume else 'Started'} {time.strftime('%Y-%m-%d %H:%M:%S')} with:\n\n"
@@ -824,9 +859,13 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
                    "versions": vers}
 
     def spec_of(key: str, config: TrialConfig, tags: dict, title: str = "") -> dict:
-        return {"key": key, "config": config.to_dict(), "tags": tags, "run_name": title or key,
-                "store": execution.trial_store_uri(storage, spec.name, key),
-                "cache_dir": str(data_mod.default_cache_dir()), "fault": faults.get(key)}
+        out = {"key": key, "config": config.to_dict(), "tags": tags, "run_name": title or key,
+               "store": execution.trial_store_uri(storage, spec.name, key),
+               "cache_dir": str(data_mod.default_cache_dir()), "fault": faults.get(key)}
+        if config.finetune:  # where its parent's final weights are: only runs it (never compared)
+            out.update(parent=config.finetune_from,
+                       parent_store=execution.trial_store_uri(storage, spec.name, config.finetune_from))
+        return out
 
     specs = [spec_of(t.key, t.config, t.tags, t.title) for t in todo]
     runs = make_packs(specs, spec.pack_size) if packing else specs  # what the executor runs: trials or packs
@@ -917,6 +956,15 @@ SMOKE_NOTE = ("preset smoke is a pipeline check (a few hundred images, 2 epochs)
 
 class TrackingLost(RuntimeError):
     """The tracking store stopped answering mid-study; the message is the one line the user sees."""
+
+
+def grid_tags(trials: list[Trial]) -> dict:
+    """Parent-run tags of what the grid holds, for the analyses (which read MLflow only): the Table 2
+    strategies (`strategies`, e.g. "1,8,9") and the protocols ("scratch,finetune")."""
+    strategies = sorted({t.config.strategy for t in trials if t.config.strategy})
+    protocols = [p for p in ("scratch", "finetune") if any(t.config.protocol == p for t in trials)]
+    return {**({"strategies": ",".join(map(str, strategies))} if strategies else {}),
+            **({"protocols": ",".join(protocols)} if protocols else {})}
 
 
 def study_summary(rec, n_trials: int, session_s: float) -> dict:

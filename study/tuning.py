@@ -19,7 +19,7 @@ import ray
 from ray import tune
 from ray.tune.stopper import Stopper
 
-from study.execution import Progress, Recording, members_of, run_spec
+from study.execution import Progress, Recording, members_of, phases, run_spec, without_orphans
 
 STRICT_METRICS_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 
@@ -117,9 +117,12 @@ def execute(study, runs: list[dict], search, spec_of, recording: Recording, prog
     stop = StopWhenLost(recording)
     resources = {"cpu": study.cpus_per_trial, "gpu": study.gpus_per_trial}
     try:
-        if runs:
-            run_tuner(runs, name=study.name, storage=study.storage, resources=resources, callbacks=callbacks,
-                      max_failures=study.max_failures, stop=stop)
+        for n, phase in enumerate(phases(runs)):  # the from-scratch trials, then the fine-tunes
+            phase = without_orphans(phase, recording, progress) if n else phase
+            if phase and recording.lost is None:
+                run_tuner(phase, name=study.name if n == 0 else f"{study.name}/finetune",
+                          storage=study.storage, resources=resources, callbacks=callbacks,
+                          max_failures=study.max_failures, stop=stop)
         if search is not None and recording.lost is None:
             run_search(search, spec_of, name=study.name, storage=study.storage, resources=resources,
                        callbacks=callbacks, max_failures=study.max_failures, stop=stop)

@@ -42,6 +42,16 @@ REGULARIZATIONS = ("onehot", "iqa_ls", "uniform")
 # How a distorted image's IQA score enters T: its own ("image", Eq. 1) or its (type, level) group
 # mean ("level": the labels then carry the distortion level and nothing of the image content).
 SCORE_POOLINGS = ("image", "level")
+# How a trial starts (docs/paper-mapping.md, "IQA-LS from scratch or as fine-tuning"): "scratch" = from
+# the initial weights (Sec. 4.3.3's reading), "finetune" = from the final weights of its parent trial
+# (`finetune_from`, an Original of the same training set, data, schedule and seed), trained
+# `finetune_epochs` more (the introduction's "then ... by fine-tuning the network with the IQA measure")
+PROTOCOLS = ("scratch", "finetune")
+# what a fine-tune's parent is checked against: every defining field but these (how the targets are
+# built, the Table 2 row, and the fine-tune's own fields); see TrialConfig.parent_mismatch
+TARGET_FIELDS = ("strategy", "regularization", "iqa_metric", "tmap", "tmap_params", "ls_epsilon",
+                 "score_floor", "score_pooling")
+FINETUNE_FIELDS = ("protocol", "finetune_from", "finetune_epochs", "finetune_lr", "finetune_lr_decay_every")
 PRECISIONS = ("fp32", "tf32", "bf16")  # TrialConfig.precision; trainables.train.numerics applies it
 STEP_IMPLS = ("auto", "eager", "cuda_graph")  # TrialConfig.step_impl; trainables/fast.py (same tuple)
 
@@ -80,6 +90,17 @@ class TrialConfig:
     lr_decay_every: int = PAPER_LR_DECAY_EVERY  # epochs between x lr_decay steps (staircase)
     momentum: float = 0.0  # plain SGD as in the TF CIFAR-10 tutorial (the paper says "SGD")
     fc_weight_decay: float = PAPER_FC_WEIGHT_DECAY
+    # --- fine-tuning (issue 14 part 2; docs/paper-mapping.md). With protocol "finetune" the trial starts
+    # from the final weights of trial `finetune_from` (its parent: the Original of the same training set,
+    # data, schedule and seed, which trained `epochs` epochs under the schedule above) and trains
+    # `finetune_epochs` more, its epochs numbered epochs+1 .. epochs+finetune_epochs (so each epoch's
+    # mixture draw, noise and batch order are the fresh ones of a continued run), at `finetune_lr`, x
+    # lr_decay every `finetune_lr_decay_every` fine-tune epochs (0 = constant), with a fresh SGD
+    protocol: str = "scratch"  # one of PROTOCOLS
+    finetune_from: str = ""  # the parent's trial key ("" with protocol scratch)
+    finetune_epochs: int = 0  # F >= 1 with protocol finetune, 0 otherwise
+    finetune_lr: float = 0.01  # the paper's lr after its first decay; the demo parent's last lr
+    finetune_lr_decay_every: int = 0  # 0 = constant finetune_lr over the F epochs
     # --- model choices the paper leaves open (docs/paper-mapping.md) ---
     init: str = "tf_cifar10"  # "tf_cifar10" (truncated normal as in the TF tutorial) | "torch"
     input_norm: str = "per_image"  # "per_image" (tf.image.per_image_standardization) | "dataset" | "none"
@@ -145,9 +166,41 @@ class TrialConfig:
         """The pristine training set keeps every image pristine whatever `mix` says."""
         return (1.0, 0.0, 0.0, 0.0) if not self.types else self.mix
 
+    @property
+    def finetune(self) -> bool:
+        return self.protocol == "finetune"
+
+    @property
+    def first_epoch(self) -> int:
+        """The epoch (0-based) the trial's own training starts at: 0, or `epochs` for a fine-tune (its
+        parent trained epochs 0 .. epochs-1)."""
+        return self.epochs if self.finetune else 0
+
+    @property
+    def total_epochs(self) -> int:
+        """The epoch number of the trial's last epoch: `epochs`, or `epochs + finetune_epochs`."""
+        return self.epochs + (self.finetune_epochs if self.finetune else 0)
+
     def lr_at(self, epoch: int) -> float:
-        """Staircase decay (Sec. 4.2), epoch counted from 0."""
+        """Staircase decay (Sec. 4.2), epoch counted from 0; a fine-tune's epochs (>= `epochs`) follow
+        its own schedule: finetune_lr, x lr_decay every finetune_lr_decay_every epochs (0 = constant)."""
+        if self.finetune and epoch >= self.epochs:
+            k = epoch - self.epochs
+            steps = k // self.finetune_lr_decay_every if self.finetune_lr_decay_every else 0
+            return self.finetune_lr * self.lr_decay ** steps
         return self.lr * self.lr_decay ** (epoch // self.lr_decay_every)
+
+    def parent_mismatch(self, parent: "TrialConfig") -> list[tuple[str, object, object]]:
+        """Why `parent` cannot be this fine-tune's parent: (field, parent's value, the value it needs).
+        The parent is an Original (one-hot labels) trained from scratch; it shares every defining field
+        but the targets' (TARGET_FIELDS) and the fine-tune's own (FINETUNE_FIELDS): the same training
+        set, mixture, data, subset, schedule, seed, model and numerics."""
+        out = [(k, getattr(parent, k), v) for k, v in (("protocol", "scratch"), ("regularization", "onehot"))
+               if getattr(parent, k) != v]
+        mine, theirs = self.defining(), parent.defining()
+        skip = set(TARGET_FIELDS) | set(FINETUNE_FIELDS)
+        return out + [(k, theirs.get(k), mine[k]) for k in sorted(mine)
+                      if k not in skip and mine[k] != theirs.get(k)]
 
     def defining(self) -> dict:
         """The config without RUN_FIELDS (below) and EVAL_FIELDS (what the final model is also evaluated
@@ -256,6 +309,37 @@ class TrialConfig:
         if not isinstance(self.data, str) or not self.data:
             bad("data", self.data, "a data source spec (cifar10, a folder or a .parquet path)")
         self._validate_cifar10c(bad)
+        self._validate_finetune(bad)
+
+    def _validate_finetune(self, bad) -> None:
+        if self.protocol not in PROTOCOLS:
+            bad("protocol", self.protocol, list(PROTOCOLS))
+        v = self.finetune_epochs
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            bad("finetune_epochs", v, "an integer >= 1 with protocol finetune (0 with scratch)")
+        v = self.finetune_lr_decay_every
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            bad("finetune_lr_decay_every", v, "an integer >= 0 (0 = constant finetune_lr)")
+        lr = self.finetune_lr
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            bad("finetune_lr", self.finetune_lr, "a finite number > 0")
+        if not isinstance(self.finetune_from, str):
+            bad("finetune_from", self.finetune_from, "a trial key (text)")
+        if self.finetune:
+            if self.finetune_epochs < 1:
+                bad("finetune_epochs", self.finetune_epochs, "an integer >= 1 with protocol finetune")
+            if not self.finetune_from:
+                bad("finetune_from", "", "the parent's trial key with protocol finetune (a fine-tune never "
+                    "starts from random weights)")
+            if self.strategy == 1 or self.train_set == "pristine":
+                bad("protocol", "finetune", f"'scratch' for a pristine training set (train_set="
+                    f"{self.train_set!r}: fine-tuning applies IQA-LS to a mixture's Original)")
+        else:
+            # a fine-tune option without the fine-tune would be silently ignored: refuse it
+            for f in fields(self):
+                if f.name in FINETUNE_FIELDS[1:] and getattr(self, f.name) != f.default:
+                    bad(f.name, getattr(self, f.name), f"{f.default!r} with protocol 'scratch' (only a "
+                        "fine-tune reads it)")
 
     def _validate_cifar10c(self, bad) -> None:
         from trainables import corruptions  # the registry; imported late like the others

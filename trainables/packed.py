@@ -57,9 +57,19 @@ def pack_key(cfg: TrialConfig) -> tuple:
     return tuple((name, repr(getattr(cfg, name))) for name in PACK_SHARED)
 
 
+def packable(cfg: TrialConfig) -> bool:
+    """Whether a config may join a pack at all: a fine-tune (protocol "finetune") may not; it starts
+    from its parent's weights, which a pack does not load (study.runner.make_packs runs it alone)."""
+    return not cfg.finetune
+
+
 def check_packable(configs: list[TrialConfig]) -> None:
     if not configs:
         raise PackError("configs=[] is not allowed; allowed: one or more TrialConfigs")
+    for c in configs:
+        if not packable(c):
+            raise PackError(f"protocol={c.protocol!r} is not allowed in a pack; allowed: 'scratch' (a "
+                            "fine-tune runs alone, from its parent's final weights: train.run_trial)")
     for name in PACK_SHARED:
         values = [getattr(c, name) for c in configs]
         if any(v != values[0] for v in values):
@@ -206,8 +216,8 @@ def _save(m: _Member, epoch: int, metrics: dict, last_epoch: bool) -> None:
                                  "model": m.model.state_dict(), "optimizer": m.opt.state_dict(),
                                  "rng": {"torch": m.rng}, "metrics": metrics, "history": m.history})
     if last_epoch:
-        T._atomic_torch_save(m.model.state_dict(), ckpt_dir / "final_weights.pt")
-        T._atomic_write_text(ckpt_dir / "config.json", cfg.to_json())
+        T._atomic_torch_save(m.model.state_dict(), ckpt_dir / T.FINAL_WEIGHTS_FILE)
+        T._atomic_write_text(ckpt_dir / T.FINAL_CONFIG_FILE, cfg.to_json())
 
 
 def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], None] = lambda k, m: None,

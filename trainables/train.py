@@ -45,6 +45,8 @@ QUALITY_METRIC = "ssim"
 CALIBRATION_FILE = "calibration.json"  # per trial: reliability and quality bins of the final evaluation
 CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"  # the checkpoint before the latest: a resume's fallback
+FINAL_WEIGHTS_FILE = "final_weights.pt"  # the final model's weights (a fine-tune's child starts from them)
+FINAL_CONFIG_FILE = "config.json"  # the config that made them, written with them after the last epoch
 CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "rng")  # what a resume needs of one
 EVAL_BATCH = 1000
 # Epoch 1's training scores as the labels saw them (docs/mlflow-schema.md, artifact of every trial):
@@ -286,7 +288,7 @@ def eval_due(cfg: TrialConfig, epoch: int) -> tuple[bool, bool]:
     an `eval_every` epoch evaluates the validation sets when the trial has a split (what a search
     selects on) and the test sets otherwise, so a trial that selects never looks at the test sets
     before its end."""
-    last = epoch == cfg.epochs
+    last = epoch == cfg.total_epochs
     cadence = bool(cfg.eval_every) and epoch % cfg.eval_every == 0
     return last or (cadence and not cfg.val_size), bool(cfg.val_size) and (last or cadence)
 
@@ -482,16 +484,17 @@ def epoch_targets(cfg: TrialConfig | dict, epoch: int = 0, cache_dir=None) -> to
 
 
 def score_histogram(cfg: TrialConfig, tmap: labels.TMap, scores: torch.Tensor, level: torch.Tensor,
-                    kind: torch.Tensor) -> dict:
+                    kind: torch.Tensor, epoch: int = 1) -> dict:
     """Counts of the scores T saw (clamped; pooled under score_pooling="level") per group (pristine,
-    <type>_<level>) in SCORE_HIST_BINS bins over [0, 1], and T sampled on [0, 1]: what the labels were."""
+    <type>_<level>) in SCORE_HIST_BINS bins over [0, 1], and T sampled on [0, 1]: what the labels were,
+    in the trial's first epoch `epoch` (1-based; a fine-tune's is epochs + 1)."""
     s = labels.clamp_scores(scores, cfg.score_floor).cpu()
     bins = (s * SCORE_HIST_BINS).long().clamp_(0, SCORE_HIST_BINS - 1)
     level, kind = level.cpu(), kind.cpu()
     groups = {"pristine": level == 0}
     groups.update({f"{t}_{lv}": (level == lv) & (kind == ti) for ti, t in enumerate(cfg.types) for lv in LEVELS})
     grid = torch.linspace(0.0, 1.0, T_CURVE_POINTS)
-    return {"epoch": 1, "bins": SCORE_HIST_BINS, "range": [0.0, 1.0], "iqa_metric": cfg.iqa_metric,
+    return {"epoch": epoch, "bins": SCORE_HIST_BINS, "range": [0.0, 1.0], "iqa_metric": cfg.iqa_metric,
             "score_pooling": cfg.score_pooling, "score_floor": cfg.score_floor,
             "regularization": cfg.regularization, "tmap": tmap.name, "tmap_params": cfg.tmap_params,
             "counts": {name: torch.bincount(bins[m], minlength=SCORE_HIST_BINS).tolist()
@@ -500,13 +503,43 @@ def score_histogram(cfg: TrialConfig, tmap: labels.TMap, scores: torch.Tensor, l
                         "t": [round(v, 6) for v in true_class_t(cfg, tmap, grid).tolist()]}}
 
 
+def load_parent(cfg: TrialConfig, parent_dir) -> dict:
+    """The final weights a fine-tune (protocol "finetune") starts from: `final_weights.pt` of its
+    parent's trial folder `parent_dir`, after checking the parent's `config.json` (written with the
+    final weights, so both exist only once the parent finished) against the fine-tune
+    (TrialConfig.parent_mismatch). Anything missing or different is a TrialError naming it: a
+    fine-tune never starts from random weights."""
+    who = f"fine-tune of {cfg.finetune_from!r}"
+    if not parent_dir:
+        raise TrialError(f"{who}: no parent folder given; a fine-tune never starts from random weights")
+    d = Path(parent_dir)
+    weights, conf = d / FINAL_WEIGHTS_FILE, d / FINAL_CONFIG_FILE
+    if not weights.exists() or not conf.exists():
+        raise TrialError(f"{who}: the parent has not finished ({weights.name} / {conf.name} not in {d}); "
+                         "a fine-tune never starts from random weights")
+    try:
+        parent = TrialConfig.from_dict(json.loads(conf.read_text()))
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever made them unreadable, in one line
+        raise TrialError(f"{who}: the parent's final files in {d} are unreadable ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]})") from None
+    diff = cfg.parent_mismatch(parent)
+    if diff:
+        shown = ", ".join(f"{k} {a!r} there, {b!r} needed" for k, a, b in diff[:3])
+        raise TrialError(f"{who}: {d} holds another trial ({shown}); the parent must be the Original "
+                         "(onehot, from scratch) of the same training set, data, schedule and seed")
+    return state
+
+
 def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambda m: None,
-              checkpoint_dir=None, cache_dir=None) -> dict:
+              checkpoint_dir=None, cache_dir=None, parent_dir=None) -> dict:
     """Train and evaluate one trial; returns the last reported metrics.
 
     With `checkpoint_dir`, resumes from the checkpoint there (if any, and if it was written by the
     same config) and writes one every `checkpoint_every` epochs and after the last; each report
     that follows a checkpoint write carries `checkpoint: <dir>` so a caller (Ray) can pick it up.
+    A fine-tune (protocol "finetune") without a checkpoint of its own starts from the final weights
+    in `parent_dir` (load_parent) at epoch `epochs` with a fresh SGD; with one, it resumes from it.
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     if cfg.threads:
@@ -552,6 +585,10 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
             torch.set_rng_state(state["rng"]["torch"])
             start_epoch = state["epoch"]
             history = list(state.get("history", []))
+    if cfg.finetune and start_epoch < cfg.first_epoch:  # no checkpoint of its own yet: the parent's weights
+        model.load_state_dict(load_parent(cfg, parent_dir))
+        start_epoch = cfg.first_epoch
+
     def loss_fn(xb, qb):
         with amp():
             logits = model(xb)
@@ -568,7 +605,7 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
             opt.step()
             return loss.detach(), logits.detach()
     last: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, cfg.total_epochs):
         t0 = time.perf_counter()
         lr = cfg.lr_at(epoch)
         for group in opt.param_groups:
@@ -577,9 +614,9 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
         xs, scores, level, kind, g = epoch_data(cfg, epoch, x_train, device, bank)
         t = true_class_t(cfg, tmap, scores)
         targets = labels.targets_from_t(y_train, t, NUM_CLASSES)
-        if epoch == 0 and ckpt_dir:  # written before the first checkpoint, so a resume keeps it
-            _atomic_write_text(ckpt_dir / SCORE_HIST_FILE,
-                               json.dumps(score_histogram(cfg, tmap, scores, level, kind), sort_keys=True))
+        if epoch == cfg.first_epoch and ckpt_dir:  # before the first checkpoint, so a resume keeps it
+            _atomic_write_text(ckpt_dir / SCORE_HIST_FILE, json.dumps(
+                score_histogram(cfg, tmap, scores, level, kind, epoch + 1), sort_keys=True))
         order = torch.randperm(n, generator=g).to(device)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -611,7 +648,7 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
             **labels.target_stats(t, NUM_CLASSES), "frac_below_chance_max_batch": below_chance_max,
             "epoch_time": dt, "images_per_s": n / dt, "data_time": t_data, "data_share": t_data / dt,
         }
-        last_epoch = epoch + 1 == cfg.epochs
+        last_epoch = epoch + 1 == cfg.total_epochs
         test_due, val_due = eval_due(cfg, epoch + 1)
         record = {} if last_epoch else None
         metrics.update(evaluate_all(model, d, norm, test_due, val_due, record, amp))
@@ -629,8 +666,8 @@ def run_trial(config: TrialConfig | dict, report: Callable[[dict], None] = lambd
                                        "rng": {"torch": torch.get_rng_state()}, "metrics": metrics,
                                        "history": history})
             if last_epoch:  # the final artifacts: weights alone and the config that made them
-                _atomic_torch_save(model.state_dict(), ckpt_dir / "final_weights.pt")
-                _atomic_write_text(ckpt_dir / "config.json", cfg.to_json())
+                _atomic_torch_save(model.state_dict(), ckpt_dir / FINAL_WEIGHTS_FILE)
+                _atomic_write_text(ckpt_dir / FINAL_CONFIG_FILE, cfg.to_json())
             metrics["checkpoint"] = str(ckpt_dir)
         if note:
             metrics["checkpoint_note"], note = note, None
