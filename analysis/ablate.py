@@ -344,14 +344,7 @@ def _value_table(cells: pd.DataFrame, metrics: tuple[str, ...], digits: int) -> 
 
 
 def paired_summary(diffs: pd.DataFrame) -> str:
-    verdicts = [stats.verdict(r) for r in diffs.to_dict("records")]
-    text = (f"{len(verdicts)} comparisons: {verdicts.count('higher')} resolved higher, {verdicts.count('lower')} "
-            f"resolved lower, {verdicts.count('unresolved')} unresolved (interval spans 0)")
-    if verdicts.count("n < 2"):
-        text += f", {verdicts.count('n < 2')} without an interval (n < 2)"
-    if verdicts.count("no spread"):
-        text += f", {verdicts.count('no spread')} with no spread (identical differences: no p value)"
-    return text + f"; {int((diffs['mark'] == '*').sum())} with Holm-adjusted p < {stats.ALPHA:g} (*)"
+    return stats.tally_text(diffs.to_dict("records"))
 
 
 def _paired_table(diffs: pd.DataFrame, metrics: tuple[str, ...], digits: int) -> list[str]:

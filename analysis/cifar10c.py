@@ -458,14 +458,7 @@ def _baseline_text(g: dict) -> str:
 
 
 def pair_text(pairs: pd.DataFrame) -> str:
-    v = [stats.verdict(r) for r in pairs.to_dict("records")]
-    text = (f"{len(v)} comparisons: {v.count('higher')} resolved higher, {v.count('lower')} resolved lower, "
-            f"{v.count('unresolved')} unresolved (interval spans 0)")
-    if v.count("n < 2"):
-        text += f", {v.count('n < 2')} without an interval (n < 2)"
-    if v.count("no spread"):
-        text += f", {v.count('no spread')} with no spread"
-    return text + f"; {int((pairs['mark'] == '*').sum())} with Holm-adjusted p < {stats.ALPHA:g} (*)"
+    return stats.tally_text(pairs.to_dict("records"))
 
 
 def format_markdown(result: dict) -> str:

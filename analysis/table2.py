@@ -320,29 +320,8 @@ def n_text(cells: pd.DataFrame, seeds: list[int]) -> str:
     return text
 
 
-def pair_summary(pairs: pd.DataFrame) -> dict:
-    """How many of the table's comparisons are resolved (interval excludes 0) up / down, unresolved,
-    without an interval, and Holm-significant."""
-    verdicts = [stats.verdict(r) for r in pairs.to_dict("records")]
-    return {"higher": verdicts.count("higher"), "lower": verdicts.count("lower"),
-            "unresolved": verdicts.count("unresolved"), "no_ci": verdicts.count("n < 2"),
-            "no_spread": verdicts.count("no spread"),
-            "holm": int((pairs["mark"] == "*").sum()), "total": len(verdicts),
-            "welch": int((pairs["method"] == stats.WELCH).sum())}
-
-
 def summary_text(pairs: pd.DataFrame) -> str:
-    s = pair_summary(pairs)
-    text = (f"{s['total']} comparisons: {s['higher']} resolved higher, {s['lower']} resolved lower, "
-            f"{s['unresolved']} unresolved (interval spans 0)")
-    if s["no_ci"]:
-        text += f", {s['no_ci']} without an interval (n < 2)"
-    if s["no_spread"]:
-        text += f", {s['no_spread']} with no spread (identical differences: no p value)"
-    text += f"; {s['holm']} with Holm-adjusted p < {stats.ALPHA:g} (*)"
-    if s["welch"]:
-        text += f"; {s['welch']} unpaired (Welch: the arms share no seed)"
-    return text
+    return stats.tally_text(pairs.to_dict("records"))
 
 
 # --- text outputs ------------------------------------------------------------------------------------

@@ -106,3 +106,15 @@ def test_cli_rereads_a_summary_with_interval_p_and_holm(capsys):
     ref = sps.ttest_1samp(d, 0.0)
     assert f"p {ref.pvalue:.2g}" in out[0] and out[0].endswith("higher") and out[1].endswith("unresolved")
     assert stats.main(["1", "2"]) == 2
+
+
+def test_the_summary_line_counts_each_verdict_holm_marks_and_welch_rows():
+    rows = [{"diff": 1.0, "ci_low": 0.5, "ci_high": 1.5, "p": 0.01, "mark": "*", "method": stats.PAIRED},
+            {"diff": -1.0, "ci_low": -1.5, "ci_high": -0.5, "p": 0.02, "mark": "", "method": stats.PAIRED},
+            {"diff": 0.1, "ci_low": -1.0, "ci_high": 1.0, "p": 0.8, "mark": "", "method": stats.WELCH},
+            {"diff": 0.2, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "mark": "", "method": stats.NONE}]
+    assert stats.tally(rows) == {"higher": 1, "lower": 1, "unresolved": 1, "no_ci": 1, "no_spread": 0, "holm": 1,
+                                 "total": 4, "welch": 1}
+    assert stats.tally_text(rows) == ("4 comparisons: 1 resolved higher, 1 resolved lower, 1 unresolved (interval "
+                                      "spans 0), 1 without an interval (n < 2); 1 with Holm-adjusted p < 0.05 (*); "
+                                      "1 unpaired (Welch: the arms share no seed)")
