@@ -95,7 +95,7 @@ REGISTRIES = {  # config field -> every name it allows (the registries the trial
 def test_an_unknown_name_in_the_grid_is_refused_listing_every_allowed_name(tmp_path, monkeypatch, capsys, field):
     bad = ("fog",) if field == "distortion_types" else "nope"
     rows = table2_space.grid(1)
-    monkeypatch.setattr(table2_space, "grid", lambda seeds: [{**rows[0], field: bad}] + rows[1:])
+    monkeypatch.setattr(table2_space, "grid", lambda seeds, strategies=None: [{**rows[0], field: bad}] + rows[1:])
     line = refuse(tmp_path, monkeypatch, capsys)
     assert f"{field}=" in line and ("'fog'" in line or "'nope'" in line)
     for name in REGISTRIES[field]:
@@ -110,7 +110,7 @@ def test_an_unknown_name_in_the_grid_is_refused_listing_every_allowed_name(tmp_p
 ])
 def test_an_invalid_number_in_the_grid_is_refused(tmp_path, monkeypatch, capsys, field, value, needle):
     rows = table2_space.grid(1)
-    monkeypatch.setattr(table2_space, "grid", lambda seeds: [{**rows[0], field: value}] + rows[1:])
+    monkeypatch.setattr(table2_space, "grid", lambda seeds, strategies=None: [{**rows[0], field: value}] + rows[1:])
     assert needle in refuse(tmp_path, monkeypatch, capsys)
 
 
