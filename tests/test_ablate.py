@@ -84,7 +84,7 @@ def test_asha_rungs_are_epochs_the_search_trials_evaluate(epochs):
     while rung <= epochs:  # eval_every = grace, so every rung grace * 2^k is an evaluated epoch
         assert rung % grace == 0
         rung *= ablate_search.REDUCTION_FACTOR
-    assert 1 <= grace <= epochs and math.ceil(epochs / grace) <= ablate_search.EVALS
+    assert grace >= 1 and grace <= epochs and math.ceil(epochs / grace) <= ablate_search.EVALS
 
 
 # ------------------------------------------------------------------ the level oracle
@@ -287,7 +287,8 @@ def test_matched_uniform_control_records_the_mean_t_of_iqa_ls_in_epoch_one(union
     assert t_uniform == pytest.approx(t_iqa, abs=1e-5)
     assert float(uniform.data.tags["iqa_ls.matched_mean_t"]) == pytest.approx(t_iqa, abs=1e-6)
     eps = float(uniform.data.params["ls_epsilon"])
-    assert 1 - eps + eps / 10 == pytest.approx(t_iqa, abs=1e-6) and uniform.data.params["regularization"] == "uniform"
+    q_true = 1 - eps + eps / 10  # the uniform target's true-class probability, K = 10
+    assert q_true == pytest.approx(t_iqa, abs=1e-6) and uniform.data.params["regularization"] == "uniform"
 
 
 @pytest.mark.slow
