@@ -8,6 +8,7 @@ duplicates a run nor a metric point.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -77,7 +79,8 @@ def _val(v) -> str:
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 ARTIFACT_DIR = "mlartifacts"  # beside a SQLite store: the experiment's artifact root (open_parent)
-OPEN_TRIES = 4  # a new SQLite store that another process is creating at the same moment: try again
+OPEN_TRIES = 4  # a store that cannot be opened at once (a restarting server): try again
+LOCK_SUFFIX = ".lock"  # beside a SQLite store: held while a process opens it (and maybe creates its tables)
 
 
 def set_http_env() -> None:
@@ -101,6 +104,19 @@ def artifact_location_for(uri: str) -> str:
     return (db.resolve().parent / ARTIFACT_DIR).as_uri() if db else "the tracking server's artifact store"
 
 
+@contextlib.contextmanager
+def _creation_lock(uri: str):
+    """Only one process at a time opens a SQLite store: the first opening of a new file runs MLflow's
+    alembic migrations, and two processes migrating one file at once break it for good (a
+    half-made `alembic_tmp_*` table that every later opening trips over). A server needs no lock."""
+    db = sqlite_path(uri)
+    if db is None or not db.parent.is_dir():
+        yield
+        return
+    with FileLock(str(db) + LOCK_SUFFIX):
+        yield
+
+
 class StudyRecorder:
     """Parent run of one study plus one child run per trial key.
 
@@ -109,18 +125,17 @@ class StudyRecorder:
 
     def __init__(self, tracking_uri: str, study: str, kind: str, experiment: str = EXPERIMENT):
         self.uri, self.study, self.kind, self.experiment = tracking_uri, study, kind, experiment
-        exp = None
-        for attempt in range(OPEN_TRIES):
-            try:  # the client's first use of a new SQLite file creates its tables (alembic migrations)
-                self.client = MlflowClient(tracking_uri)
-                exp = self.client.get_experiment_by_name(experiment)
-                break
-            except Exception as e:  # two starts creating one store: one of them sees half-made tables
-                if attempt == OPEN_TRIES - 1:
-                    raise TrackingError(f"tracking URI {tracking_uri} cannot be opened ({one_line(e)}); "
-                                        "if another study was creating it at the same moment, run the "
-                                        "command again") from None
-                time.sleep(1.0 + attempt)
+        with _creation_lock(tracking_uri):
+            exp = None
+            for attempt in range(OPEN_TRIES):
+                try:  # the client's first use of a new SQLite file creates its tables (alembic migrations)
+                    self.client = MlflowClient(tracking_uri)
+                    exp = self.client.get_experiment_by_name(experiment)
+                    break
+                except Exception as e:  # a store that cannot be opened yet (a restarting server)
+                    if attempt == OPEN_TRIES - 1:
+                        raise TrackingError(f"tracking URI {tracking_uri} cannot be opened ({one_line(e)})") from None
+                    time.sleep(1.0 + attempt)
         self.experiment_id = exp.experiment_id if exp else None
         self.parent_id: str | None = None
         self.child_ids: dict[str, str] = {}

@@ -411,15 +411,34 @@ print("ok")
 """
 
 
-def test_two_studies_creating_one_new_store_at_once_both_start(tmp_path):
+def test_studies_creating_one_new_store_at_once_all_start(tmp_path):
+    # without the lock beside the store, two or more concurrent first openings run MLflow's migrations
+    # into one file at once and leave it broken (alembic_tmp_experiments already exists)
+    names = ("a", "b", "c")
     (tmp_path / "race.py").write_text(RACE)
     procs = [subprocess.Popen([sys.executable, str(tmp_path / "race.py"), str(REPO), str(tmp_path), name],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
-    time.sleep(8)  # both past their imports, waiting
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+    time.sleep(10)  # all past their imports, waiting
     (tmp_path / "go").touch()
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
-    assert [o[0].strip() for o in outs] == ["ok", "ok"]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(names), [o[1][-2000:] for o in outs]
+    assert [o[0].strip() for o in outs] == ["ok"] * len(names)
+
+
+def test_opening_a_sqlite_store_waits_for_the_lock_beside_it(tmp_path):
+    import threading
+    from filelock import FileLock
+    from study.tracking import LOCK_SUFFIX, StudyRecorder
+    db = tmp_path / "mlflow.db"
+    held = FileLock(str(db) + LOCK_SUFFIX)
+    held.acquire()
+    opened = threading.Thread(target=StudyRecorder, args=(f"sqlite:///{db}", "s", "table2"))
+    opened.start()
+    opened.join(3)
+    waited, made_while_held = opened.is_alive(), db.exists()
+    held.release()
+    opened.join(120)
+    assert waited and not made_while_held and not opened.is_alive() and db.is_file()
 
 
 def test_sqlite_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path, monkeypatch):
