@@ -569,6 +569,9 @@ def epochs_left(spec, trials: list[Trial], rec, storage: str) -> tuple[dict[str,
                   + (", checkpoints on object storage counted from epoch 0)" if "://" in storage else ")"))
 
 
+PROBE_WARMUP_CUDA, PROBE_WARMUP_CPU = 5, 1  # untimed steps before the probe's clock starts
+
+
 def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float = 3.0,
                      members: int = 1) -> tuple[float, float]:
     """(training images/s at the trial's batch size, test images/s of the evaluation's forward pass at
@@ -590,16 +593,20 @@ def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float
     )
 
     def rate(step, batch: int, budget: float) -> float:
+        # warm-up steps: on CUDA a graph is captured on the first and the allocator settles over a few;
+        # on a CPU the first step's one-time work (oneDNN primitives, allocations) is all there is, and
+        # each further warm-up step costs a whole step there (~3 s for an evaluation batch on 2 cores)
+        warm = PROBE_WARMUP_CUDA if dev.type == "cuda" else PROBE_WARMUP_CPU
         n, t0 = 0, None
         while True:
             step()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             n += 1
-            if n == 5:
-                t0 = time.perf_counter()  # warm-up steps (a CUDA graph is captured on the first)
+            if n == warm:
+                t0 = time.perf_counter()
             elif t0 and time.perf_counter() - t0 > budget:
-                return (n - 5) * batch / (time.perf_counter() - t0)
+                return (n - warm) * batch / (time.perf_counter() - t0)
 
     old = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))

@@ -5,6 +5,40 @@ import pytest
 import torch
 
 CIFAR_MINI = Path(__file__).parent / "fixtures" / "cifar10-mini"
+STUDY_ENV = ("IQA_LS_FAULT", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")  # a caller's values would change a study
+
+
+def listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def refuse(tmp_path, monkeypatch, capsys):
+    """`refuse(*flags)`: study.table2's main, run in this process in
+    `tmp_path/run` on the fixture, must refuse with one line on stderr and exit code 2 (returned or
+    raised by argparse), and leave the folder as it was: no store, no storage folder, no results.
+    Returns the line. In process: a refusal needs no fresh interpreter (its imports cost ~12 s)."""
+    monkeypatch.setenv("IQA_LS_CACHE", str(tmp_path / "cache"))
+    for var in STUDY_ENV:  # cleared before the test, which may set one (IQA_LS_FAULT) on purpose
+        monkeypatch.delenv(var, raising=False)
+
+    def check(*flags, data_dir=CIFAR_MINI) -> str:
+        from study import table2
+        cwd = tmp_path / "run"
+        cwd.mkdir(parents=True, exist_ok=True)
+        monkeypatch.chdir(cwd)
+        before = listing(cwd)
+        argv = ["--preset", "smoke", "--data", str(data_dir), "--test-subset", "50", *flags]
+        capsys.readouterr()
+        try:
+            rc = table2.main(argv)
+        except SystemExit as e:
+            rc = e.code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, (rc, err)
+        assert listing(cwd) == before
+        return err[0]
+    return check
 
 
 @pytest.fixture(scope="session")

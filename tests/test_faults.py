@@ -44,18 +44,6 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
-def refuse(tmp_path, monkeypatch, capsys, *flags, data_dir=FIXTURE) -> str:
-    """Run the study command in `tmp_path/run`; assert a refusal; return its one line."""
-    cwd = tmp_path / "run"
-    cwd.mkdir(exist_ok=True)
-    monkeypatch.chdir(cwd)
-    rc = table2.main(["--preset", "smoke", "--data", str(data_dir), "--test-subset", "50", *flags])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1, err
-    assert sorted(p.name for p in cwd.iterdir()) == []  # nothing written: no mlflow.db, ray_results, results
-    return err[0]
-
-
 # ------------------------------------------------------------------ numbers and names on the command line
 @pytest.mark.parametrize("flags,needles", [
     (["--subset", "-1"], ["--subset -1", ">= 0"]),
@@ -67,8 +55,8 @@ def refuse(tmp_path, monkeypatch, capsys, *flags, data_dir=FIXTURE) -> str:
     (["--max-failures", "-1"], ["--max-failures -1", ">= 0"]),
     (["--preset", "Smoke"], ["'Smoke'", "'paper'", "'quick'", "'smoke'"]),
 ])
-def test_bad_numbers_and_names_are_refused_in_one_line(tmp_path, monkeypatch, capsys, flags, needles):
-    line = refuse(tmp_path, monkeypatch, capsys, *flags)
+def test_bad_numbers_and_names_are_refused_in_one_line(tmp_path, monkeypatch, capsys, flags, needles, refuse):
+    line = refuse(*flags)
     for n in needles:
         assert n in line, line
 
@@ -92,11 +80,11 @@ REGISTRIES = {  # config field -> every name it allows (the registries the trial
 
 
 @pytest.mark.parametrize("field", sorted(REGISTRIES))
-def test_an_unknown_name_in_the_grid_is_refused_listing_every_allowed_name(tmp_path, monkeypatch, capsys, field):
+def test_an_unknown_name_in_the_grid_is_refused_listing_every_allowed_name(tmp_path, monkeypatch, capsys, field, refuse):
     bad = ("fog",) if field == "distortion_types" else "nope"
     rows = table2_space.grid(1)
     monkeypatch.setattr(table2_space, "grid", lambda seeds, strategies=None: [{**rows[0], field: bad}] + rows[1:])
-    line = refuse(tmp_path, monkeypatch, capsys)
+    line = refuse()
     assert f"{field}=" in line and ("'fog'" in line or "'nope'" in line)
     for name in REGISTRIES[field]:
         assert name in line, (name, line)
@@ -108,36 +96,36 @@ def test_an_unknown_name_in_the_grid_is_refused_listing_every_allowed_name(tmp_p
     ("seed", -1, "seed=-1"),
     ("lr", float("nan"), "lr=nan"),
 ])
-def test_an_invalid_number_in_the_grid_is_refused(tmp_path, monkeypatch, capsys, field, value, needle):
+def test_an_invalid_number_in_the_grid_is_refused(tmp_path, monkeypatch, capsys, field, value, needle, refuse):
     rows = table2_space.grid(1)
     monkeypatch.setattr(table2_space, "grid", lambda seeds, strategies=None: [{**rows[0], field: value}] + rows[1:])
-    assert needle in refuse(tmp_path, monkeypatch, capsys)
+    assert needle in refuse()
 
 
 # ------------------------------------------------------------------ tracking store and storage
-def test_tracking_uri_schemes_other_than_sqlite_and_http_are_refused(tmp_path, monkeypatch, capsys):
+def test_tracking_uri_schemes_other_than_sqlite_and_http_are_refused(tmp_path, monkeypatch, capsys, refuse):
     for uri in ("file:///tmp/mlruns", "mlruns"):
-        line = refuse(tmp_path, monkeypatch, capsys, "--tracking-uri", uri)
+        line = refuse("--tracking-uri", uri)
         assert repr(uri) in line and "sqlite:///PATH or http(s)://HOST:PORT" in line
 
 
-def test_sqlite_in_a_missing_folder_is_refused(tmp_path, monkeypatch, capsys):
-    line = refuse(tmp_path, monkeypatch, capsys, "--tracking-uri", f"sqlite:///{tmp_path}/nowhere/mlflow.db")
+def test_sqlite_in_a_missing_folder_is_refused(tmp_path, monkeypatch, capsys, refuse):
+    line = refuse("--tracking-uri", f"sqlite:///{tmp_path}/nowhere/mlflow.db")
     assert f"{tmp_path}/nowhere" in line and "not writable" in line
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_a_tracking_server_that_accepts_but_never_answers_is_refused(tmp_path, monkeypatch, capsys):
+def test_a_tracking_server_that_accepts_but_never_answers_is_refused(tmp_path, monkeypatch, capsys, refuse):
     with socket.socket() as s:  # a listening socket nobody accepts on: the connection hangs
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         uri = f"http://127.0.0.1:{s.getsockname()[1]}"
-        line = refuse(tmp_path, monkeypatch, capsys, "--tracking-uri", uri)
+        line = refuse("--tracking-uri", uri)
     assert uri in line and "does not answer" in line
 
 
 @pytest.mark.slow
-def test_a_tracking_server_that_answers_health_but_refuses_the_api_is_refused(tmp_path, monkeypatch, capsys):
+def test_a_tracking_server_that_answers_health_but_refuses_the_api_is_refused(tmp_path, monkeypatch, capsys, refuse):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -154,7 +142,7 @@ def test_a_tracking_server_that_answers_health_but_refuses_the_api_is_refused(tm
                 break
             except OSError:
                 time.sleep(1)
-        line = refuse(tmp_path, monkeypatch, capsys, "--tracking-uri", uri)
+        line = refuse("--tracking-uri", uri)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -162,13 +150,13 @@ def test_a_tracking_server_that_answers_health_but_refuses_the_api_is_refused(tm
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "read_only"])
-def test_storage_that_cannot_be_written_is_refused(tmp_path, monkeypatch, capsys, where):
+def test_storage_that_cannot_be_written_is_refused(tmp_path, monkeypatch, capsys, where, refuse):
     if where == "under_a_file":
         (tmp_path / "afile").write_text("x")
         storage = str(tmp_path / "afile" / "results")
     else:  # a read-only mount: os.access says "writable" to root here, a real write does not
         storage = "/sys/iqa-ls-results"
-    line = refuse(tmp_path, monkeypatch, capsys, "--storage", storage)
+    line = refuse("--storage", storage)
     assert f"--storage {storage}" in line and "allowed: a writable folder" in line
 
 
@@ -184,16 +172,16 @@ def copy(tmp_path) -> Path:
     return d
 
 
-def test_a_missing_data_file_is_refused(tmp_path, monkeypatch, capsys, copy):
+def test_a_missing_data_file_is_refused(tmp_path, monkeypatch, capsys, copy, refuse):
     (copy / "test.parquet").unlink()
-    line = refuse(tmp_path, monkeypatch, capsys, data_dir=copy)
+    line = refuse(data_dir=copy)
     assert str(copy) in line and "train.parquet and test.parquet" in line
 
 
-def test_a_truncated_data_file_is_refused(tmp_path, monkeypatch, capsys, copy):
+def test_a_truncated_data_file_is_refused(tmp_path, monkeypatch, capsys, copy, refuse):
     f = copy / "train.parquet"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    line = refuse(tmp_path, monkeypatch, capsys, data_dir=copy)
+    line = refuse(data_dir=copy)
     assert str(f) in line and "not a readable parquet file" in line
 
 
@@ -203,10 +191,10 @@ def test_matching_sha256sums_are_accepted(copy):
     assert data.resolve_source(str(copy)) == str(copy)
 
 
-def test_a_file_that_fails_its_sha256sums_entry_is_refused_naming_both_hashes(tmp_path, monkeypatch, capsys, copy):
+def test_a_file_that_fails_its_sha256sums_entry_is_refused_naming_both_hashes(tmp_path, monkeypatch, capsys, copy, refuse):
     good = sha256(copy / "test.parquet")
     (copy / "SHA256SUMS").write_text(f"# sha256sum *.parquet\n{'0' * 64}  train.parquet\n{good} *test.parquet\n")
-    line = refuse(tmp_path, monkeypatch, capsys, data_dir=copy)
+    line = refuse(data_dir=copy)
     assert str(copy / "train.parquet") in line and sha256(copy / "train.parquet") in line and "0" * 64 in line
 
 
@@ -233,11 +221,11 @@ def test_a_malformed_sha256sums_line_is_refused(copy):
 
 
 # ------------------------------------------------------------------ the fault-injection hook itself
-def test_fault_hook_values_are_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+def test_fault_hook_values_are_refused_before_anything_is_written(tmp_path, monkeypatch, capsys, refuse):
     for value, needle in (("boom@s1-seed0", "'boom@s1-seed0'"), ("nan@s99-seed0", "'nan@s99-seed0'"),
                           ("nan", "'nan'")):
         monkeypatch.setenv("IQA_LS_FAULT", value)
-        line = refuse(tmp_path, monkeypatch, capsys)
+        line = refuse()
         assert needle in line and "['nan', 'raise']" in line
 
 

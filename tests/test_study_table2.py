@@ -118,11 +118,15 @@ def test_second_study_with_same_name_is_refused_without_resume(recorded):
     (["--tracking-uri", "http://127.0.0.1:9"], "http://127.0.0.1:9"),
     (["--epochs", "0"], "--epochs 0"),
 ])
-def test_bad_flags_exit_with_one_line_before_any_work(tmp_path, flags, needle):
-    res = study(tmp_path, *flags, timeout=120)
+def test_bad_flags_exit_with_one_line_before_any_work(flags, needle, refuse):
+    assert needle in refuse(*flags)
+
+
+def test_a_refusal_from_the_command_line_is_one_line_and_exit_code_two(tmp_path):
+    res = study(tmp_path, "--preset", "huge", timeout=120)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0]
+    assert len(lines) == 1 and "preset='huge'" in lines[0]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
 
 

@@ -42,20 +42,6 @@ def _env(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-def listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def refuse(cwd: Path, monkeypatch, capsys, *flags) -> str:
-    """table2.main in `cwd` must refuse with one line (exit 2) and leave `cwd` as it was."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    monkeypatch.chdir(cwd)
-    before = listing(cwd)
-    rc = table2.main(["--preset", "smoke", "--data", str(FIXTURE), "--test-subset", "50", *flags])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1, err
-    assert listing(cwd) == before  # nothing written: no store, no storage folder, no results
-    return err[0]
 
 
 def tiny(**kw) -> TrialConfig:
@@ -112,10 +98,10 @@ def write_lock(folder: Path, **holder) -> Path:
 
 
 def test_a_second_driver_is_refused_naming_the_holder_and_writes_nothing(tmp_path, monkeypatch, capsys,
-                                                                         live_process):
+                                                                         live_process, refuse):
     lock = write_lock(tmp_path / "run" / "ray_results" / "table2", pid=live_process.pid,
                       start=process_start(live_process.pid))
-    line = refuse(tmp_path / "run", monkeypatch, capsys)
+    line = refuse()
     assert f"pid {live_process.pid} on host {socket.gethostname()}" in line and str(lock) in line
     assert lock.exists()  # the holder's lock is untouched
 
@@ -157,11 +143,11 @@ def test_the_lock_is_released_on_an_exception_and_removes_what_it_made(tmp_path)
 
 
 # ------------------------------------------------------------------ 2. no silent reuse of checkpoints
-def test_checkpoints_of_the_same_name_without_resume_are_refused(tmp_path, monkeypatch, capsys):
+def test_checkpoints_of_the_same_name_without_resume_are_refused(tmp_path, monkeypatch, capsys, refuse):
     trial = tmp_path / "run" / "ray_results" / "table2" / "trials" / "s1-seed0"
     trial.mkdir(parents=True)
     torch.save({"epoch": 2}, trial / CHECKPOINT_FILE)
-    line = refuse(tmp_path / "run", monkeypatch, capsys)  # a fresh tracking store: no parent run
+    line = refuse()  # a fresh tracking store: no parent run
     assert "already holds 1 trial checkpoint folder(s) of a study named 'table2'" in line
     assert "--resume" in line and "--name" in line and "--storage" in line
 
@@ -268,8 +254,8 @@ def test_the_trainable_reports_the_recovery_and_the_callback_tags_the_run(tmp_pa
 
 # ------------------------------------------------------------------ 6. study names
 @pytest.mark.parametrize("name", ["", "../escape", "/tmp/abs", "it's", "a b", "-x", ".hidden", "a/b", "x" * 101])
-def test_unsafe_study_names_are_refused(tmp_path, monkeypatch, capsys, name):
-    line = refuse(tmp_path / "run", monkeypatch, capsys, f"--name={name}")
+def test_unsafe_study_names_are_refused(tmp_path, monkeypatch, capsys, name, refuse):
+    line = refuse(f"--name={name}")
     assert f"--name {name!r} is not allowed" in line and "A-Z a-z 0-9 . _ -" in line
 
 
@@ -327,17 +313,17 @@ def test_logistic_t_stays_in_the_unit_interval():
 
 @pytest.mark.parametrize("device,needle", [("tpu", "--device tpu is not allowed; allowed: auto, cpu, cuda, cuda:N"),
                                            ("cuda:x", "--device cuda:x is not allowed")])
-def test_a_bad_device_is_refused(tmp_path, monkeypatch, capsys, device, needle):
-    assert needle in refuse(tmp_path / "run", monkeypatch, capsys, "--device", device)
+def test_a_bad_device_is_refused(tmp_path, monkeypatch, capsys, device, needle, refuse):
+    assert needle in refuse("--device", device)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_cuda_without_cuda_is_refused(tmp_path, monkeypatch, capsys):
-    assert "CUDA is not available" in refuse(tmp_path / "run", monkeypatch, capsys, "--device", "cuda")
+def test_cuda_without_cuda_is_refused(tmp_path, monkeypatch, capsys, refuse):
+    assert "CUDA is not available" in refuse("--device", "cuda")
 
 
-def test_resume_of_a_study_that_is_not_there_writes_nothing(tmp_path, monkeypatch, capsys):
-    line = refuse(tmp_path / "run", monkeypatch, capsys, "--resume")
+def test_resume_of_a_study_that_is_not_there_writes_nothing(tmp_path, monkeypatch, capsys, refuse):
+    line = refuse("--resume")
     assert "--resume: no tracking store at mlflow.db" in line
 
 
