@@ -218,7 +218,10 @@ def arms_of(trials: list[TrialRecord], kind: str, seeds: list[int], strategies=t
             reg, train = t2.row_labels(s)
             arms.append({"arm": s, "label": f"{s} {reg} {train}", "regularization": t2.STRATEGY_ROWS[s][1],
                          "train_set": train, "runs": selected[s]})
-        groups.append({"group": "table2", "arms": arms, "baseline": 1, "pairs": t2.pairs_of(strategies)})
+        # CE needs strategy 1 (Original, Pristine) of the same seed; a study of other rows has none
+        groups.append({"group": "table2", "arms": arms, "baseline": 1 if 1 in strategies else None,
+                       "no_baseline": "strategy 1 (Original, Pristine) is not among the study's strategies",
+                       "pairs": t2.pairs_of(strategies)})
         if tuned:
             groups.append(finetune_group(arms, tuned, seeds, gaps, notes))
     return groups, gaps, notes
@@ -451,7 +454,7 @@ def _cell(frame: pd.DataFrame, group: str, arm: int, metric: str, **extra) -> pd
 
 def _baseline_text(g: dict) -> str:
     if g["baseline"] is None:
-        return "no baseline (the group has not exactly one one-hot setting): no CE"
+        return f"no baseline ({g.get('no_baseline', 'the group has not exactly one one-hot setting')}): no CE"
     label = next(a["label"] for a in g["arms"] if a["arm"] == g["baseline"])
     return (f"CE baseline: our {label} of the same seed (not AlexNet, the benchmark's baseline), so its own "
             "mCE is 1")

@@ -132,6 +132,15 @@ def store(tmp_path_factory):
                     "iqa_ls.setting": label, "iqa_ls.setting_order": str(order), "iqa_ls.ablated": "{}"}
             child_run(client, exp_id, a, f"tmap-{label}-seed{seed}", tags, m, artifact_doc(key()))
     client.set_terminated(a, "FINISHED")
+    # a study of two rows (--strategies 2,3): one pair, no strategy 1 to measure CE against
+    pr = parent_run(client, exp_id, "pair", "table2", 2)
+    client.set_tag(pr, "iqa_ls.strategies", "2,3")
+    for s in (2, 3):
+        for seed in (0, 1):
+            tags = {"iqa_ls.study": "pair", "iqa_ls.strategy": str(s), "iqa_ls.train_set": ROWS[s][0],
+                    "iqa_ls.regularization": ROWS[s][1], "iqa_ls.seed": str(seed)}
+            child_run(client, exp_id, pr, f"s{s}-seed{seed}", tags, vals[(s, seed)], artifact_doc(key()))
+    client.set_terminated(pr, "FINISHED")
     none = parent_run(client, exp_id, "none", "table2", 1)
     child_run(client, exp_id, none, "s1-seed0", {"iqa_ls.study": "none", "iqa_ls.strategy": "1",
                                                  "iqa_ls.train_set": "pristine", "iqa_ls.regularization": "onehot",
@@ -139,7 +148,8 @@ def store(tmp_path_factory):
     res = A.build_cifar10c("t2", tracking_uri=uri, out_dir=root / "out")
     return {"uri": uri, "root": root, "client": client, "vals": vals, "abl": abl, "result": res,
             "gaps": A.build_cifar10c("gaps", tracking_uri=uri, out_dir=root / "out-gaps", log_to_parent=False),
-            "ablate": A.build_cifar10c("abl", tracking_uri=uri, out_dir=root / "out-abl", log_to_parent=False)}
+            "ablate": A.build_cifar10c("abl", tracking_uri=uri, out_dir=root / "out-abl", log_to_parent=False),
+            "pair": A.build_cifar10c("pair", tracking_uri=uri, out_dir=root / "out-pair", log_to_parent=False)}
 
 
 def cell(res, arm, metric, group="table2"):
@@ -288,6 +298,20 @@ def test_an_ablation_is_tabled_against_its_one_hot_setting(store):
     assert row["baseline"] == 0 and row["diff"] == pytest.approx(
         np.mean([abl[(1, k)]["c10c_acc_clean"] - abl[(0, k)]["c10c_acc_clean"] for k in (0, 1)]))
     assert "the one-hot setting" in (store["root"] / "out-abl" / "cifar10c.md").read_text()
+
+
+def test_a_study_without_strategy_1_has_its_pairs_and_says_why_it_has_no_ce(store):
+    res, vals = store["pair"], store["vals"]
+    assert res["groups"][0]["baseline"] is None and [a["arm"] for a in res["groups"][0]["arms"]] == [2, 3]
+    p = res["pairs"]
+    row = p[(p["family"] == "accuracy") & (p["arm"] == 3) & (p["metric"] == "clean")].iloc[0]
+    assert row["baseline"] == 2 and row["diff"] == pytest.approx(
+        np.mean([vals[(3, k)]["c10c_acc_clean"] - vals[(2, k)]["c10c_acc_clean"] for k in (0, 1)]))
+    ce_cells = res["cells"][res["cells"]["metric"].isin(["mce", "rel_mce"])]
+    assert len(ce_cells) == 4 and ce_cells["mean"].isna().all()
+    for f in ("cifar10c.md", "cifar10c.tex"):
+        assert "strategy 1 (Original, Pristine) is not among the study's strategies" in (
+            store["root"] / "out-pair" / f).read_text().replace("\\", "")
 
 
 def test_a_study_without_results_is_refused_in_one_line(store, capsys):

@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "cifar10-mini"
 FLAGS = ["--preset", "smoke", "--data", str(FIXTURE), "--test-subset", "100", "--progress-every", "5",
          "--cpus-per-trial", "1"]
+PAIR = ["--strategies", "2,3"]
+FIVE = ["--strategies", "1,2,3,4,5"]  # one IQA-LS − Original pair (3 − 2): the pair tables are not empty
 
 
 def _env(cwd: Path, hide_ray: bool = False) -> dict:
@@ -55,9 +57,9 @@ def records(cwd: Path, name: str = "table2") -> dict:
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
     ray_dir, local_dir = tmp_path_factory.mktemp("ray"), tmp_path_factory.mktemp("local")
-    a = study(ray_dir)
+    a = study(ray_dir, *PAIR)
     assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
-    b = study(local_dir, "--executor", "local", hide_ray=True)  # and Ray is never imported
+    b = study(local_dir, *PAIR, "--executor", "local", hide_ray=True)  # and Ray is never imported
     assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
     return ray_dir, local_dir, b
 
@@ -65,7 +67,7 @@ def both(tmp_path_factory):
 def test_both_executors_give_the_same_records(both):
     ray_dir, local_dir, _ = both
     a, b = records(ray_dir), records(local_dir)
-    assert sorted(a) == sorted(b) and len(a) == 9
+    assert sorted(a) == sorted(b) == ["s2-seed0", "s3-seed0"]
     for key in a:
         (sa, pa, ta, ha, aa, na), (sb, pb, tb, hb, ab, nb) = a[key], b[key]
         assert sa == sb == "FINISHED" and pa == pb and ta == tb and aa == ab and na == nb, key
@@ -90,7 +92,7 @@ def test_a_killed_local_study_resumes_without_ray_to_one_run_per_trial_and_every
     it with Ray hidden: no run doubled, none missing, every epoch step once."""
     log = tmp_path / "first.log"
     with open(log, "w") as f:
-        p = subprocess.Popen([sys.executable, "-m", "study.table2", *FLAGS, "--executor", "local", "--epochs", "3"],
+        p = subprocess.Popen([sys.executable, "-m", "study.table2", *FLAGS, *FIVE, "--executor", "local", "--epochs", "3"],
                              cwd=tmp_path, env=_env(tmp_path, hide_ray=True), stdout=f, stderr=subprocess.STDOUT,
                              start_new_session=True)
     deadline = time.time() + 600
@@ -100,11 +102,11 @@ def test_a_killed_local_study_resumes_without_ray_to_one_run_per_trial_and_every
     os.killpg(p.pid, signal.SIGKILL)  # mid-way: three trials done, the fourth in training
     p.wait(timeout=60)
     before = records(tmp_path)
-    assert 3 <= sum(v[0] == "FINISHED" for v in before.values()) < 9
-    res = study(tmp_path, "--executor", "local", "--epochs", "3", "--resume", hide_ray=True)
+    assert 3 <= sum(v[0] == "FINISHED" for v in before.values()) < 5
+    res = study(tmp_path, *FIVE, "--executor", "local", "--epochs", "3", "--resume", hide_ray=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     after = records(tmp_path)
-    assert len(after) == 9 and all(v[0] == "FINISHED" for v in after.values())
+    assert len(after) == 5 and all(v[0] == "FINISHED" for v in after.values())
     for key, (_, _, _, hist, arts, _) in after.items():
         assert [s for s, _ in hist] == [1, 2, 3], key  # no epoch twice, none missing
         assert {"final_weights.pt", "config.json", "calibration.json"} <= set(arts), key

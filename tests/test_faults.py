@@ -326,24 +326,23 @@ def test_nan_and_crashing_trials_fail_with_the_reason_and_the_rest_finish(tmp_pa
     env.pop("RAY_ADDRESS", None)
     res = subprocess.run([sys.executable, "-m", "study.table2", "--preset", "smoke", "--data", str(FIXTURE),
                           "--epochs", "2", "--subset", "100", "--test-subset", "50", "--max-failures", "1",
-                          "--progress-every", "60"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          "--progress-every", "60", "--strategies", "1,3,5"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=900)
     # trials that did not finish: exit 1, after the tables, with one line naming them and why
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: 2 of 9 trial(s) did not finish (s3-seed0: loss is ") and "s5-seed0: " in last
+    assert last.startswith("error: 2 of 3 trial(s) did not finish (s3-seed0: loss is ") and "s5-seed0: " in last
     assert "--resume" in last
     c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = c.get_experiment_by_name("iqa-ls")
     runs = {r.data.tags["iqa_ls.trial_key"]: r
             for r in c.search_runs([exp.experiment_id], "tags.`iqa_ls.role` = 'trial'")}
-    assert len(runs) == 9
+    assert len(runs) == 3
     assert runs["s3-seed0"].info.status == "FAILED"
     assert re.match(r"loss is (nan|inf) at epoch \d", runs["s3-seed0"].data.tags["iqa_ls.error"])
     assert runs["s5-seed0"].info.status == "FAILED"
     assert "fault injected by IQA_LS_FAULT=raise@s5-seed0" in runs["s5-seed0"].data.tags["iqa_ls.error"]
-    assert sorted(k for k, r in runs.items() if r.info.status == "FINISHED") == [
-        f"s{s}-seed0" for s in (1, 2, 4, 6, 7, 8, 9)]
+    assert sorted(k for k, r in runs.items() if r.info.status == "FINISHED") == ["s1-seed0"]
     assert "2 trial(s) failed: s3-seed0: loss is " in res.stdout
     md = (tmp_path / "results" / "table2" / "table2.md").read_text()
     for s in (3, 5):  # the gap is listed, and the row holds no number

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "cifar10-mini"
 FEW = "gaussian_noise,contrast"  # 1 seen + 1 unseen benchmark corruption: 11 sets per model, seconds
+PAIR = ("--strategies", "2,3")  # one IQA-LS − Original pair (3 − 2): every table has a difference row
 C10C_FLAGS = ("--cifar10c", "regenerate", "--cifar10c-subset", "20", "--cifar10c-corruptions", FEW)
 TABLES = ("cifar10c.md", "cifar10c.csv", "cifar10c.tex", "cifar10c.parquet", "cifar10c_corruptions.csv",
           "cifar10c_pairs.csv", "cifar10c_robustbench.json")
@@ -27,7 +28,7 @@ def env_of(cwd: Path) -> dict:
 
 def study(cwd: Path, *flags, timeout=900):
     return subprocess.run([sys.executable, "-m", "study.table2", "--preset", "smoke", "--data", str(FIXTURE),
-                           "--test-subset", "100", "--progress-every", "60", "--name", "c10c", *flags],
+                           "--test-subset", "100", "--progress-every", "60", "--name", "c10c", *PAIR, *flags],
                           cwd=cwd, env=env_of(cwd), capture_output=True, text=True, timeout=timeout)
 
 
@@ -71,7 +72,7 @@ def test_every_trial_logs_its_cifar10c_metrics_and_artifact(recorded, tmp_path):
     assert "CIFAR-10-C after each trial's last epoch: regenerated from the test split" in res.stdout
     assert "11 sets x 20 images per trial" in res.stdout
     c, runs, parent = children(cwd)
-    assert len(runs) == 9
+    assert len(runs) == 2
     for r in runs:
         assert r.info.status == "FINISHED"
         names = [k for k in r.data.metrics if k.startswith("c10c_")]
@@ -104,7 +105,7 @@ def test_evaluating_the_recorded_weights_again_on_the_same_data_skips_every_run(
     cwd, _ = recorded
     res = evaluate(cwd, "--subset", "20", "--corruptions", FEW, "--out", str(cwd / "same"))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    assert "9 already evaluated on the same CIFAR-10-C data (skipped), 0 to evaluate" in res.stdout
+    assert "2 already evaluated on the same CIFAR-10-C data (skipped), 0 to evaluate" in res.stdout
     c, runs, _ = children(cwd)
     for r in runs:
         assert len(c.get_metric_history(r.info.run_id, "c10c_acc_clean")) == 1
@@ -121,7 +122,7 @@ def test_other_data_is_refused_then_replace_logs_it_and_keeps_the_old_artifact(r
     assert all("c10c_acc_fog_1" not in r.data.metrics for r in runs)  # nothing was logged
     res = evaluate(cwd, "--subset", "20", "--corruptions", more, "--replace", "--out", str(cwd / "replaced"))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    assert "0 already evaluated on the same CIFAR-10-C data (skipped), 9 to evaluate" in res.stdout
+    assert "0 already evaluated on the same CIFAR-10-C data (skipped), 2 to evaluate" in res.stdout
     c, runs, _ = children(cwd)
     for r in runs:
         rid = r.info.run_id
@@ -147,7 +148,7 @@ def test_a_resume_with_other_cifar10c_flags_is_refused_before_any_work(recorded,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     before = {r.info.run_id: r.info.status for r in children(cwd)[1]}
     rc = table2.main(["--preset", "smoke", "--data", str(FIXTURE), "--test-subset", "100", "--name", "c10c",
-                      "--resume", *C10C_FLAGS[:3], "30", *C10C_FLAGS[4:]])
+                      *PAIR, "--resume", *C10C_FLAGS[:3], "30", *C10C_FLAGS[4:]])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "--resume with cifar10c_subset=30 is not allowed" in err[0] and "cifar10c_subset=20" in err[0]
