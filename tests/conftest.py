@@ -1,4 +1,5 @@
 """Shared test fixtures."""
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,24 @@ STUDY_ENV = ("IQA_LS_FAULT", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")  # a caller's
 
 def listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture(scope="session")
+def new_store(tmp_path_factory):
+    """`new_store(path)`: an empty MLflow SQLite store at `path` (a file), copied from one made once per
+    session. MLflow's first opening of a new file runs its ~60 table migrations (5-8 s on 2 cores); the
+    end-to-end tests are about studies, not that, so each starts from the migrated empty file. Store
+    creation itself is tested where it is the subject (tests/test_study_trust.py: the lock, the race)."""
+    from mlflow.tracking import MlflowClient
+    template = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()
+
+    def place(path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, path)
+        return path
+    return place
 
 
 @pytest.fixture

@@ -55,8 +55,9 @@ def records(cwd: Path, name: str = "table2") -> dict:
 
 
 @pytest.fixture(scope="module")
-def both(tmp_path_factory):
+def both(tmp_path_factory, new_store):
     ray_dir, local_dir = tmp_path_factory.mktemp("ray"), tmp_path_factory.mktemp("local")
+    new_store(ray_dir / "mlflow.db"), new_store(local_dir / "mlflow.db")
     a = study(ray_dir, *PAIR)
     assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
     b = study(local_dir, *PAIR, "--executor", "local", hide_ray=True)  # and Ray is never imported
@@ -87,9 +88,10 @@ def test_the_local_plan_says_where_it_runs(both):
     assert "this process (--executor local), one after another" in out and "estimated wall time" in out
 
 
-def test_a_killed_local_study_resumes_without_ray_to_one_run_per_trial_and_every_epoch_once(tmp_path):
+def test_a_killed_local_study_resumes_without_ray_to_one_run_per_trial_and_every_epoch_once(tmp_path, new_store):
     """SIGKILL the local driver (and with it the training, the same process) mid-study, then resume
     it with Ray hidden: no run doubled, none missing, every epoch step once."""
+    new_store(tmp_path / "mlflow.db")
     log = tmp_path / "first.log"
     with open(log, "w") as f:
         p = subprocess.Popen([sys.executable, "-m", "study.table2", *FLAGS, *FIVE, "--executor", "local", "--epochs", "3"],

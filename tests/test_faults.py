@@ -319,7 +319,8 @@ def test_callback_fills_the_epochs_a_dead_driver_never_logged(recorder, tmp_path
 
 # ------------------------------------------------------------------ a study with a NaN trial and a crashing one
 @pytest.mark.slow
-def test_nan_and_crashing_trials_fail_with_the_reason_and_the_rest_finish(tmp_path):
+def test_nan_and_crashing_trials_fail_with_the_reason_and_the_rest_finish(tmp_path, new_store):
+    new_store(tmp_path / "mlflow.db")
     from mlflow.tracking import MlflowClient
     env = dict(os.environ, IQA_LS_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO),
                IQA_LS_FAULT="nan@s3-seed0,raise@s5-seed0")

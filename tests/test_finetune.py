@@ -239,13 +239,14 @@ def test_bad_finetune_flags_are_refused_before_anything_is_written(flags, needle
 
 
 @pytest.mark.slow
-def test_a_both_protocols_study_trains_parents_first_tags_them_and_resumes_after_a_failure(tmp_path):
+def test_a_both_protocols_study_trains_parents_first_tags_them_and_resumes_after_a_failure(tmp_path, new_store):
     """Strategies 1, 8, 9 x 2 seeds, both protocols and the control, --executor local: the Original
     parents train before their fine-tunes, each fine-tune's run names its parent trial and run, a
     fine-tune whose parent failed fails with that reason, and --resume keeps what finished and runs the
     rest."""
     from mlflow.tracking import MlflowClient
 
+    new_store(tmp_path / "mlflow.db")
     flags = ["--strategies", "1,8,9", "--seeds", "2", "--protocol", "scratch,finetune", "--finetune-control",
              "--finetune-epochs", "1", "--epochs", "1"]
     first = _study(tmp_path, *flags, env_extra={"IQA_LS_FAULT": "nan@s8-seed1"})
@@ -377,7 +378,8 @@ def test_analysis_cifar10c_has_a_fine_tune_group_paired_by_seed(ft_store):
 
 
 @pytest.mark.slow
-def test_ray_runs_the_fine_tunes_after_their_parents_in_a_second_tuner_run(tmp_path):
+def test_ray_runs_the_fine_tunes_after_their_parents_in_a_second_tuner_run(tmp_path, new_store):
+    new_store(tmp_path / "mlflow.db")
     from mlflow.tracking import MlflowClient
 
     res = _study(tmp_path, "--strategies", "8,9", "--protocol", "finetune", "--epochs", "1",

@@ -60,8 +60,9 @@ def artifact(c, run_id: str, path: str, tmp: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
+def recorded(tmp_path_factory, new_store):
     cwd = tmp_path_factory.mktemp("c10c")
+    new_store(cwd / "mlflow.db")
     res = study(cwd, *C10C_FLAGS)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return cwd, res

@@ -141,7 +141,8 @@ def _runs(tmp_path, name):
 
 
 @pytest.mark.slow
-def test_forced_packing_study_matches_the_unpacked_study_per_member(tmp_path):
+def test_forced_packing_study_matches_the_unpacked_study_per_member(tmp_path, new_store):
+    new_store(tmp_path / "mlflow.db")
     res = _study(tmp_path, "packed", *SIX, "--pack", "on", "--pack-size", "2",
                  env_extra={"IQA_LS_FAULT": "nan@s3-seed0"})
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]  # s3-seed0 did not finish

@@ -54,8 +54,9 @@ def assert_complete_study(uri: str, name: str, epochs: int = 2, strategies=tuple
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
+def recorded(tmp_path_factory, new_store):
     cwd = tmp_path_factory.mktemp("study")
+    new_store(cwd / "mlflow.db")
     res = study(cwd)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return cwd, res
@@ -136,7 +137,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_smoke_study_against_a_real_mlflow_server(tmp_path):
+def test_smoke_study_against_a_real_mlflow_server(tmp_path, new_store):
+    new_store(tmp_path / "server.db")
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                                "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",

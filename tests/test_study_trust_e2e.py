@@ -43,11 +43,11 @@ def command(module: str, *flags) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, new_store):
     """Driver A runs a smoke Table 2 (store in db/, run from run/); driver B starts the same study with
     --resume in a second terminal while A holds it."""
     tmp = tmp_path_factory.mktemp("trust")
-    (tmp / "db").mkdir()
+    new_store(tmp / "db" / "mlflow.db")
     (tmp / "run").mkdir()
     uri = f"sqlite:///{tmp}/db/mlflow.db"
     flags = [*SMOKE, "--tracking-uri", uri]
@@ -168,7 +168,8 @@ def _stop(p: subprocess.Popen) -> None:
     p.wait(timeout=30)
 
 
-def test_a_dead_tracking_server_stops_the_study_in_one_line_and_resume_finishes_it(tmp_path):
+def test_a_dead_tracking_server_stops_the_study_in_one_line_and_resume_finishes_it(tmp_path, new_store):
+    new_store(tmp_path / "server.db")
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     flags = ["--levels", "--preset", "smoke", "--data", str(FIXTURE), "--subset", "100", "--test-subset", "50",
