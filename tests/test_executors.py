@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "cifar10-mini"
-FLAGS = ["--preset", "smoke", "--data", str(FIXTURE), "--test-subset", "100", "--progress-every", "5",
+FLAGS = ["--preset", "smoke", "--data", str(FIXTURE), "--test-subset", "50", "--progress-every", "5",
          "--cpus-per-trial", "1"]
 PAIR = ["--strategies", "2,3"]
 FIVE = ["--strategies", "1,2,3,4,5"]  # one IQA-LS − Original pair (3 − 2): the pair tables are not empty

@@ -222,7 +222,7 @@ def test_phases_put_fine_tunes_after_their_parents_and_an_orphan_fails_with_the_
 def _study(cwd: Path, *flags, env_extra=None, timeout=600):
     env = dict(os.environ, IQA_LS_CACHE=str(cwd / "cache"), PYTHONPATH=str(REPO), **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "study.table2", "--preset", "smoke", "--data", FIXTURE,
-                           "--test-subset", "100", "--progress-every", "600", "--executor", "local",
+                           "--test-subset", "50", "--progress-every", "600", "--executor", "local",
                            *flags], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -28,7 +28,7 @@ def env_of(cwd: Path) -> dict:
 
 def study(cwd: Path, *flags, timeout=900):
     return subprocess.run([sys.executable, "-m", "study.table2", "--preset", "smoke", "--data", str(FIXTURE),
-                           "--test-subset", "100", "--progress-every", "60", "--name", "c10c", *PAIR, *flags],
+                           "--test-subset", "50", "--progress-every", "60", "--name", "c10c", *PAIR, *flags],
                           cwd=cwd, env=env_of(cwd), capture_output=True, text=True, timeout=timeout)
 
 
@@ -148,7 +148,7 @@ def test_a_resume_with_other_cifar10c_flags_is_refused_before_any_work(recorded,
     monkeypatch.setenv("IQA_LS_CACHE", str(cwd / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     before = {r.info.run_id: r.info.status for r in children(cwd)[1]}
-    rc = table2.main(["--preset", "smoke", "--data", str(FIXTURE), "--test-subset", "100", "--name", "c10c",
+    rc = table2.main(["--preset", "smoke", "--data", str(FIXTURE), "--test-subset", "50", "--name", "c10c",
                       *PAIR, "--resume", *C10C_FLAGS[:3], "30", *C10C_FLAGS[4:]])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err

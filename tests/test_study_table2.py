@@ -21,7 +21,7 @@ TABLES = ("table2.md", "table2.csv", "table2.tex", "table2.parquet")
 def study(cwd: Path, *flags, timeout=900):
     env = dict(os.environ, IQA_LS_CACHE=str(cwd / "cache"), PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "study.table2", "--preset", "smoke", "--data", str(FIXTURE),
-                           "--test-subset", "100", "--progress-every", "60", *flags],
+                           "--test-subset", "50", "--progress-every", "60", *flags],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "cifar10-mini"
-SMOKE = ["--preset", "smoke", "--data", str(FIXTURE), "--subset", "100", "--test-subset", "100",
+SMOKE = ["--preset", "smoke", "--data", str(FIXTURE), "--subset", "100", "--test-subset", "50",
          "--progress-every", "60", "--strategies", "1,2,3"]  # three rows: two rounds on two CPUs
 
 
@@ -173,7 +173,7 @@ def test_a_dead_tracking_server_stops_the_study_in_one_line_and_resume_finishes_
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     flags = ["--levels", "--preset", "smoke", "--data", str(FIXTURE), "--subset", "100", "--test-subset", "50",
-             "--epochs", "3", "--tracking-uri", uri, "--progress-every", "60", "--name", "lost"]
+             "--epochs", "2", "--tracking-uri", uri, "--progress-every", "60", "--name", "lost"]
     server = _server(tmp_path, port)
     try:
         driver = subprocess.Popen(command("study.ablate", *flags), cwd=tmp_path, env=env_for(tmp_path),
@@ -207,7 +207,7 @@ def test_a_dead_tracking_server_stops_the_study_in_one_line_and_resume_finishes_
         assert len(kids) == 4
         for r in kids:
             assert r.info.status == "FINISHED"
-            assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "loss")) == [1, 2, 3]
+            assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "loss")) == [1, 2]
     finally:
         if server.poll() is None:
             _stop(server)
