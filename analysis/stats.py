@@ -170,6 +170,32 @@ def ci_from_summary(mean: float, std: float, n: int, level: float = CI_LEVEL) ->
     return mean - half, mean + half
 
 
+def tally(rows: list[Mapping]) -> dict:
+    """How many of a table's comparisons (rows with the interval, "mark" and "method") are resolved
+    up / down (the interval excludes 0), unresolved, without an interval, with no spread, Holm-
+    significant, and unpaired (Welch)."""
+    verdicts = [verdict(r) for r in rows]
+    return {"higher": verdicts.count("higher"), "lower": verdicts.count("lower"),
+            "unresolved": verdicts.count("unresolved"), "no_ci": verdicts.count("n < 2"),
+            "no_spread": verdicts.count("no spread"), "holm": sum(r.get("mark") == "*" for r in rows),
+            "total": len(rows), "welch": sum(r.get("method") == WELCH for r in rows)}
+
+
+def tally_text(rows: list[Mapping]) -> str:
+    """The one-line summary every table prints under its paired differences."""
+    s = tally(rows)
+    text = (f"{s['total']} comparisons: {s['higher']} resolved higher, {s['lower']} resolved lower, "
+            f"{s['unresolved']} unresolved (interval spans 0)")
+    if s["no_ci"]:
+        text += f", {s['no_ci']} without an interval (n < 2)"
+    if s["no_spread"]:
+        text += f", {s['no_spread']} with no spread (identical differences: no p value)"
+    text += f"; {s['holm']} with Holm-adjusted p < {ALPHA:g} (*)"
+    if s["welch"]:
+        text += f"; {s['welch']} unpaired (Welch: the arms share no seed)"
+    return text
+
+
 def main(argv=None) -> int:
     """`python -m analysis.stats MEAN STD N [MEAN STD N ...]`: for a summary that printed only mean ±
     sample std over n (e.g. the seed-by-seed differences of an older page), the 95 % t interval of each
@@ -197,28 +223,3 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     raise SystemExit(main())
 
-
-def tally(rows: list[Mapping]) -> dict:
-    """How many of a table's comparisons (rows with the interval, "mark" and "method") are resolved
-    up / down (the interval excludes 0), unresolved, without an interval, with no spread, Holm-
-    significant, and unpaired (Welch)."""
-    verdicts = [verdict(r) for r in rows]
-    return {"higher": verdicts.count("higher"), "lower": verdicts.count("lower"),
-            "unresolved": verdicts.count("unresolved"), "no_ci": verdicts.count("n < 2"),
-            "no_spread": verdicts.count("no spread"), "holm": sum(r.get("mark") == "*" for r in rows),
-            "total": len(rows), "welch": sum(r.get("method") == WELCH for r in rows)}
-
-
-def tally_text(rows: list[Mapping]) -> str:
-    """The one-line summary every table prints under its paired differences."""
-    s = tally(rows)
-    text = (f"{s['total']} comparisons: {s['higher']} resolved higher, {s['lower']} resolved lower, "
-            f"{s['unresolved']} unresolved (interval spans 0)")
-    if s["no_ci"]:
-        text += f", {s['no_ci']} without an interval (n < 2)"
-    if s["no_spread"]:
-        text += f", {s['no_spread']} with no spread (identical differences: no p value)"
-    text += f"; {s['holm']} with Holm-adjusted p < {ALPHA:g} (*)"
-    if s["welch"]:
-        text += f"; {s['welch']} unpaired (Welch: the arms share no seed)"
-    return text

@@ -104,17 +104,12 @@ def artifact_location_for(uri: str) -> str:
     return (db.resolve().parent / ARTIFACT_DIR).as_uri() if db else "the tracking server's artifact store"
 
 
-@contextlib.contextmanager
 def _creation_lock(uri: str):
     """Only one process at a time opens a SQLite store: the first opening of a new file runs MLflow's
     alembic migrations, and two processes migrating one file at once break it for good (a
     half-made `alembic_tmp_*` table that every later opening trips over). A server needs no lock."""
     db = sqlite_path(uri)
-    if db is None or not db.parent.is_dir():
-        yield
-        return
-    with FileLock(str(db) + LOCK_SUFFIX):
-        yield
+    return FileLock(str(db) + LOCK_SUFFIX) if db and db.parent.is_dir() else contextlib.nullcontext()
 
 
 class StudyRecorder:

@@ -55,7 +55,7 @@ def _cache(tmp_path, monkeypatch):
     (["--max-failures", "-1"], ["--max-failures -1", ">= 0"]),
     (["--preset", "Smoke"], ["'Smoke'", "'paper'", "'quick'", "'smoke'"]),
 ])
-def test_bad_numbers_and_names_are_refused_in_one_line(tmp_path, monkeypatch, capsys, flags, needles, refuse):
+def test_bad_numbers_and_names_are_refused_in_one_line(flags, needles, refuse):
     line = refuse(*flags)
     for n in needles:
         assert n in line, line
@@ -80,7 +80,7 @@ REGISTRIES = {  # config field -> every name it allows (the registries the trial
 
 
 @pytest.mark.parametrize("field", sorted(REGISTRIES))
-def test_an_unknown_name_in_the_grid_is_refused_listing_every_allowed_name(tmp_path, monkeypatch, capsys, field, refuse):
+def test_an_unknown_name_in_the_grid_is_refused_listing_every_allowed_name(monkeypatch, field, refuse):
     bad = ("fog",) if field == "distortion_types" else "nope"
     rows = table2_space.grid(1)
     monkeypatch.setattr(table2_space, "grid", lambda seeds, strategies=None: [{**rows[0], field: bad}] + rows[1:])
@@ -96,26 +96,26 @@ def test_an_unknown_name_in_the_grid_is_refused_listing_every_allowed_name(tmp_p
     ("seed", -1, "seed=-1"),
     ("lr", float("nan"), "lr=nan"),
 ])
-def test_an_invalid_number_in_the_grid_is_refused(tmp_path, monkeypatch, capsys, field, value, needle, refuse):
+def test_an_invalid_number_in_the_grid_is_refused(monkeypatch, field, value, needle, refuse):
     rows = table2_space.grid(1)
     monkeypatch.setattr(table2_space, "grid", lambda seeds, strategies=None: [{**rows[0], field: value}] + rows[1:])
     assert needle in refuse()
 
 
 # ------------------------------------------------------------------ tracking store and storage
-def test_tracking_uri_schemes_other_than_sqlite_and_http_are_refused(tmp_path, monkeypatch, capsys, refuse):
+def test_tracking_uri_schemes_other_than_sqlite_and_http_are_refused(refuse):
     for uri in ("file:///tmp/mlruns", "mlruns"):
         line = refuse("--tracking-uri", uri)
         assert repr(uri) in line and "sqlite:///PATH or http(s)://HOST:PORT" in line
 
 
-def test_sqlite_in_a_missing_folder_is_refused(tmp_path, monkeypatch, capsys, refuse):
+def test_sqlite_in_a_missing_folder_is_refused(tmp_path, refuse):
     line = refuse("--tracking-uri", f"sqlite:///{tmp_path}/nowhere/mlflow.db")
     assert f"{tmp_path}/nowhere" in line and "not writable" in line
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_a_tracking_server_that_accepts_but_never_answers_is_refused(tmp_path, monkeypatch, capsys, refuse):
+def test_a_tracking_server_that_accepts_but_never_answers_is_refused(refuse):
     with socket.socket() as s:  # a listening socket nobody accepts on: the connection hangs
         s.bind(("127.0.0.1", 0))
         s.listen(1)
@@ -125,7 +125,7 @@ def test_a_tracking_server_that_accepts_but_never_answers_is_refused(tmp_path, m
 
 
 @pytest.mark.slow
-def test_a_tracking_server_that_answers_health_but_refuses_the_api_is_refused(tmp_path, monkeypatch, capsys, refuse):
+def test_a_tracking_server_that_answers_health_but_refuses_the_api_is_refused(tmp_path, refuse):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -150,7 +150,7 @@ def test_a_tracking_server_that_answers_health_but_refuses_the_api_is_refused(tm
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "read_only"])
-def test_storage_that_cannot_be_written_is_refused(tmp_path, monkeypatch, capsys, where, refuse):
+def test_storage_that_cannot_be_written_is_refused(tmp_path, where, refuse):
     if where == "under_a_file":
         (tmp_path / "afile").write_text("x")
         storage = str(tmp_path / "afile" / "results")
@@ -172,13 +172,13 @@ def copy(tmp_path) -> Path:
     return d
 
 
-def test_a_missing_data_file_is_refused(tmp_path, monkeypatch, capsys, copy, refuse):
+def test_a_missing_data_file_is_refused(copy, refuse):
     (copy / "test.parquet").unlink()
     line = refuse(data_dir=copy)
     assert str(copy) in line and "train.parquet and test.parquet" in line
 
 
-def test_a_truncated_data_file_is_refused(tmp_path, monkeypatch, capsys, copy, refuse):
+def test_a_truncated_data_file_is_refused(copy, refuse):
     f = copy / "train.parquet"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     line = refuse(data_dir=copy)
@@ -191,7 +191,7 @@ def test_matching_sha256sums_are_accepted(copy):
     assert data.resolve_source(str(copy)) == str(copy)
 
 
-def test_a_file_that_fails_its_sha256sums_entry_is_refused_naming_both_hashes(tmp_path, monkeypatch, capsys, copy, refuse):
+def test_a_file_that_fails_its_sha256sums_entry_is_refused_naming_both_hashes(copy, refuse):
     good = sha256(copy / "test.parquet")
     (copy / "SHA256SUMS").write_text(f"# sha256sum *.parquet\n{'0' * 64}  train.parquet\n{good} *test.parquet\n")
     line = refuse(data_dir=copy)
@@ -221,7 +221,7 @@ def test_a_malformed_sha256sums_line_is_refused(copy):
 
 
 # ------------------------------------------------------------------ the fault-injection hook itself
-def test_fault_hook_values_are_refused_before_anything_is_written(tmp_path, monkeypatch, capsys, refuse):
+def test_fault_hook_values_are_refused_before_anything_is_written(monkeypatch, refuse):
     for value, needle in (("boom@s1-seed0", "'boom@s1-seed0'"), ("nan@s99-seed0", "'nan@s99-seed0'"),
                           ("nan", "'nan'")):
         monkeypatch.setenv("IQA_LS_FAULT", value)

@@ -97,8 +97,7 @@ def write_lock(folder: Path, **holder) -> Path:
     return folder / LOCK_FILE
 
 
-def test_a_second_driver_is_refused_naming_the_holder_and_writes_nothing(tmp_path, monkeypatch, capsys,
-                                                                         live_process, refuse):
+def test_a_second_driver_is_refused_naming_the_holder_and_writes_nothing(tmp_path, live_process, refuse):
     lock = write_lock(tmp_path / "run" / "ray_results" / "table2", pid=live_process.pid,
                       start=process_start(live_process.pid))
     line = refuse()
@@ -143,7 +142,7 @@ def test_the_lock_is_released_on_an_exception_and_removes_what_it_made(tmp_path)
 
 
 # ------------------------------------------------------------------ 2. no silent reuse of checkpoints
-def test_checkpoints_of_the_same_name_without_resume_are_refused(tmp_path, monkeypatch, capsys, refuse):
+def test_checkpoints_of_the_same_name_without_resume_are_refused(tmp_path, refuse):
     trial = tmp_path / "run" / "ray_results" / "table2" / "trials" / "s1-seed0"
     trial.mkdir(parents=True)
     torch.save({"epoch": 2}, trial / CHECKPOINT_FILE)
@@ -254,7 +253,7 @@ def test_the_trainable_reports_the_recovery_and_the_callback_tags_the_run(tmp_pa
 
 # ------------------------------------------------------------------ 6. study names
 @pytest.mark.parametrize("name", ["", "../escape", "/tmp/abs", "it's", "a b", "-x", ".hidden", "a/b", "x" * 101])
-def test_unsafe_study_names_are_refused(tmp_path, monkeypatch, capsys, name, refuse):
+def test_unsafe_study_names_are_refused(name, refuse):
     line = refuse(f"--name={name}")
     assert f"--name {name!r} is not allowed" in line and "A-Z a-z 0-9 . _ -" in line
 
@@ -313,16 +312,16 @@ def test_logistic_t_stays_in_the_unit_interval():
 
 @pytest.mark.parametrize("device,needle", [("tpu", "--device tpu is not allowed; allowed: auto, cpu, cuda, cuda:N"),
                                            ("cuda:x", "--device cuda:x is not allowed")])
-def test_a_bad_device_is_refused(tmp_path, monkeypatch, capsys, device, needle, refuse):
+def test_a_bad_device_is_refused(device, needle, refuse):
     assert needle in refuse("--device", device)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_cuda_without_cuda_is_refused(tmp_path, monkeypatch, capsys, refuse):
+def test_cuda_without_cuda_is_refused(refuse):
     assert "CUDA is not available" in refuse("--device", "cuda")
 
 
-def test_resume_of_a_study_that_is_not_there_writes_nothing(tmp_path, monkeypatch, capsys, refuse):
+def test_resume_of_a_study_that_is_not_there_writes_nothing(refuse):
     line = refuse("--resume")
     assert "--resume: no tracking store at mlflow.db" in line
 
