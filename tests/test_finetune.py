@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from search_spaces import table2 as space
-from trainables.config import ConfigError, TrialConfig
-from trainables.train import FINAL_WEIGHTS_FILE, TEST_SETS, TrialError, run_trial
+from trainables.config import TEST_SETS, ConfigError, TrialConfig
+from trainables.train import FINAL_WEIGHTS_FILE, TrialError, run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = str(REPO / "tests" / "fixtures" / "cifar10-mini")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from trainables import train
-from trainables.config import TrialConfig
+from trainables.config import TEST_SETS, TrialConfig
 from trainables.packed import PackError, pack_key, run_packed
-from trainables.train import TEST_SETS, run_trial
+from trainables.train import run_trial
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "cifar10-mini")
 LOSS_RTOL = 1e-5  # grouped vs separate convolutions: float32 summation order, not semantics

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from trainables import mixture
-from trainables.config import ConfigError, TrialConfig
-from trainables.train import ACC_METRICS, TEST_SETS, make_test_sets, run_trial
+from trainables.config import ACC_METRICS, TEST_SETS, ConfigError, TrialConfig
+from trainables.train import make_test_sets, run_trial
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "cifar10-mini")
 

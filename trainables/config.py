@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, fields
 
 NUM_CLASSES = 10  # CIFAR-10, Sec. 4.1
 LEVELS = (1, 2, 3)  # distortion levels, Sec. 4.2
+TEST_TYPES = ("blur", "noise", "jpeg")  # Sec. 4.2: the 9 distorted test sets, 3 types x 3 levels
+TEST_SETS = ("pristine",) + tuple(f"{t}_{lv}" for t in TEST_TYPES for lv in LEVELS)
+ACC_METRICS = tuple(f"acc_{name}" for name in TEST_SETS)  # stable metric names (MLflow, tables)
 
 # Sec. 4.2: "60% of the pristine training samples are maintained, the rest samples are corrupted
 # by level 1/2/3 distortions in the ratio of 15% / 15% / 10%".

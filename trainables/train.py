@@ -27,13 +27,10 @@ import torch
 from trainables import calibration
 from trainables import data as data_mod
 from trainables import labels
-from trainables.config import LEVELS, NUM_CLASSES, TrialConfig
+from trainables.config import LEVELS, NUM_CLASSES, TEST_SETS, TEST_TYPES, TrialConfig
 from trainables.mixture import DistortionBank, build_epoch, draw_epoch
 from trainables.model import PaperCNN
 
-TEST_TYPES = ("blur", "noise", "jpeg")  # Sec. 4.2: the 9 distorted test sets, 3 types x 3 levels
-TEST_SETS = ("pristine",) + tuple(f"{t}_{lv}" for t in TEST_TYPES for lv in LEVELS)
-ACC_METRICS = tuple(f"acc_{name}" for name in TEST_SETS)  # stable metric names (MLflow, tables)
 EVAL_WHATS = ("acc",) + calibration.CALIBRATION_METRICS  # per evaluation set: <what>_<set>
 VAL_PREFIX = "val_"  # validation metrics: val_<what>_<set>
 C10C_PREFIX = "c10c_"  # CIFAR-10-C metrics of the final model (trainables/robustness.py): c10c_<what>_<set>
