@@ -42,11 +42,13 @@ import pandas as pd
 
 from analysis import calibration as cal
 from analysis import stats
-from analysis.common import (ACC_METRICS, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, MISSING,
-                             TAG_ERROR, TAG_KIND, TAG_SEED, TAG_SEEDS, TEST_SET_LABELS, TEST_SETS, AnalysisError,
-                             TrialRecord, download_json, first_line, fmt, interval_text, log_files, new_figure,
-                             plus_minus, provenance, provenance_line, provenance_warnings, read_study, run_cli,
-                             save_figure, study_main, write_csv, write_parquet, write_text)
+from analysis.common import (MISSING, TEST_SET_LABELS, TrialRecord, download_json, fmt, interval_text, log_outputs,
+                             new_figure, new_result, plus_minus, provenance_line, provenance_warnings, read_study,
+                             run_cli, save_figure, study_main, write_csv, write_parquet, write_text)
+from analysis.schema import (ACC_METRICS, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG_ABLATED, TAG_ABLATION,
+                             TAG_ERROR, TAG_KIND, TAG_MATCHED, TAG_MATCHED_TO, TAG_ORDER, TAG_REGULARIZATION,
+                             TAG_SEARCH, TAG_SEED, TAG_SEEDS, TAG_SETTING, TAG_STOPPED, TAG_STUDY, TEST_SETS,
+                             AnalysisError, one_line, planned_seeds)
 
 ABLATIONS = ("tmap", "iqa", "ratios", "levels", "search")  # table order
 DESCRIPTIONS = {
@@ -58,14 +60,6 @@ DESCRIPTIONS = {
     "levels": "IQA-LS trained on single distortion levels vs all three (Sec. 4.2).",
     "search": "Optuna (TPE) + ASHA over the T family and parameters and the pristine share.",
 }
-TAG_ABLATION = "iqa_ls.ablation"
-TAG_SETTING = "iqa_ls.setting"
-TAG_ORDER = "iqa_ls.setting_order"
-TAG_ABLATED = "iqa_ls.ablated"
-TAG_STOPPED = "iqa_ls.stopped_early"
-TAG_MATCHED = "iqa_ls.matched_mean_t"
-TAG_MATCHED_TO = "iqa_ls.matched_to"
-TAG_SEARCH = "iqa_ls.search"  # parent: the search's space, objective and ASHA settings (JSON)
 SCORES_HIST = "scores_hist.json"
 NUM_CLASSES = 10  # CIFAR-10 (Sec. 4.1): chance level 1/K in the T plot
 
@@ -174,7 +168,6 @@ def compute(trials: list[TrialRecord], ablation: str, seeds: list[int]) -> dict:
             "settings": settings, "chosen": chosen, "prefix": prefix}
 
 
-TAG_REGULARIZATION = "iqa_ls.regularization"
 PAIRED_METRICS = ACC_METRICS + ("acc_mean_all", "acc_worst")
 # the two tables of paired differences; Holm runs over each table's comparisons
 PAIRED_FAMILIES = {"accuracy": PAIRED_METRICS, "calibration": CAL_METRICS}
@@ -263,7 +256,7 @@ def importances(trials_df: pd.DataFrame, search_tag: str | None) -> tuple[pd.Dat
     except json.JSONDecodeError:
         spec = None
     if not spec or "space" not in spec:
-        return empty, "the parent run has no search space (tag iqa_ls.search)"
+        return empty, f"the parent run has no search space (tag {TAG_SEARCH})"
     done = trials_df[np.isfinite(trials_df["objective"].to_numpy(dtype=float))]
     if len(done) < 2:
         return empty, f"{len(done)} trial(s) with an objective; importances need at least 2"
@@ -286,7 +279,7 @@ def importances(trials_df: pd.DataFrame, search_tag: str | None) -> tuple[pd.Dat
         imp = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except Exception as e:  # noqa: BLE001 - e.g. scikit-learn missing, or a degenerate set of trials
-        return empty, f"importances not available: {first_line(e)}"
+        return empty, f"importances not available: {one_line(e)}"
     df = pd.DataFrame([{"param": k, "importance": float(v)} for k, v in imp.items()],
                       columns=["param", "importance"])
     return df.sort_values(["importance", "param"], ascending=[False, True], ignore_index=True), ""
@@ -682,14 +675,6 @@ def calibration_plots(client, result: dict, a: dict, out: Path) -> dict[str, Pat
 
 
 # --- the pipeline --------------------------------------------------------------------------------------
-def planned_seeds(text: str | None) -> list[int]:
-    try:
-        value = json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return []
-    return list(range(value)) if isinstance(value, int) and not isinstance(value, bool) else []
-
-
 def build_ablate(study: str | None = None, parent_run_id: str | None = None,
                  tracking_uri: str = DEFAULT_TRACKING_URI, experiment: str = DEFAULT_EXPERIMENT,
                  out_dir: str | Path | None = None, log_to_parent: bool = True) -> dict:
@@ -704,17 +689,11 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
     present = [a for a in ABLATIONS if any(t.tags.get(TAG_ABLATION) == a for t in trials)]
     outside = sum(t.tags.get(TAG_ABLATION) not in ABLATIONS for t in trials)
     if outside:
-        notes.append(f"{outside} child run(s) without a known iqa_ls.ablation tag ignored")
+        notes.append(f"{outside} child run(s) without a known {TAG_ABLATION} tag ignored")
     if not present:
-        raise AnalysisError(f"study {parent.data.tags.get('iqa_ls.study')!r} has no ablation runs "
+        raise AnalysisError(f"study {parent.data.tags.get(TAG_STUDY)!r} has no ablation runs "
                             f"(child tag {TAG_ABLATION})")
-    prov = provenance(parent, trials)
-    study = prov["study"]
-    out = Path(out_dir) if out_dir is not None else Path("results") / study
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"study": study, "parent_run_id": parent.info.run_id, "tracking_uri": tracking_uri,
-              "experiment": experiment, "out_dir": out, "provenance": prov, "notes": notes,
-              "ablations": {}, "logged": False}
+    result, out = new_result(parent, trials, tracking_uri, experiment, out_dir, notes=notes, ablations={})
     for name in present:
         a = compute(trials, name, seeds)
         a["n_text"] = n_text(a["cells"], seeds, name)
@@ -732,7 +711,7 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
             except json.JSONDecodeError:
                 obj = {}
             a["objective_text"] = (f"{obj.get('objective', '?')} = min of {', '.join(obj.get('objective_of', []))}"
-                                   if obj else "objective (unknown: no iqa_ls.search tag)")
+                                   if obj else f"objective (unknown: no {TAG_SEARCH} tag)")
             a["search_trials"] = search_trials(a)
             if obj.get("trials") and len(a["search_trials"]) < obj["trials"]:
                 a["notes"].append(f"{len(a['search_trials'])} of the {obj['trials']} planned search trials "
@@ -758,10 +737,8 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
         files[f"{stem}.md"] = md
         write_text(md, format_markdown(result, a))
         result["ablations"][name] = a
-    if log_to_parent:
-        log_files(client, parent.info.run_id, [p for a in result["ablations"].values() for p in a["files"].values()])
-        result["logged"] = True
-    return result
+    return log_outputs(client, parent, result, [p for a in result["ablations"].values() for p in a["files"].values()],
+                       log_to_parent)
 
 
 def main(argv: list[str] | None = None) -> int:

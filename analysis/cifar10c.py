@@ -60,26 +60,16 @@ from analysis import ablate as ab
 from analysis import stats
 from analysis import table2 as t2
 from analysis.common import (
-    DEFAULT_EXPERIMENT,
-    DEFAULT_TRACKING_URI,
     MISSING,
-    TAG_KIND,
-    TAG_REGULARIZATION,
-    TAG_SEED,
-    TAG_SEEDS,
-    TAG_STRATEGIES,
-    TAG_STRATEGY,
-    TAG_TRAIN_SET,
-    AnalysisError,
     TrialRecord,
     download_json,
     fmt,
     interval_text,
-    log_files,
+    log_outputs,
     new_figure,
+    new_result,
     plus_minus,
     protocol_of,
-    provenance,
     provenance_line,
     provenance_warnings,
     read_study,
@@ -89,6 +79,21 @@ from analysis.common import (
     write_csv,
     write_parquet,
     write_text,
+)
+from analysis.schema import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_TRACKING_URI,
+    TAG_ABLATION,
+    TAG_KIND,
+    TAG_REGULARIZATION,
+    TAG_SEED,
+    TAG_SEEDS,
+    TAG_STRATEGIES,
+    TAG_STRATEGY,
+    TAG_STUDY,
+    TAG_TRAIN_SET,
+    AnalysisError,
+    planned_seeds,
 )
 
 ARTIFACT = "cifar10c.json"
@@ -113,7 +118,6 @@ LABELS = {"clean": "Clean", "mean_benchmark": "Bench.", "mean_corrupted": "All C
           "mean_unseen": "Unseen", **{f"sev{s}": f"Sev {s}" for s in SEVERITIES}, "mce": "mCE",
           "rel_mce": "rel. mCE", "ece_clean": "ECE clean", "ece_mean_benchmark": "ECE bench.",
           "nll_clean": "NLL clean", "nll_mean_benchmark": "NLL bench."}
-LOWER_IS_BETTER = {"mce", "rel_mce", *CAL_SUMMARY}
 FAMILIES = {"accuracy": ACC_SUMMARY, "calibration": CAL_SUMMARY}  # Holm within each (and "corruptions")
 CONSOLE = ("clean", "mean_benchmark", "mean_seen", "mean_unseen", "sev1", "sev3", "sev5", "mce", "rel_mce")
 
@@ -187,7 +191,7 @@ def arms_of(trials: list[TrialRecord], kind: str, seeds: list[int], strategies=t
     "train_set", "runs" (by seed)}; each group has "baseline" (an arm id or None) and "pairs"."""
     groups, gaps, notes = [], [], []
     if kind.startswith("ablate"):
-        present = [a for a in ab.ABLATIONS if any(t.tags.get(ab.TAG_ABLATION) == a for t in trials)]
+        present = [a for a in ab.ABLATIONS if any(t.tags.get(TAG_ABLATION) == a for t in trials)]
         if "search" in present:
             notes.append("the search's trials (one seed each, chosen by Optuna) are not tabled here")
         for name in [a for a in present if a != "search"]:
@@ -205,7 +209,7 @@ def arms_of(trials: list[TrialRecord], kind: str, seeds: list[int], strategies=t
             groups.append({"group": name, "arms": arms, "baseline": base,
                            "pairs": [(base, a["arm"]) for a in arms if base is not None and a["arm"] != base]})
         if not groups:
-            raise AnalysisError("the study has no grid ablation runs (child tag iqa_ls.ablation)")
+            raise AnalysisError(f"the study has no grid ablation runs (child tag {TAG_ABLATION})")
     else:
         scratch = [t for t in trials if protocol_of(t) == "scratch"]
         tuned = [t for t in trials if protocol_of(t) == "finetune"]
@@ -653,30 +657,26 @@ def build_cifar10c(study: str | None = None, parent_run_id: str | None = None,
     `log_to_parent`, log them to the parent run under `analysis/`. Returns the frames and paths."""
     client, parent, trials = read_study(tracking_uri, experiment, study, parent_run_id)
     kind = parent.data.tags.get(TAG_KIND) or "table2"
-    seeds = (ab.planned_seeds if kind.startswith("ablate") else t2.planned_seeds)(parent.data.tags.get(TAG_SEEDS))
+    seeds = planned_seeds(parent.data.tags.get(TAG_SEEDS))
     strategies = t2.planned_strategies(parent.data.tags.get(TAG_STRATEGIES))
     groups, gaps, notes = arms_of(trials, kind, seeds, strategies)
     runs = [t for g in groups for a in g["arms"] for t in a["runs"]]
     docs = download_json(client, [t.run_id for t in runs], ARTIFACT)
     chosen_key, doc = choose_evaluation(groups, docs, notes)
     if chosen_key is None:
-        raise AnalysisError(f"no run of study {parent.data.tags.get('iqa_ls.study')!r} has CIFAR-10-C results; "
+        raise AnalysisError(f"no run of study {parent.data.tags.get(TAG_STUDY)!r} has CIFAR-10-C results; "
                             "run python -m study.cifar10c --study NAME (or a study with --cifar10c)")
     cells, corr, pairs, per_arm, not_evaluated = compute(groups, docs, chosen_key)
-    prov = provenance(parent, trials)
-    name = prov["study"]
-    out = Path(out_dir) if out_dir is not None else Path("results") / name
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"study": name, "parent_run_id": parent.info.run_id, "tracking_uri": tracking_uri,
-              "experiment": experiment, "out_dir": out, "groups": groups, "cells": cells, "corruptions": corr,
-              "pairs": pairs, "gaps": gaps + not_evaluated, "notes": notes, "provenance": prov,
-              "n_text": n_text(cells, seeds), "data_line": data_line(doc), "artifact": doc, "logged": False}
+    result, out = new_result(parent, trials, tracking_uri, experiment, out_dir, groups=groups, cells=cells,
+                             corruptions=corr, pairs=pairs, gaps=gaps + not_evaluated, notes=notes,
+                             n_text=n_text(cells, seeds), data_line=data_line(doc), artifact=doc)
     files = {"cifar10c.csv": write_csv(cells, out / "cifar10c.csv"),
              "cifar10c.parquet": write_parquet(cells, out / "cifar10c.parquet"),
              "cifar10c_corruptions.csv": write_csv(corr, out / "cifar10c_corruptions.csv"),
              "cifar10c_corruptions.parquet": write_parquet(corr, out / "cifar10c_corruptions.parquet"),
              "cifar10c_pairs.csv": write_csv(pairs, out / "cifar10c_pairs.csv")}
-    rb = {"study": name, "provenance": provenance_line(prov, result["n_text"]), "data": result["data_line"],
+    rb = {"study": result["study"], "provenance": provenance_line(result["provenance"], result["n_text"]),
+          "data": result["data_line"],
           "arms": robustbench(groups, per_arm, result["data_line"])}
     files["cifar10c_robustbench.json"] = write_text(out / "cifar10c_robustbench.json",
                                                     json.dumps(rb, indent=1, sort_keys=True) + "\n")
@@ -685,10 +685,7 @@ def build_cifar10c(study: str | None = None, parent_run_id: str | None = None,
     files["cifar10c.md"] = out / "cifar10c.md"
     result["files"] = files
     write_text(files["cifar10c.md"], format_markdown(result))
-    if log_to_parent:
-        log_files(client, parent.info.run_id, files.values())
-        result["logged"] = True
-    return result
+    return log_outputs(client, parent, result, files.values(), log_to_parent)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Shared helpers of the analysis modules: read a recorded study back from MLflow, summarise seeds,
 state provenance, and write tables and figures so that the same runs give the same bytes.
 
-This is the reader side of docs/mlflow-schema.md; the names below are the ones `study/tracking.py`
-writes. Analysis reads MLflow only: nothing here imports torch, Ray or the training code.
+The names it reads and the MLflow read helpers are analysis/schema.py's, the ones `study/tracking.py`
+writes with. Analysis reads MLflow only: nothing here imports torch, Ray or the training code.
 """
 from __future__ import annotations
 
@@ -16,54 +16,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.schema import (ANALYSIS_DIR, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, FINISHED, PROGRESS_BAR_ENV,
+                             PROVENANCE_TAGS, TABLE_SCHEDULE_PARAMS, TAG_DATA_CHECKSUM, TAG_DATA_SOURCE, TAG_DEVICE,
+                             TAG_GIT_COMMIT, TAG_KIND, TAG_PRESET, TAG_PROTOCOL, TAG_SEEDS, TAG_STUDY, TAG_VERSIONS,
+                             AnalysisError, child_runs, find_parent, one_line, open_client)
 
-# --- MLflow names (docs/mlflow-schema.md) -----------------------------------------------------------
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-DEFAULT_EXPERIMENT = "iqa-ls"
-ARTIFACT_DIR = "analysis"  # parent-run artifact folder of the analysis outputs
-
-TAG_ROLE = "iqa_ls.role"  # "parent" | "trial"
-TAG_STUDY = "iqa_ls.study"
-TAG_KIND = "iqa_ls.kind"
-TAG_PRESET = "iqa_ls.preset"
-TAG_SEEDS = "iqa_ls.seeds"
-TAG_DATA_SOURCE = "iqa_ls.data_source"
-TAG_DATA_CHECKSUM = "iqa_ls.data_checksum"
-TAG_GIT_COMMIT = "iqa_ls.git_commit"
-TAG_VERSIONS = "iqa_ls.versions"  # JSON: python, torch, torchvision, ray, mlflow, kornia
-TAG_DEVICE = "iqa_ls.device_name"
-TAG_TRIAL_KEY = "iqa_ls.trial_key"
-TAG_STRATEGY = "iqa_ls.strategy"  # Table 2 row 1-9, "0" outside Table 2
-TAG_TRAIN_SET = "iqa_ls.train_set"
-TAG_REGULARIZATION = "iqa_ls.regularization"
-TAG_SEED = "iqa_ls.seed"
-TAG_ERROR = "iqa_ls.error"
-TAG_PROTOCOL = "iqa_ls.protocol"  # "scratch" (absent on runs recorded before it) | "finetune"
-TAG_FINETUNE_PARENT = "iqa_ls.finetune_parent"  # a fine-tune's parent trial key
-TAG_STRATEGIES = "iqa_ls.strategies"  # parent run: the Table 2 rows the grid holds, "1,8,9"
-TAG_PARENT_RUN = "mlflow.parentRunId"
-
-# Provenance tags every trial carries too; the header states the parent's and flags disagreement.
-PROVENANCE_TAGS = (TAG_DATA_SOURCE, TAG_DATA_CHECKSUM, TAG_DEVICE, TAG_VERSIONS, TAG_GIT_COMMIT)
 VERSION_ORDER = ("python", "torch", "torchvision", "ray", "mlflow", "kornia")
-# Schedule fields a table must state, read from the trials' resolved TrialConfig params (the parent's
-# params are the CLI flags, where an un-overridden preset value reads "None").
-SCHEDULE_PARAMS = ("epochs", "subset", "test_subset")
-
-# The ten test sets (Sec. 4.2: pristine + 3 distortions x 3 levels); final metric = "acc_" + name.
-TEST_SETS = ("pristine", "blur_1", "blur_2", "blur_3", "noise_1", "noise_2", "noise_3",
-             "jpeg_1", "jpeg_2", "jpeg_3")
-ACC_METRICS = tuple(f"acc_{t}" for t in TEST_SETS)
 TEST_SET_LABELS = {"pristine": "Pristine",
                    **{f"{d}_{k}": f"{label} L{k}" for d, label in (("blur", "Blur"), ("noise", "Noise"),
                                                                    ("jpeg", "JPEG")) for k in (1, 2, 3)}}
 
-FINISHED = "FINISHED"
 MISSING = "—"  # how a gap is shown in text outputs
-
-
-class AnalysisError(Exception):
-    """A problem with the input (store, study, runs) that the CLI reports in one line, exit code 2."""
 
 
 # --- reading MLflow ----------------------------------------------------------------------------------
@@ -95,67 +58,14 @@ def protocol_of(t: TrialRecord) -> str:
     return t.tags.get(TAG_PROTOCOL) or "scratch"
 
 
-def open_client(tracking_uri: str):
-    """MlflowClient for `tracking_uri`; a SQLite store must already exist (a reader never creates one)."""
-    from mlflow.tracking import MlflowClient
-
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise AnalysisError(f"no MLflow store at {path} (tracking URI {tracking_uri})")
-    return MlflowClient(tracking_uri)
-
-
-def find_parent(client, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT,
-                study: str | None = None, parent_run_id: str | None = None):
-    """The parent run of a study: by run id, or by `iqa_ls.study` + `iqa_ls.role = parent` (exactly one)."""
-    if (study is None) == (parent_run_id is None):
-        raise AnalysisError("give exactly one of a study name or a parent run id")
-    if parent_run_id is not None:
-        try:
-            run = client.get_run(parent_run_id)
-        except Exception as e:  # MlflowException(RESOURCE_DOES_NOT_EXIST) or a connection error
-            raise AnalysisError(f"run {parent_run_id} not found at {tracking_uri}: {first_line(e)}") from e
-        if run.data.tags.get(TAG_ROLE) != "parent":
-            raise AnalysisError(f"run {parent_run_id} is not a study parent run "
-                                f"({TAG_ROLE} = {run.data.tags.get(TAG_ROLE)!r}) at {tracking_uri}")
-        return run
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise AnalysisError(f"no experiment {experiment!r} at {tracking_uri}, so no study {study!r}")
-    # Filter the study name in Python: no quoting of user text inside an MLflow filter string.
-    parents = [r for r in search_all(client, [exp.experiment_id], f"tags.`{TAG_ROLE}` = 'parent'")
-               if r.data.tags.get(TAG_STUDY) == study]
-    if len(parents) != 1:
-        found = "no" if not parents else f"{len(parents)}"
-        raise AnalysisError(f"{found} parent run(s) of study {study!r} in experiment {experiment!r} "
-                            f"at {tracking_uri} (exactly one expected)")
-    return parents[0]
-
-
-def search_all(client, experiment_ids: list[str], filter_string: str) -> list:
-    """Every active run matching the filter, all pages."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def child_runs(client, parent) -> list[TrialRecord]:
-    """The parent's child runs (tag `mlflow.parentRunId`), sorted by (start time, run id)."""
-    runs = search_all(client, [parent.info.experiment_id],
-                      f"tags.`{TAG_PARENT_RUN}` = '{parent.info.run_id}'")
+def trial_records(client, parent) -> list[TrialRecord]:
+    """The parent's child runs as TrialRecords, sorted by (start time, run id)."""
+    runs = child_runs(client, parent.info.experiment_id, parent.info.run_id)
     records = [TrialRecord(run_id=r.info.run_id, run_name=r.info.run_name or "", status=r.info.status,
                            start_time=r.info.start_time or 0, end_time=r.info.end_time or 0,
                            tags=dict(r.data.tags), params=dict(r.data.params),
                            metrics=dict(r.data.metrics)) for r in runs]
     return sorted(records, key=lambda t: (t.start_time, t.run_id))
-
-
-PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def download_json(client, run_ids: Iterable[str], name: str) -> dict[str, dict]:
@@ -181,10 +91,25 @@ def download_json(client, run_ids: Iterable[str], name: str) -> dict[str, dict]:
     return out
 
 
-def log_files(client, run_id: str, paths: Iterable[Path], artifact_path: str = ARTIFACT_DIR) -> None:
-    """Log exactly these files (not the whole folder, which other analyses share) to the run."""
-    for p in paths:
-        client.log_artifact(run_id, str(p), artifact_path)
+def new_result(parent, trials: Sequence[TrialRecord], tracking_uri: str, experiment: str, out_dir,
+               **fields) -> tuple[dict, Path]:
+    """An analysis's result as it starts (the study, its parent run, the store, the provenance, not yet
+    logged; then `fields`) and its output folder, made: `out_dir`, default results/<study>."""
+    prov = provenance(parent, trials)
+    out = Path(out_dir) if out_dir is not None else Path("results") / prov["study"]
+    out.mkdir(parents=True, exist_ok=True)
+    return {"study": prov["study"], "parent_run_id": parent.info.run_id, "tracking_uri": tracking_uri,
+            "experiment": experiment, "out_dir": out, "provenance": prov, "logged": False, **fields}, out
+
+
+def log_outputs(client, parent, result: dict, paths: Iterable[Path], log_to_parent: bool) -> dict:
+    """With `log_to_parent`, log exactly these files (not the whole folder, which other analyses
+    share) to the parent run's ANALYSIS_DIR and mark `result["logged"]`; returns `result`."""
+    if log_to_parent:
+        for p in paths:
+            client.log_artifact(parent.info.run_id, str(p), ANALYSIS_DIR)
+        result["logged"] = True
+    return result
 
 
 # --- provenance ------------------------------------------------------------------------------------
@@ -202,12 +127,13 @@ def versions_text(versions: dict) -> str:
 
 
 def provenance(parent, trials: Sequence[TrialRecord]) -> dict:
-    """What a table must state about where its numbers come from (STYLE.md 9): the parent's tags, the
-    trials' schedule, and under `disagree` any provenance tag where a trial differs from the parent."""
+    """What a table must state about where its numbers come from (n, the data copy, the hardware, the
+    versions): the parent's tags, the trials' schedule, and under `disagree` any provenance tag where a
+    trial differs from the parent."""
     tags = parent.data.tags
     out = {"study": tags.get(TAG_STUDY, parent.info.run_name), "parent_run_id": parent.info.run_id,
            "kind": tags.get(TAG_KIND), "preset": tags.get(TAG_PRESET), "seeds": tags.get(TAG_SEEDS),
-           **{k: _schedule_value(k, parent, trials) for k in SCHEDULE_PARAMS},
+           **{k: _schedule_value(k, parent, trials) for k in TABLE_SCHEDULE_PARAMS},
            "data_source": tags.get(TAG_DATA_SOURCE),
            "data_checksum": tags.get(TAG_DATA_CHECKSUM), "device_name": tags.get(TAG_DEVICE),
            "git_commit": tags.get(TAG_GIT_COMMIT), "versions": parse_versions(tags.get(TAG_VERSIONS))}
@@ -297,11 +223,6 @@ def fmt(x: float | None, digits: int = 4, signed: bool = False) -> str:
     return text if signed else text.lstrip("+")
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def write_text(path: Path, text: str) -> Path:
     path.write_bytes(text.encode("utf-8"))  # "\n" line ends on every platform
     return path
@@ -350,8 +271,7 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: list[str] 
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the CLI's contract is one line, exit code 2
-        kind = "" if isinstance(e, AnalysisError) else f"{type(e).__name__}: "
-        print(f"{prog}: error: {kind}{first_line(e)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(e, typed=not isinstance(e, AnalysisError))}", file=sys.stderr)
         return 2
 
 
@@ -381,9 +301,9 @@ def read_study(tracking_uri: str, experiment: str, study: str | None, parent_run
     client = open_client(tracking_uri)
     try:
         parent = find_parent(client, tracking_uri, experiment, study=study, parent_run_id=parent_run_id)
-        return client, parent, child_runs(client, parent)
+        return client, parent, trial_records(client, parent)
     except AnalysisError:
         raise
     except Exception as e:  # an unreachable server, a broken store: say which study and where
         what = f"study {study!r}" if study is not None else f"run {parent_run_id}"
-        raise AnalysisError(f"cannot read {what} from {tracking_uri}: {first_line(e)}") from e
+        raise AnalysisError(f"cannot read {what} from {tracking_uri}: {one_line(e)}") from e

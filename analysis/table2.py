@@ -49,14 +49,12 @@ import pandas as pd
 
 from analysis import calibration as cal
 from analysis import stats
-from analysis.common import (DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, MISSING, TAG_ERROR, TAG_KIND,
-                             TAG_REGULARIZATION, TAG_SEED, TAG_SEEDS, TAG_STRATEGIES, TAG_STRATEGY,
-                             TAG_TRAIN_SET,
-                             TEST_SET_LABELS, TEST_SETS, AnalysisError, TrialRecord, download_json, fmt,
-                             interval_text, log_files, new_figure, plus_minus, provenance, provenance_line,
-                             protocol_of, provenance_warnings, read_study, run_cli, save_figure, study_main,
-                             write_csv,
-                             write_parquet, write_text)
+from analysis.common import (MISSING, TEST_SET_LABELS, TrialRecord, download_json, fmt, interval_text, log_outputs,
+                             new_figure, new_result, plus_minus, protocol_of, provenance_line, provenance_warnings,
+                             read_study, run_cli, save_figure, study_main, write_csv, write_parquet, write_text)
+from analysis.schema import (DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG_ERROR, TAG_KIND, TAG_REGULARIZATION,
+                             TAG_SEED, TAG_SEEDS, TAG_STRATEGIES, TAG_STRATEGY, TAG_TRAIN_SET, TEST_SETS,
+                             AnalysisError, planned_seeds)
 
 PAPER_JSON = Path(__file__).with_name("paper_table2.json")
 
@@ -98,22 +96,6 @@ def load_paper(path: Path = PAPER_JSON) -> dict[int, dict[str, float]]:
 def row_labels(strategy: int) -> tuple[str, str]:
     train_set, reg = STRATEGY_ROWS[strategy]
     return REGULARIZATION_LABELS[reg], TRAIN_SET_LABELS[train_set]
-
-
-def planned_seeds(text: str | None) -> list[int]:
-    """Seeds the study planned (parent tag `iqa_ls.seeds`: a count, a JSON list or "0,1,2"); [] if unknown."""
-    try:
-        value = json.loads(text) if text else None
-    except json.JSONDecodeError:
-        try:
-            value = [int(v) for v in text.split(",")]
-        except ValueError:
-            return []
-    if isinstance(value, int) and not isinstance(value, bool):
-        return list(range(value))
-    if isinstance(value, list) and all(isinstance(v, int) for v in value):
-        return sorted(value)
-    return []
 
 
 def planned_strategies(text: str | None) -> list[int]:
@@ -611,15 +593,10 @@ def build_table2(study: str | None = None, parent_run_id: str | None = None,
     kind = parent.data.tags.get(TAG_KIND)
     if kind not in (None, "table2"):
         notes.append(f"the parent run is a {kind!r} study, not 'table2'")
-    prov = provenance(parent, trials)
-    study = prov["study"]
-    out = Path(out_dir) if out_dir is not None else Path("results") / study
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"study": study, "parent_run_id": parent.info.run_id, "tracking_uri": tracking_uri,
-              "experiment": experiment, "out_dir": out, "tables": tables, "cells": cells,
-              "pairs": tables["acc"]["pairs"], "gaps": gaps, "notes": notes, "provenance": prov,
-              "n_text": n_text(cells[cells["strategy"].isin(strategies)], seeds), "logged": False,
-              "strategies": strategies, "finetune": finetune}
+    result, out = new_result(parent, trials, tracking_uri, experiment, out_dir, tables=tables, cells=cells,
+                             pairs=tables["acc"]["pairs"], gaps=gaps, notes=notes,
+                             n_text=n_text(cells[cells["strategy"].isin(strategies)], seeds),
+                             strategies=strategies, finetune=finetune)
     selected, _, _ = select_trials(trials, seeds)
     found = download_json(client, [t.run_id for runs in selected.values() for t in runs], cal.CALIBRATION_FILE)
     docs = {s: [found[t.run_id] for t in runs if t.run_id in found] for s, runs in selected.items()}
@@ -650,10 +627,7 @@ def build_table2(study: str | None = None, parent_run_id: str | None = None,
                                                  "blue = ours higher", "RdBu", True, out / "table2_diff_vs_paper.png")
     files.update(calibration_plots(result, docs, out))
     result["files"] = files
-    if log_to_parent:
-        log_files(client, parent.info.run_id, files.values())
-        result["logged"] = True
-    return result
+    return log_outputs(client, parent, result, files.values(), log_to_parent)
 
 
 def main(argv: list[str] | None = None) -> int:

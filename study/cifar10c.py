@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from analysis.schema import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, AnalysisError
 from study.runner import StudyError, main_wrapper
 from trainables.config import CIFAR10C_REGENERATE, ConfigError, TrialConfig
 
@@ -45,8 +46,8 @@ def parse(argv):
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--study", help="study name (parent run tag iqa_ls.study)")
     who.add_argument("--run-id", help="the study's parent run id, instead of --study")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    p.add_argument("--experiment", default="iqa-ls")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     p.add_argument("--cifar10c", default=CIFAR10C_REGENERATE, metavar="regenerate|DIR",
                    help="'regenerate' (default: the corruptions made from each run's test split, cached) or a "
                    "folder of the official CIFAR-10-C files")
@@ -114,7 +115,7 @@ def evaluate_study(args, tmp: Path) -> int:
         torch.set_num_threads(args.threads)
     try:
         parent_id, runs = tracking.finished_trials(args.tracking_uri, args.study, args.run_id, args.experiment)
-    except tracking.TrackingError as e:
+    except (tracking.TrackingError, AnalysisError) as e:
         raise StudyError(str(e)) from None
     if not runs:
         raise StudyError(f"study {args.study or args.run_id!r} has no FINISHED trial runs in {args.tracking_uri}")
@@ -189,7 +190,6 @@ def main(argv=None) -> int:
     args = parse(argv)
 
     def go():
-        from analysis.common import AnalysisError
         try:
             return run(args)
         except AnalysisError as e:

@@ -344,7 +344,7 @@ class Recording:
         key = result.get("member") or spec["key"]
         store = next(m["store"] for m in members_of(spec) if m["key"] == key)
         if "device_name" in result:
-            self.rec.client.set_tag(self.rec.child_ids[key], "iqa_ls.device_name", result["device_name"])
+            self.rec.set_child_tag(key, "device_name", result["device_name"])
         if result.get("checkpoint_note"):  # an unreadable checkpoint was moved aside (recover_checkpoint)
             self.rec.set_child_tag(key, "checkpoint_recovery", result["checkpoint_note"])
             (self._say or print)(f"  {key}: {result['checkpoint_note']}", flush=True)

@@ -16,13 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from study.tracking import (
-    DEFAULT_TRACKING_URI,
-    EXPERIMENT,
-    TrackingError,
-    export_study,
-    import_study,
-)
+from analysis.schema import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, one_line
+from study.tracking import TrackingError, export_study, import_study
 
 
 def main(argv=None) -> int:
@@ -34,8 +29,10 @@ def main(argv=None) -> int:
     i = sub.add_parser("import", help="re-create an exported study in a tracking store")
     i.add_argument("folder", help="a folder written by `export`")
     for q in (e, i):
-        q.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow store (default sqlite:///mlflow.db)")
-        q.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment (default iqa-ls)")
+        q.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
+                       help=f"MLflow store (default {DEFAULT_TRACKING_URI})")
+        q.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                       help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})")
     args = p.parse_args(argv)
     try:
         if args.cmd == "export":
@@ -48,7 +45,7 @@ def main(argv=None) -> int:
                   f"rebuild its tables with python -m analysis.table2 (or analysis.ablate) --study NAME "
                   f"--tracking-uri {args.tracking_uri}")
     except (TrackingError, OSError) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 

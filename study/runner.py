@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from analysis.schema import (DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, RESUME_SCHEDULE_PARAMS, TAG_STORAGE, one_line,
+                             sqlite_path)
 from search_spaces.presets import PRESETS, resolve
 from study.spec import EXECUTORS, SpecError, StudySpec
 from trainables import data as data_mod
@@ -109,12 +111,12 @@ def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--epochs", type=int, help="override the preset's epochs (decay step scales along)")
     p.add_argument("--subset", type=int, help="override the preset's training subset (0 = all)")
     p.add_argument("--test-subset", type=int, help="override the preset's test subset (0 = all)")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
                    help="where runs are recorded: sqlite:///PATH (a file; artifacts go to mlartifacts/ beside "
                    "it) or http(s)://HOST:PORT (an mlflow server) (default $MLFLOW_TRACKING_URI, else "
-                   "sqlite:///mlflow.db)")
-    p.add_argument("--experiment", default="iqa-ls", help="MLflow experiment the study's runs go to, created "
-                   "when missing (default iqa-ls)")
+                   f"{DEFAULT_TRACKING_URI})")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment the study's runs go to, "
+                   f"created when missing (default {DEFAULT_EXPERIMENT})")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Ray storage_path and trial checkpoints "
                    "(a path every node reaches, or s3://...)")
     p.add_argument("--name", default=default_name, help=f"study name: 1-100 of A-Z a-z 0-9 . _ -, starting "
@@ -433,7 +435,7 @@ def check_resume_matches(spec: StudySpec, settings: dict, recorded_manifest: dic
         return
     # a study recorded before manifests: its parent run's params hold the flags and the schedule
     first = next(iter(settings["trials"].values()), {})
-    current = {**{k: _val(first[k]) for k in SCHEDULE_PARAMS if k in first},
+    current = {**{k: _val(first[k]) for k in RESUME_SCHEDULE_PARAMS if k in first},
                **{k: _val(v) for k, v in given.items()}}
     for k in sorted(recorded_params):
         if k in RUN_FLAGS or k == "n_trials":
@@ -450,13 +452,10 @@ def _mismatch(spec: StudySpec, what: str, recorded: str, given: str) -> str:
             "the recorded value, or start a new study under another --name")
 
 
-SCHEDULE_PARAMS = ("epochs", "batch_size", "lr", "lr_decay_every", "subset", "test_subset", "data")
-
-
 def resume_schedule_params(trials: list[Trial], search) -> dict:
     """The schedule as the parent run's params record it (compared on a resume of an older study)."""
     cfg0 = trials[0].config if trials else search.base
-    return {k: getattr(cfg0, k) for k in SCHEDULE_PARAMS}
+    return {k: getattr(cfg0, k) for k in RESUME_SCHEDULE_PARAMS}
 
 
 def take_lock(storage: str, name: str):
@@ -713,7 +712,7 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
     except ValueError as e:
         raise StudyError(str(e)) from None
     storage = facts["storage"]
-    db = tracking.sqlite_path(spec.tracking_uri)
+    db = sqlite_path(spec.tracking_uri)
     if spec.resume and db is not None and not db.is_file():  # refused before the store is created
         raise StudyError(f"--resume: no tracking store at {db} (--tracking-uri {spec.tracking_uri}), so no "
                          f"study named {spec.name!r} to resume")
@@ -738,7 +737,7 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
     manifest_uri = f"{study_folder(storage, spec.name)}/{MANIFEST_FILE}"
     if spec.resume:
         manifest = _read_text(manifest_uri)
-        rec_storage = recorded[1].get(f"{tracking.T}storage")
+        rec_storage = recorded[1].get(TAG_STORAGE)
         if manifest is None and rec_storage and rec_storage != storage:
             raise StudyError(f"--resume: --storage {storage} holds no study {spec.name!r}, which was recorded "
                              f"with --storage {rec_storage}; resume with --storage {rec_storage}")
@@ -902,7 +901,7 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
                         rec.interrupt_running_children()
                         rec.close_parent("KILLED")
                     except Exception as e:  # e.g. Ctrl-C because the server hangs: say it, in one line
-                        print(f"  could not mark the runs KILLED ({tracking.one_line(e)}); a --resume "
+                        print(f"  could not mark the runs KILLED ({one_line(e, typed=True)}); a --resume "
                               "continues them all the same", file=sys.stderr)
         if status == "LOST":
             with shielded("stopping"):

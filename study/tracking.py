@@ -1,10 +1,10 @@
 """The MLflow side of a study: the one module in study/ that imports mlflow.
 
-Names follow docs/mlflow-schema.md. Only the driver process writes (a Ray Tune callback calls into
-`StudyRecorder`), so a SQLite store sees one writer and a tracking server one client per study.
-Every write is idempotent: runs are found again by tags before one is created, and per-epoch
-metrics whose step was already logged are skipped, so a resumed or restarted trial neither
-duplicates a run nor a metric point.
+Names follow docs/mlflow-schema.md and are defined in analysis/schema.py, which the readers use too.
+Only the driver process writes (a Ray Tune callback calls into `StudyRecorder`), so a SQLite store
+sees one writer and a tracking server one client per study. Every write is idempotent: runs are
+found again by tags before one is created, and per-epoch metrics whose step was already logged are
+skipped, so a resumed or restarted trial neither duplicates a run nor a metric point.
 """
 from __future__ import annotations
 
@@ -20,14 +20,12 @@ from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from analysis.schema import (DEFAULT_EXPERIMENT, EPOCH_METRICS, EVAL_METRICS, FINISHED, PROGRESS_BAR_ENV, ROLE_PARENT,
+                             ROLE_TRIAL, TAG_ERROR, TAG_KIND, TAG_NODE, TAG_NODES, TAG_NOTE, TAG_PARENT_RUN, TAG_ROLE,
+                             TAG_RUN_NAME, TAG_STOPPED, TAG_STUDY, TAG_TRIAL_KEY, child_runs, children_filter,
+                             find_parent, one_line, open_client, sqlite_path, study_parents, tag)
 from trainables.train import EVAL_METRIC_PREFIXES
 
-EXPERIMENT = "iqa-ls"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-EPOCH_METRICS = ("loss", "lr", "train_acc", "mean_t", "frac_below_chance",
-                 "frac_below_chance_max_batch", "epoch_time", "images_per_s", "data_time", "data_share")
-EVAL_METRICS = ("objective",)  # search trials: the searched objective, on the epochs they evaluate
-T = "iqa_ls."  # tag prefix
 MAX_NODES = 32  # attempts listed in the iqa_ls.nodes tag (MLflow caps a tag value at 8000 chars)
 
 
@@ -60,7 +58,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"tracking URI {uri} does not answer its API ({getattr(e, 'reason', e)}); "
                                 "start the server or pass another --tracking-uri") from None
     elif uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = sqlite_path(uri)
         parent = db.parent if str(db.parent) else Path(".")
         if not parent.exists() or not os.access(parent, os.W_OK):
             raise TrackingError(f"tracking URI {uri}: folder {parent} does not exist or is not writable")
@@ -88,16 +86,6 @@ def set_http_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The file of a sqlite:/// tracking URI (None for any other URI)."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-def one_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
-
-
 def artifact_location_for(uri: str) -> str:
     """Where a new experiment's artifacts go for this tracking URI (StudyRecorder.ensure_experiment)."""
     db = sqlite_path(uri)
@@ -118,7 +106,7 @@ class StudyRecorder:
     Creating one writes nothing: the experiment is made by `open_parent` of a new study, so a refused
     command (e.g. `--resume` of a study that is not there) leaves the store as it was."""
 
-    def __init__(self, tracking_uri: str, study: str, kind: str, experiment: str = EXPERIMENT):
+    def __init__(self, tracking_uri: str, study: str, kind: str, experiment: str = DEFAULT_EXPERIMENT):
         self.uri, self.study, self.kind, self.experiment = tracking_uri, study, kind, experiment
         with _creation_lock(tracking_uri):
             exp = None
@@ -129,7 +117,8 @@ class StudyRecorder:
                     break
                 except Exception as e:  # a store that cannot be opened yet (a restarting server)
                     if attempt == OPEN_TRIES - 1:
-                        raise TrackingError(f"tracking URI {tracking_uri} cannot be opened ({one_line(e)})") from None
+                        raise TrackingError(f"tracking URI {tracking_uri} cannot be opened "
+                                            f"({one_line(e, typed=True)})") from None
                     time.sleep(1.0 + attempt)
         self.experiment_id = exp.experiment_id if exp else None
         self.parent_id: str | None = None
@@ -158,21 +147,18 @@ class StudyRecorder:
             self.experiment_id = exp.experiment_id
 
     # ------------------------------------------------------------------ lookup
-    def _search(self, filt: str):
-        if self.experiment_id is None:
-            return []
-        return search_all(self.client, self.experiment_id, filt)
-
     def find_parent(self):
-        # the name is checked (study.runner.check_name) to a character set that needs no quoting here
-        return _find_parent(self.client, self.experiment_id, self.study, self.uri) if self.experiment_id else None
+        """This study's parent run, None if there is none (two are an error)."""
+        runs = study_parents(self.client, self.experiment_id, self.study)
+        if len(runs) > 1:
+            raise TrackingError(f"study {self.study!r} has {len(runs)} parent runs in {self.uri}; expected one")
+        return runs[0] if runs else None
 
     def children(self) -> dict[str, object]:
         """trial key -> the child run (latest info) of this study."""
         if self.parent_id is None:
             return {}
-        runs = self._search(f"tags.`mlflow.parentRunId` = '{self.parent_id}'")
-        return {r.data.tags.get(f"{T}trial_key"): r for r in runs}
+        return {r.data.tags.get(TAG_TRIAL_KEY): r for r in child_runs(self.client, self.experiment_id, self.parent_id)}
 
     def recorded_finished_keys(self) -> set[str]:
         """The finished trial keys of this study as recorded, without opening its parent run (the
@@ -180,16 +166,15 @@ class StudyRecorder:
         found = self.find_parent()
         if found is None:
             return set()
-        runs = self._search(f"tags.`mlflow.parentRunId` = '{found.info.run_id}'")
-        return {r.data.tags.get(f"{T}trial_key") for r in runs if r.info.status == "FINISHED"}
+        return {r.data.tags.get(TAG_TRIAL_KEY) for r in child_runs(self.client, self.experiment_id, found.info.run_id)
+                if r.info.status == FINISHED}
 
     def recorded_trial_params(self) -> dict | None:
         """The params (the resolved TrialConfig) of one recorded child run of this study, None if it has none."""
         found = self.find_parent()
         if found is None:
             return None
-        page = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{found.info.run_id}'",
-                                       max_results=1)
+        page = self.client.search_runs([self.experiment_id], children_filter(found.info.run_id), max_results=1)
         return dict(page[0].data.params) if page else None
 
     # ------------------------------------------------------------------ parent
@@ -210,14 +195,14 @@ class StudyRecorder:
             if reopen:
                 self.client.update_run(self.parent_id, status="RUNNING")
                 if description:
-                    old = found.data.tags.get(NOTE, "")
-                    self.client.set_tag(self.parent_id, NOTE, _note(old + "\n\n" + description))
+                    old = found.data.tags.get(TAG_NOTE, "")
+                    self.client.set_tag(self.parent_id, TAG_NOTE, _note(old + "\n\n" + description))
         else:
             self.ensure_experiment()
             run = self.client.create_run(self.experiment_id, run_name=self.study, tags={
-                f"{T}role": "parent", f"{T}study": self.study, f"{T}kind": self.kind,
-                **({NOTE: _note(description)} if description else {}),
-                **{f"{T}{k}": _val(v) for k, v in tags.items()}})
+                TAG_ROLE: ROLE_PARENT, TAG_STUDY: self.study, TAG_KIND: self.kind,
+                **({TAG_NOTE: _note(description)} if description else {}),
+                **{tag(k): _val(v) for k, v in tags.items()}})
             self.parent_id = run.info.run_id
             self.client.log_batch(self.parent_id, params=[Param(k, _val(v)) for k, v in sorted(params.items())])
             self._check_single_parent()
@@ -228,8 +213,7 @@ class StudyRecorder:
     def _check_single_parent(self) -> None:
         """Two new studies of one name started at the same moment (with different --storage, so not
         held apart by the study lock) both create a parent: the later one deletes its own and stops."""
-        parents = sorted(self._search(f"tags.`{T}study` = '{self.study}' and tags.`{T}role` = 'parent'"),
-                         key=lambda r: (r.info.start_time, r.info.run_id))
+        parents = study_parents(self.client, self.experiment_id, self.study)
         if len(parents) > 1 and parents[0].info.run_id != self.parent_id:
             self.client.delete_run(self.parent_id)
             self.parent_id = None
@@ -247,11 +231,11 @@ class StudyRecorder:
         self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())
                                                        if isinstance(v, (int, float))])
 
-    def close_parent(self, status: str = "FINISHED") -> None:
+    def close_parent(self, status: str = FINISHED) -> None:
         self.client.set_terminated(self.parent_id, status=status)
 
     def finished_keys(self) -> set[str]:
-        return {k for k, r in self.children().items() if r.info.status == "FINISHED"}
+        return {k for k, r in self.children().items() if r.info.status == FINISHED}
 
     # ------------------------------------------------------------------ children
     def open_child(self, key: str, config: dict, tags: dict, run_name: str | None = None) -> str:
@@ -260,14 +244,14 @@ class StudyRecorder:
         if key in self.child_ids:
             run_id = self.child_ids[key]
             run = self.client.get_run(run_id)
-            if run.info.status != "FINISHED":  # a failed or interrupted trial runs again
+            if run.info.status != FINISHED:  # a failed or interrupted trial runs again
                 self.client.update_run(run_id, status="RUNNING")
-                if f"{T}error" in run.data.tags:
-                    self.client.delete_tag(run_id, f"{T}error")
+                if TAG_ERROR in run.data.tags:
+                    self.client.delete_tag(run_id, TAG_ERROR)
         else:
             run = self.client.create_run(self.experiment_id, run_name=run_name or key, tags={
-                "mlflow.parentRunId": self.parent_id, f"{T}role": "trial", f"{T}study": self.study,
-                f"{T}trial_key": key, **{f"{T}{k}": _val(v) for k, v in tags.items()}})
+                TAG_PARENT_RUN: self.parent_id, TAG_ROLE: ROLE_TRIAL, TAG_STUDY: self.study,
+                TAG_TRIAL_KEY: key, **{tag(k): _val(v) for k, v in tags.items()}})
             run_id = self.child_ids[key] = run.info.run_id
             self.client.log_batch(run_id, params=[Param(k, _val(v)) for k, v in sorted(config.items())])
         if key not in self.last_step:
@@ -301,26 +285,26 @@ class StudyRecorder:
         tags `iqa_ls.node` (this attempt's "<ip>/<node id>") and `iqa_ls.nodes` (every attempt's)."""
         run_id = self.child_ids[key]
         attempts = len(self.client.get_metric_history(run_id, "start_epoch"))
-        nodes = json.loads(self.client.get_run(run_id).data.tags.get(f"{T}nodes", "[]"))
+        nodes = json.loads(self.client.get_run(run_id).data.tags.get(TAG_NODES, "[]"))
         nodes = (nodes + [node])[-MAX_NODES:]
         self.client.log_batch(run_id, metrics=[Metric("start_epoch", float(start_epoch), int(time.time() * 1000),
                                                       attempts + 1)],
-                              tags=[RunTag(f"{T}node", node), RunTag(f"{T}nodes", json.dumps(nodes))])
+                              tags=[RunTag(TAG_NODE, node), RunTag(TAG_NODES, json.dumps(nodes))])
 
     def finish_child(self, key: str, artifacts: list[Path]) -> None:
         run_id = self.child_ids[key]
-        if self.client.get_run(run_id).info.status == "FINISHED":
+        if self.client.get_run(run_id).info.status == FINISHED:
             return  # finished before (a resumed study): nothing is logged twice
         for f in artifacts:
             self.client.log_artifact(run_id, str(f))
-        self.client.set_terminated(run_id, status="FINISHED")
+        self.client.set_terminated(run_id, status=FINISHED)
 
     def fail_child(self, key: str, reason: str) -> None:
         run_id = self.child_ids.get(key)
         if run_id is None:
             return
         line = " ".join(str(reason).split())[:500]
-        self.client.set_tag(run_id, f"{T}error", line)
+        self.client.set_tag(run_id, TAG_ERROR, line)
         self.client.set_terminated(run_id, status="FAILED")
 
     def interrupt_running_children(self) -> list[str]:
@@ -336,33 +320,11 @@ class StudyRecorder:
         run_id = self.child_ids[key]
         for f in artifacts:
             self.client.log_artifact(run_id, str(f))
-        self.client.set_tag(run_id, f"{T}stopped_early", str(epoch))
+        self.client.set_tag(run_id, TAG_STOPPED, str(epoch))
         self.client.set_terminated(run_id, status="KILLED")
 
     def set_child_tag(self, key: str, name: str, value) -> None:
-        self.client.set_tag(self.child_ids[key], f"{T}{name}", _val(value))
-
-    def set_parent_tags(self, tags: dict) -> None:
-        self.client.log_batch(self.parent_id, tags=[RunTag(f"{T}{k}", _val(v)) for k, v in tags.items()])
-
-
-def search_all(client, experiment_id: str, filt: str) -> list:
-    """Every run of the experiment that matches `filt`, page by page (MLflow returns 1,000 at most)."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filt, max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _find_parent(client, experiment_id: str, study: str, uri: str):
-    """The parent run of `study` (tags iqa_ls.study + iqa_ls.role = parent), None if there is none."""
-    runs = search_all(client, experiment_id, f"tags.`{T}study` = '{study}' and tags.`{T}role` = 'parent'")
-    if len(runs) > 1:
-        raise TrackingError(f"study {study!r} has {len(runs)} parent runs in {uri}; expected one")
-    return runs[0] if runs else None
+        self.client.set_tag(self.child_ids[key], tag(name), _val(value))
 
 
 UI_PORT = 5000  # mlflow ui's default
@@ -388,7 +350,6 @@ def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
     return f"open {runs_url(tracking_uri, experiment_id)}"
 
 
-NOTE = "mlflow.note.content"  # the run's description in the UI
 NOTE_MAX = 5000  # characters kept (MLflow caps a tag value at 8000)
 
 
@@ -405,7 +366,7 @@ MANIFEST = "manifest.json"
 MLFLOW_BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's limits per log_batch call
 
 
-def export_study(tracking_uri: str, study: str, out_dir, experiment: str = EXPERIMENT) -> dict:
+def export_study(tracking_uri: str, study: str, out_dir, experiment: str = DEFAULT_EXPERIMENT) -> dict:
     """Write study `study` (its parent run and every child run) as parquet tables into `out_dir`:
     runs (id, name, status, times, parent), params, tags and the full metric histories (key, value,
     step, timestamp), plus each run's small artifacts (EXPORT_ARTIFACTS: calibration.json,
@@ -418,13 +379,13 @@ def export_study(tracking_uri: str, study: str, out_dir, experiment: str = EXPER
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per downloaded file
+    os.environ.setdefault(PROGRESS_BAR_ENV, "false")  # no bar per downloaded file
     rec = StudyRecorder(tracking_uri, study, "export", experiment)
     parent = rec.find_parent()
     if parent is None:
         raise TrackingError(f"no study named {study!r} in {tracking_uri} (experiment {experiment})")
     rec.parent_id = parent.info.run_id
-    runs = [parent] + sorted(rec.children().values(), key=lambda r: (r.data.tags.get(f"{T}trial_key", ""),
+    runs = [parent] + sorted(rec.children().values(), key=lambda r: (r.data.tags.get(TAG_TRIAL_KEY, ""),
                                                                        r.info.run_id))
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -435,7 +396,7 @@ def export_study(tracking_uri: str, study: str, out_dir, experiment: str = EXPER
         rid = r.info.run_id
         rows["runs"].append({"run_id": rid, "run_name": r.info.run_name or "", "status": r.info.status,
                              "start_time": int(r.info.start_time or 0), "end_time": int(r.info.end_time or 0),
-                             "parent_run_id": r.data.tags.get("mlflow.parentRunId", "")})
+                             "parent_run_id": r.data.tags.get(TAG_PARENT_RUN, "")})
         rows["params"] += [{"run_id": rid, "key": k, "value": v} for k, v in sorted(r.data.params.items())]
         rows["tags"] += [{"run_id": rid, "key": k, "value": v} for k, v in sorted(r.data.tags.items())]
         for key in sorted(r.data.metrics):
@@ -468,7 +429,7 @@ def export_study(tracking_uri: str, study: str, out_dir, experiment: str = EXPER
     return manifest
 
 
-def import_study(export_dir, tracking_uri: str, experiment: str = EXPERIMENT) -> str:
+def import_study(export_dir, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Re-create an exported study in `tracking_uri` (same run names, tags, params, metric histories
     with their steps and timestamps, statuses, times and small artifacts; new run ids, the child runs
     nested under the new parent). Refused if the study already exists there or a file does not match
@@ -504,8 +465,8 @@ def import_study(export_dir, tracking_uri: str, experiment: str = EXPERIMENT) ->
         parts = by_run.get(old, {})
         tags = {t["key"]: t["value"] for t in parts.get("tags", [])}
         if run["parent_run_id"]:
-            tags["mlflow.parentRunId"] = new_ids[run["parent_run_id"]]
-        tags.pop("mlflow.runName", None)
+            tags[TAG_PARENT_RUN] = new_ids[run["parent_run_id"]]
+        tags.pop(TAG_RUN_NAME, None)
         created = rec.client.create_run(rec.experiment_id, start_time=run["start_time"] or None,
                                         tags=tags, run_name=run["run_name"] or None)
         rid = new_ids[old] = created.info.run_id
@@ -525,44 +486,21 @@ def import_study(export_dir, tracking_uri: str, experiment: str = EXPERIMENT) ->
 
 
 # ------------------------------------------------------------------ evaluating a recorded study (study.cifar10c)
-def _reader(tracking_uri: str) -> MlflowClient:
-    """A client for a store that must already exist (a reader never creates a SQLite file)."""
-    check_tracking_uri(tracking_uri)
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
-        raise TrackingError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]} (tracking URI {tracking_uri})")
-    return MlflowClient(tracking_uri)
-
-
 def finished_trials(tracking_uri: str, study: str | None = None, parent_run_id: str | None = None,
-                    experiment: str = EXPERIMENT) -> tuple[str, list[dict]]:
+                    experiment: str = DEFAULT_EXPERIMENT) -> tuple[str, list[dict]]:
     """(parent run id, the study's FINISHED child runs sorted by trial key), each as {"run_id", "key",
     "tags", "params", "last_step"}; last_step = the last epoch logged (max step of `loss`), None if the
-    run has no `loss` history. The study is named (tag iqa_ls.study) or given by its parent run id."""
-    client = _reader(tracking_uri)
-    if parent_run_id is not None:
-        try:
-            parent = client.get_run(parent_run_id)
-        except Exception as e:  # noqa: BLE001 - MlflowException(RESOURCE_DOES_NOT_EXIST), a broken store
-            raise TrackingError(f"run {parent_run_id} not found at {tracking_uri}: "
-                                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-        if parent.data.tags.get(f"{T}role") != "parent":
-            raise TrackingError(f"run {parent_run_id} is not a study parent run at {tracking_uri}")
-        exp_id = parent.info.experiment_id
-    else:
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            raise TrackingError(f"no experiment {experiment!r} at {tracking_uri}, so no study {study!r}")
-        exp_id = exp.experiment_id
-        parent = _find_parent(client, exp_id, study, tracking_uri)
-        if parent is None:
-            raise TrackingError(f"no study {study!r} in experiment {experiment!r} at {tracking_uri}")
-    runs = search_all(client, exp_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    run has no `loss` history. The study is named (tag iqa_ls.study) or given by its parent run id.
+    A store or study that cannot be read is an AnalysisError (analysis.schema)."""
+    check_tracking_uri(tracking_uri)
+    client = open_client(tracking_uri)
+    parent = find_parent(client, tracking_uri, experiment, study=study, parent_run_id=parent_run_id)
     out = []
-    for r in runs:
-        if r.info.status != "FINISHED":
+    for r in child_runs(client, parent.info.experiment_id, parent.info.run_id):
+        if r.info.status != FINISHED:
             continue
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss")]
-        out.append({"run_id": r.info.run_id, "key": r.data.tags.get(f"{T}trial_key") or r.info.run_name,
+        out.append({"run_id": r.info.run_id, "key": r.data.tags.get(TAG_TRIAL_KEY) or r.info.run_name,
                     "tags": dict(r.data.tags), "params": dict(r.data.params),
                     "last_step": max(steps) if steps else None})
     return parent.info.run_id, sorted(out, key=lambda t: (t["key"], t["run_id"]))
@@ -570,7 +508,7 @@ def finished_trials(tracking_uri: str, study: str | None = None, parent_run_id: 
 
 def download_artifact(tracking_uri: str, run_id: str, path: str, dst_dir) -> Path | None:
     """The run's artifact `path` downloaded into `dst_dir`, or None when the run has none there."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per downloaded file
+    os.environ.setdefault(PROGRESS_BAR_ENV, "false")  # no bar per downloaded file
     client = MlflowClient(tracking_uri)
     folder = str(Path(path).parent) if str(Path(path).parent) != "." else None
     if path not in {a.path for a in client.list_artifacts(run_id, folder)}:
@@ -598,4 +536,4 @@ def log_evaluation(tracking_uri: str, run_id: str, metrics: dict, step: int, art
     for f in artifacts:
         client.log_artifact(run_id, str(f), (artifact_dirs or {}).get(str(f)))
     if tags:
-        client.log_batch(run_id, tags=[RunTag(f"{T}{k}", _val(v)) for k, v in tags.items()])
+        client.log_batch(run_id, tags=[RunTag(tag(k), _val(v)) for k, v in tags.items()])

@@ -385,7 +385,8 @@ def test_analysis_summarises_seeds_and_lists_gaps_from_a_fake_store(tmp_path):
 
 
 def _record(setting: str, order: int, seed: int, reg: str, pristine: float, status: str = "FINISHED"):
-    from analysis.common import ACC_METRICS, TrialRecord
+    from analysis.common import TrialRecord
+    from analysis.schema import ACC_METRICS
     metrics = {m: 0.5 for m in ACC_METRICS}
     metrics.update(acc_pristine=pristine, acc_mean_all=0.5, mean_t=0.9)
     tags = {"iqa_ls.ablation": "iqa", "iqa_ls.setting": setting, "iqa_ls.setting_order": str(order),

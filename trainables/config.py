@@ -379,7 +379,7 @@ class TrialConfig:
 # A trial is what it trains and reports; a run of it is where and how fast. The fields below only
 # run a trial: they never change the trained weights (up to float rounding across devices and thread
 # counts) nor the final metrics, so a checkpoint, a pack or a study resumed with other values goes on
-# as the same trial (STYLE.md, "what defines a trial vs what only runs it"):
+# as the same trial. Resume, packing and caches compare the defining fields only:
 # - device, threads: where and on how many cores; the hardware is recorded per attempt instead
 #   (MLflow tag iqa_ls.device_name, docs/mlflow-schema.md);
 # - eval_every: when the 10 test sets are read in between; evaluation is a pure read of the model
