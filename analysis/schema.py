@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trainables.config import ACC_METRICS, TEST_SETS  # noqa: F401 - names of the schema
+from trainables.config import ACC_METRICS, TEST_SETS  # noqa: F401 - the analyses read them from here
 
 # --- where the records are -------------------------------------------------------------------------
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -82,7 +82,8 @@ EVAL_METRICS = ("objective",)  # search trials: the searched objective, on the e
 # The schedule as the parent run's params record it: a --resume of a study recorded before manifests
 # is compared on these (study.runner).
 RESUME_SCHEDULE_PARAMS = ("epochs", "batch_size", "lr", "lr_decay_every", "subset", "test_subset", "data")
-# The schedule a table states (analysis.common.provenance), read from the trials' params.
+# The part of it a table states (analysis.common.provenance), read from the trials' params (the
+# parent's params are the flags, where a preset value not overridden reads "None").
 TABLE_SCHEDULE_PARAMS = ("epochs", "subset", "test_subset")
 
 
