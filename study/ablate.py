@@ -27,19 +27,9 @@ from search_spaces import (
     ablate_search,
     ablate_tmap,
 )
-from study.runner import (
-    Search,
-    StudyError,
-    Trial,
-    add_common_flags,
-    main_wrapper,
-    make_config,
-    run_study,
-    schedule_fields,
-    seed_fields,
-    val_size,
-)
-from study.spec import StudySpec
+from study.flags import add_common_flags, make_config, schedule_fields, seed_fields, val_size
+from study.runner import main_wrapper, run_study
+from study.spec import Search, StudyError, StudySpec, Trial
 from trainables.config import NUM_CLASSES, TRAIN_SETS
 
 GRIDS = ("tmap", "iqa", "ratios", "levels")  # grid ablations, in the order they run and are tabled
@@ -139,8 +129,6 @@ def check_flags(args) -> list[str]:
                        ("level_splits", "ratios")):
         if getattr(args, flag) is not None and not getattr(args, grid):
             raise StudyError(f"--{flag.replace('_', '-')} belongs to --{grid}")
-    if args.name == NAME_PLACEHOLDER:
-        args.name = "ablate-" + "-".join(what)
     return what
 
 
@@ -173,10 +161,11 @@ def matched_controls(args, base: dict) -> dict[int, tuple[float, float]]:
     return out
 
 
-def build(args):
-    """(grid trials, the search or None, plan lines); every value is checked before anything runs."""
+def build(args, data: str):
+    """(grid trials, the search or None, plan lines) on `data` (--data resolved); every value is
+    checked before anything runs."""
     fields = schedule_fields(args)
-    base = {**fields, "data": args.data, "train_set": args.train_set, "strategy": 0}
+    base = {**fields, "data": data, "train_set": args.train_set, "strategy": 0}
     grid_base = {**base, "val_size": val_size(args)}
     plan, todo = [], []
     for grid in [g for g in GRIDS if getattr(args, g)]:
@@ -208,7 +197,7 @@ def build(args):
         objective = args.objective or "mean"
         grace = ablate_search.grace_period(fields["epochs"])
         from trainables.data import load_split
-        pool = load_split(args.data, "train").images.shape[0]
+        pool = load_split(data, "train").images.shape[0]
         n_val = val_size(args, ablate_search.default_val_size(pool, fields.get("test_subset", 0)))
         if n_val == 0:
             raise StudyError("--val-size 0 is not allowed with --search: the search would select on the test "
@@ -265,11 +254,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def go():
-        what = check_flags(args)
-        spec = StudySpec.from_args(args)  # every flag of how the study runs, checked; args stop here
         from trainables.data import resolve_source
-        args.data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
-        trials, search, plan = build(args)
+
+        what = check_flags(args)
+        if args.name == NAME_PLACEHOLDER:  # the default name says what the study runs
+            args.name = "ablate-" + "-".join(what)
+        # the command's edge: the spec (every flag of how the study runs, checked; its flags as given are
+        # what the study records) and the trials, from the final values; nothing below reads args
+        spec = StudySpec.from_args(args)
+        data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
+        trials, search, plan = build(args, data)
 
         def analyse(parent_run_id, out):
             from analysis.ablate import build_ablate, format_console
