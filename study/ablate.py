@@ -166,7 +166,16 @@ def build(args, data: str):
     checked before anything runs."""
     fields = schedule_fields(args)
     base = {**fields, "data": data, "train_set": args.train_set, "strategy": 0}
-    grid_base = {**base, "val_size": val_size(args)}
+    trials, plan = grid_trials(args, {**base, "val_size": val_size(args)})
+    search = None
+    if args.search:
+        search, lines = build_search(args, base, fields)
+        plan += lines
+    return trials, search, plan
+
+
+def grid_trials(args, grid_base: dict) -> tuple[list[Trial], list[str]]:
+    """The trials of the chosen grids (their union, in GRIDS order) and their plan lines."""
     plan, todo = [], []
     for grid in [g for g in GRIDS if getattr(args, g)]:
         settings = grid_settings(args, grid)
@@ -192,44 +201,48 @@ def build(args, data: str):
             tags.update(matched_mean_t=repr(mean_t), matched_to=json.dumps(ablate_iqa.MATCH_TO, sort_keys=True))
         trials.append(Trial(f"{grid}-{slug(st['setting'])}-seed{seed}", cfg, tags,
                             title=f"{grid} {st['setting']} seed{seed}"))
-    search = None
-    if args.search:
-        objective = args.objective or "mean"
-        grace = ablate_search.grace_period(fields["epochs"])
-        from trainables.data import load_split
-        pool = load_split(data, "train").images.shape[0]
-        n_val = val_size(args, ablate_search.default_val_size(pool, fields.get("test_subset", 0)))
-        if n_val == 0:
-            raise StudyError("--val-size 0 is not allowed with --search: the search would select on the test "
-                             "sets; allowed: an integer >= 1 (default: "
-                             f"{ablate_search.default_val_size(pool, fields.get('test_subset', 0))})")
-        search_base = make_config({**base, **seed_fields(args, 0), "val_size": n_val, "eval_every": grace,
-                                   "regularization": "iqa_ls"})
-        space = json.dumps(ablate_search.SPACE, sort_keys=True)
-        search = Search(base=search_base, n_trials=args.trials, suggest=ablate_search.suggest,
-                        objective_of=ablate_search.OBJECTIVES[objective], grace_period=grace,
-                        reduction_factor=ablate_search.REDUCTION_FACTOR, sampler_seed=ablate_search.SAMPLER_SEED,
-                        tags={"ablation": "search"},
-                        parent_tags={"search": json.dumps({
-                            "searcher": args.search, "trials": args.trials, "objective": objective,
-                            "objective_of": list(ablate_search.OBJECTIVES[objective]),
-                            "grace_period": grace, "reduction_factor": ablate_search.REDUCTION_FACTOR,
-                            "sampler_seed": ablate_search.SAMPLER_SEED, "space": json.loads(space),
-                            "conditional": ablate_search.CONDITIONAL}, sort_keys=True)})
-        rungs = []
-        r = grace
-        while r < fields["epochs"]:
-            rungs.append(r)
-            r *= ablate_search.REDUCTION_FACTOR
-        plan.append(f"--search optuna: {args.trials} trials (TPE, seed {ablate_search.SAMPLER_SEED}) over the T "
-                    f"family + parameters and the pristine share; objective {objective} = min of "
-                    f"{', '.join(ablate_search.OBJECTIVES[objective])}; evaluated every {grace} epoch(s); ASHA "
-                    f"stops at epochs {', '.join(map(str, rungs)) or '(none: too few epochs)'} the trials "
-                    f"below the best 1/{ablate_search.REDUCTION_FACTOR}; seed 0; keys search-<n>")
-        plan.append(f"--search selects on a validation split of {n_val} images held out of the {pool}-image "
-                    "training pool (never trained on; val_* metrics); the test sets are evaluated once, at "
-                    "each trial's last epoch, and only reported")
-    return trials, search, plan
+    return trials, plan
+
+
+def build_search(args, base: dict, fields: dict) -> tuple[Search, list[str]]:
+    """--search optuna: the Search (selecting on a validation split) and its plan lines."""
+    from trainables.data import load_split
+
+    objective = args.objective or "mean"
+    grace = ablate_search.grace_period(fields["epochs"])
+    pool = load_split(base["data"], "train").images.shape[0]
+    n_val = val_size(args, ablate_search.default_val_size(pool, fields.get("test_subset", 0)))
+    if n_val == 0:
+        raise StudyError("--val-size 0 is not allowed with --search: the search would select on the test "
+                         "sets; allowed: an integer >= 1 (default: "
+                         f"{ablate_search.default_val_size(pool, fields.get('test_subset', 0))})")
+    search_base = make_config({**base, **seed_fields(args, 0), "val_size": n_val, "eval_every": grace,
+                               "regularization": "iqa_ls"})
+    space = json.dumps(ablate_search.SPACE, sort_keys=True)
+    search = Search(base=search_base, n_trials=args.trials, suggest=ablate_search.suggest,
+                    objective_of=ablate_search.OBJECTIVES[objective], grace_period=grace,
+                    reduction_factor=ablate_search.REDUCTION_FACTOR, sampler_seed=ablate_search.SAMPLER_SEED,
+                    tags={"ablation": "search"},
+                    parent_tags={"search": json.dumps({
+                        "searcher": args.search, "trials": args.trials, "objective": objective,
+                        "objective_of": list(ablate_search.OBJECTIVES[objective]),
+                        "grace_period": grace, "reduction_factor": ablate_search.REDUCTION_FACTOR,
+                        "sampler_seed": ablate_search.SAMPLER_SEED, "space": json.loads(space),
+                        "conditional": ablate_search.CONDITIONAL}, sort_keys=True)})
+    rungs = []
+    r = grace
+    while r < fields["epochs"]:
+        rungs.append(r)
+        r *= ablate_search.REDUCTION_FACTOR
+    return search, [
+        f"--search optuna: {args.trials} trials (TPE, seed {ablate_search.SAMPLER_SEED}) over the T "
+        f"family + parameters and the pristine share; objective {objective} = min of "
+        f"{', '.join(ablate_search.OBJECTIVES[objective])}; evaluated every {grace} epoch(s); ASHA "
+        f"stops at epochs {', '.join(map(str, rungs)) or '(none: too few epochs)'} the trials "
+        f"below the best 1/{ablate_search.REDUCTION_FACTOR}; seed 0; keys search-<n>",
+        f"--search selects on a validation split of {n_val} images held out of the {pool}-image "
+        "training pool (never trained on; val_* metrics); the test sets are evaluated once, at "
+        "each trial's last epoch, and only reported"]
 
 
 def main(argv=None) -> int:
