@@ -27,19 +27,9 @@ from search_spaces import (
     ablate_search,
     ablate_tmap,
 )
-from study.runner import (
-    Search,
-    StudyError,
-    Trial,
-    add_common_flags,
-    main_wrapper,
-    make_config,
-    run_study,
-    schedule_fields,
-    seed_fields,
-    val_size,
-)
-from study.spec import StudySpec
+from study.flags import add_common_flags, make_config, schedule_fields, seed_fields, val_size
+from study.runner import main_wrapper, run_study
+from study.spec import Search, StudyError, StudySpec, Trial
 from trainables.config import NUM_CLASSES, TRAIN_SETS
 
 GRIDS = ("tmap", "iqa", "ratios", "levels")  # grid ablations, in the order they run and are tabled
@@ -139,8 +129,6 @@ def check_flags(args) -> list[str]:
                        ("level_splits", "ratios")):
         if getattr(args, flag) is not None and not getattr(args, grid):
             raise StudyError(f"--{flag.replace('_', '-')} belongs to --{grid}")
-    if args.name == NAME_PLACEHOLDER:
-        args.name = "ablate-" + "-".join(what)
     return what
 
 
@@ -173,11 +161,21 @@ def matched_controls(args, base: dict) -> dict[int, tuple[float, float]]:
     return out
 
 
-def build(args):
-    """(grid trials, the search or None, plan lines); every value is checked before anything runs."""
+def build(args, data: str):
+    """(grid trials, the search or None, plan lines) on `data` (--data resolved); every value is
+    checked before anything runs."""
     fields = schedule_fields(args)
-    base = {**fields, "data": args.data, "train_set": args.train_set, "strategy": 0}
-    grid_base = {**base, "val_size": val_size(args)}
+    base = {**fields, "data": data, "train_set": args.train_set, "strategy": 0}
+    trials, plan = grid_trials(args, {**base, "val_size": val_size(args)})
+    search = None
+    if args.search:
+        search, lines = build_search(args, base, fields)
+        plan += lines
+    return trials, search, plan
+
+
+def grid_trials(args, grid_base: dict) -> tuple[list[Trial], list[str]]:
+    """The trials of the chosen grids (their union, in GRIDS order) and their plan lines."""
     plan, todo = [], []
     for grid in [g for g in GRIDS if getattr(args, g)]:
         settings = grid_settings(args, grid)
@@ -203,44 +201,48 @@ def build(args):
             tags.update(matched_mean_t=repr(mean_t), matched_to=json.dumps(ablate_iqa.MATCH_TO, sort_keys=True))
         trials.append(Trial(f"{grid}-{slug(st['setting'])}-seed{seed}", cfg, tags,
                             title=f"{grid} {st['setting']} seed{seed}"))
-    search = None
-    if args.search:
-        objective = args.objective or "mean"
-        grace = ablate_search.grace_period(fields["epochs"])
-        from trainables.data import load_split
-        pool = load_split(args.data, "train").images.shape[0]
-        n_val = val_size(args, ablate_search.default_val_size(pool, fields.get("test_subset", 0)))
-        if n_val == 0:
-            raise StudyError("--val-size 0 is not allowed with --search: the search would select on the test "
-                             "sets; allowed: an integer >= 1 (default: "
-                             f"{ablate_search.default_val_size(pool, fields.get('test_subset', 0))})")
-        search_base = make_config({**base, **seed_fields(args, 0), "val_size": n_val, "eval_every": grace,
-                                   "regularization": "iqa_ls"})
-        space = json.dumps(ablate_search.SPACE, sort_keys=True)
-        search = Search(base=search_base, n_trials=args.trials, suggest=ablate_search.suggest,
-                        objective_of=ablate_search.OBJECTIVES[objective], grace_period=grace,
-                        reduction_factor=ablate_search.REDUCTION_FACTOR, sampler_seed=ablate_search.SAMPLER_SEED,
-                        tags={"ablation": "search"},
-                        parent_tags={"search": json.dumps({
-                            "searcher": args.search, "trials": args.trials, "objective": objective,
-                            "objective_of": list(ablate_search.OBJECTIVES[objective]),
-                            "grace_period": grace, "reduction_factor": ablate_search.REDUCTION_FACTOR,
-                            "sampler_seed": ablate_search.SAMPLER_SEED, "space": json.loads(space),
-                            "conditional": ablate_search.CONDITIONAL}, sort_keys=True)})
-        rungs = []
-        r = grace
-        while r < fields["epochs"]:
-            rungs.append(r)
-            r *= ablate_search.REDUCTION_FACTOR
-        plan.append(f"--search optuna: {args.trials} trials (TPE, seed {ablate_search.SAMPLER_SEED}) over the T "
-                    f"family + parameters and the pristine share; objective {objective} = min of "
-                    f"{', '.join(ablate_search.OBJECTIVES[objective])}; evaluated every {grace} epoch(s); ASHA "
-                    f"stops at epochs {', '.join(map(str, rungs)) or '(none: too few epochs)'} the trials "
-                    f"below the best 1/{ablate_search.REDUCTION_FACTOR}; seed 0; keys search-<n>")
-        plan.append(f"--search selects on a validation split of {n_val} images held out of the {pool}-image "
-                    "training pool (never trained on; val_* metrics); the test sets are evaluated once, at "
-                    "each trial's last epoch, and only reported")
-    return trials, search, plan
+    return trials, plan
+
+
+def build_search(args, base: dict, fields: dict) -> tuple[Search, list[str]]:
+    """--search optuna: the Search (selecting on a validation split) and its plan lines."""
+    from trainables.data import load_split
+
+    objective = args.objective or "mean"
+    grace = ablate_search.grace_period(fields["epochs"])
+    pool = load_split(base["data"], "train").images.shape[0]
+    n_val = val_size(args, ablate_search.default_val_size(pool, fields.get("test_subset", 0)))
+    if n_val == 0:
+        raise StudyError("--val-size 0 is not allowed with --search: the search would select on the test "
+                         "sets; allowed: an integer >= 1 (default: "
+                         f"{ablate_search.default_val_size(pool, fields.get('test_subset', 0))})")
+    search_base = make_config({**base, **seed_fields(args, 0), "val_size": n_val, "eval_every": grace,
+                               "regularization": "iqa_ls"})
+    space = json.dumps(ablate_search.SPACE, sort_keys=True)
+    search = Search(base=search_base, n_trials=args.trials, suggest=ablate_search.suggest,
+                    objective_of=ablate_search.OBJECTIVES[objective], grace_period=grace,
+                    reduction_factor=ablate_search.REDUCTION_FACTOR, sampler_seed=ablate_search.SAMPLER_SEED,
+                    tags={"ablation": "search"},
+                    parent_tags={"search": json.dumps({
+                        "searcher": args.search, "trials": args.trials, "objective": objective,
+                        "objective_of": list(ablate_search.OBJECTIVES[objective]),
+                        "grace_period": grace, "reduction_factor": ablate_search.REDUCTION_FACTOR,
+                        "sampler_seed": ablate_search.SAMPLER_SEED, "space": json.loads(space),
+                        "conditional": ablate_search.CONDITIONAL}, sort_keys=True)})
+    rungs = []
+    r = grace
+    while r < fields["epochs"]:
+        rungs.append(r)
+        r *= ablate_search.REDUCTION_FACTOR
+    return search, [
+        f"--search optuna: {args.trials} trials (TPE, seed {ablate_search.SAMPLER_SEED}) over the T "
+        f"family + parameters and the pristine share; objective {objective} = min of "
+        f"{', '.join(ablate_search.OBJECTIVES[objective])}; evaluated every {grace} epoch(s); ASHA "
+        f"stops at epochs {', '.join(map(str, rungs)) or '(none: too few epochs)'} the trials "
+        f"below the best 1/{ablate_search.REDUCTION_FACTOR}; seed 0; keys search-<n>",
+        f"--search selects on a validation split of {n_val} images held out of the {pool}-image "
+        "training pool (never trained on; val_* metrics); the test sets are evaluated once, at "
+        "each trial's last epoch, and only reported"]
 
 
 def main(argv=None) -> int:
@@ -265,11 +267,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def go():
-        what = check_flags(args)
-        spec = StudySpec.from_args(args)  # every flag of how the study runs, checked; args stop here
         from trainables.data import resolve_source
-        args.data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
-        trials, search, plan = build(args)
+
+        what = check_flags(args)
+        if args.name == NAME_PLACEHOLDER:  # the default name says what the study runs
+            args.name = "ablate-" + "-".join(what)
+        # the command's edge: the spec (every flag of how the study runs, checked; its flags as given are
+        # what the study records) and the trials, from the final values; nothing below reads args
+        spec = StudySpec.from_args(args)
+        data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
+        trials, search, plan = build(args, data)
 
         def analyse(parent_run_id, out):
             from analysis.ablate import build_ablate, format_console

@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 
 from analysis.schema import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, AnalysisError
-from study.runner import StudyError, main_wrapper
+from study.runner import main_wrapper
+from study.spec import StudyError
 from trainables.config import CIFAR10C_REGENERATE, ConfigError, TrialConfig
 
 TAG_KEY = "cifar10c"  # iqa_ls.cifar10c: the key of the evaluation logged to the run (JSON)

@@ -28,8 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-import pyarrow.fs as pafs
-
+from study.storage import Folder
 from trainables.config import TrialConfig
 from trainables.train import TrialError, load_checkpoint, recover_checkpoint, run_trial
 
@@ -49,12 +48,12 @@ FAULT_KINDS = {
 # logged when the trial wrote them: epoch 1's score histogram, the final evaluation's calibration bins,
 # the final model's CIFAR-10-C evaluation (trials with cifar10c set)
 OPTIONAL_ARTIFACTS = ("scores_hist.json", "calibration.json", "cifar10c.json")
-STRICT_METRICS_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 
 
 # ------------------------------------------------------------------ checkpoint storage
 class TrialStore:
-    """A trial's checkpoint folder on the study's storage (local/NFS path or a pyarrow URI).
+    """A trial's checkpoint folder on the study's storage (a local/NFS path or an object store URI:
+    study.storage).
 
     On a filesystem path the trial writes there directly; on object storage (s3://, gs://) it
     works in a local folder and uploads the files after every checkpoint.
@@ -62,63 +61,38 @@ class TrialStore:
 
     def __init__(self, uri: str):
         self.uri = uri
-        self.fs, self.path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-        self.remote = not isinstance(self.fs, pafs.LocalFileSystem)
-        self.work_dir = Path(tempfile.mkdtemp(prefix="iqa-ls-ckpt-")) if self.remote else Path(self.path)
+        self.folder = Folder(uri)
+        self.remote = not self.folder.local
+        self.work_dir = Path(tempfile.mkdtemp(prefix="iqa-ls-ckpt-")) if self.remote else Path(self.folder.path)
 
     def pull(self) -> Path:
+        """The trial's files as a local folder (the trial resumes from it; the driver logs the final
+        artifacts from it)."""
         if self.remote:
-            info = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-            for f in info:
-                if f.type == pafs.FileType.File and f.base_name != OWNER_FILE:
-                    pafs.copy_files(f.path, str(self.work_dir / f.base_name), source_filesystem=self.fs,
-                                    destination_filesystem=pafs.LocalFileSystem())
+            self.folder.download(self.work_dir, skip=(OWNER_FILE,))
         return self.work_dir
 
     def push(self) -> None:
-        if self.remote:
-            for f in self.work_dir.iterdir():
-                if f.name == OWNER_FILE:  # written in place by claim(); a local copy would be stale
-                    continue
-                pafs.copy_files(str(f), f"{self.path}/{f.name}", source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self.fs)
-
-    def fetch(self) -> Path:
-        """The trial's files as a local folder (the driver logs the final artifacts from it)."""
-        return self.pull()
+        if self.remote:  # OWNER_FILE is written in place by claim(): a local copy would be stale
+            self.folder.upload(self.work_dir, skip=(OWNER_FILE,))
 
     def claim(self, info: dict) -> str:
-        """Make the caller the folder's owner (the last claim wins); returns its token."""
+        """Make the caller the folder's owner (the last claim wins); returns its token. Readers see
+        the old owner or the new, never half of one."""
         token = uuid.uuid4().hex
-        data = json.dumps({"token": token, **info}, sort_keys=True).encode()
-        if self.remote:
-            with self.fs.open_output_stream(f"{self.path}/{OWNER_FILE}") as f:
-                f.write(data)
-        else:
-            folder = Path(self.path)
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{OWNER_FILE}.{token}.tmp"
-            tmp.write_bytes(data)
-            os.replace(tmp, folder / OWNER_FILE)  # readers see the old owner or the new, never half
+        self.folder.write_text(OWNER_FILE, json.dumps({"token": token, **info}, sort_keys=True))
         return token
 
     def owner(self) -> dict:
         """The current owner record ({} if none or unreadable)."""
         try:
-            if self.remote:
-                with self.fs.open_input_stream(f"{self.path}/{OWNER_FILE}") as f:
-                    return json.loads(f.read())
-            return json.loads((Path(self.path) / OWNER_FILE).read_text())
+            return json.loads(self.folder.read_text(OWNER_FILE) or "{}")
         except (OSError, ValueError):
             return {}
 
 
 class Superseded(RuntimeError):
     """Another copy of this trial claimed its folder: this one stops without reporting."""
-
-
-def trial_store_uri(storage: str, study: str, key: str) -> str:
-    return f"{storage.rstrip('/')}/{study}/trials/{key}"
 
 
 def parse_faults(value: str | None, keys) -> dict[str, str]:
@@ -162,7 +136,7 @@ def run_spec(spec: dict, emit, node: str) -> None:
     parent_dir = None
     if cfg.finetune and start_epoch < cfg.first_epoch:
         # no checkpoint of its own: it starts from its parent's final weights (run_trial checks them)
-        parent_dir = TrialStore(spec["parent_store"]).fetch() if spec.get("parent_store") else None
+        parent_dir = TrialStore(spec["parent_store"]).pull() if spec.get("parent_store") else None
         start_epoch = cfg.first_epoch
     token = store.claim({"node": node, "pid": os.getpid(), "since": time.time(), "start_epoch": start_epoch})
     first = True
@@ -363,7 +337,7 @@ class Recording:
         """The attempt resumed past the last epoch MLflow holds (the node or the driver died between
         a checkpoint and its report): log the missing epochs from the checkpoint's history."""
         store = TrialStore(store_uri)
-        local = store.fetch()
+        local = store.pull()
         try:
             state = load_checkpoint(local)
             if state:
@@ -382,7 +356,7 @@ class Recording:
 
     def _complete(self, spec: dict, last: dict, packed: bool) -> None:
         store = TrialStore(spec["store"])
-        local = store.fetch()
+        local = store.pull()
         try:
             files = [local / a for a in ARTIFACTS if (local / a).exists()]
             extra = [local / a for a in OPTIONAL_ARTIFACTS if (local / a).exists()]

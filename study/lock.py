@@ -32,6 +32,8 @@ import time
 import uuid
 from pathlib import Path
 
+from study.storage import Folder
+
 LOCK_FILE = "driver.lock"
 BREAK_FILE = "driver.lock.break"
 REMOTE_SETTLE_S = 2.0  # object storage: wait before reading our lock back
@@ -91,36 +93,23 @@ def describe(holder: dict) -> str:
 
 
 class StudyLock:
-    """The lock of study folder `folder` (a local path or a pyarrow filesystem URI)."""
+    """The lock of study folder `folder` (a local path or an object store URI: study.storage)."""
 
     def __init__(self, folder: str):
-        self.folder = folder.rstrip("/")
-        self.remote = "://" in folder
+        self.store = Folder(folder)
+        self.folder = self.store.uri
+        self.remote = not self.store.local
         self.path = f"{self.folder}/{LOCK_FILE}"
         self.holder: dict | None = None  # ours, while we hold it
         self.made: list[Path] = []  # folders we created (removed again on release when empty)
         self.broke: str | None = None  # what we found and broke, for the plan
 
     # -------------------------------------------------------------- file access
-    def _fs(self):
-        import pyarrow.fs as pafs
-        return pafs.FileSystem.from_uri(self.path)
-
     def read(self) -> dict | None:
         """The lock's content: None if there is no lock; {} if it is unreadable (half written)."""
-        try:
-            if self.remote:
-                fs, p = self._fs()
-                with fs.open_input_stream(p) as f:
-                    text = f.read().decode()
-            else:
-                text = Path(self.path).read_text()
-        except FileNotFoundError:
+        text = self.store.read_text(LOCK_FILE)
+        if text is None:
             return None
-        except OSError as e:
-            if self.remote and any(w in str(e).lower() for w in ("not found", "does not exist", "no such")):
-                return None
-            raise
         try:
             data = json.loads(text)
             return data if isinstance(data, dict) else {}
@@ -175,10 +164,7 @@ class StudyLock:
             return self._create_local(Path(self.path), me)
         if self.read() is not None:
             return False
-        fs, p = self._fs()
-        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(p) as f:
-            f.write(json.dumps(me, sort_keys=True).encode())
+        self.store.write_text(LOCK_FILE, json.dumps(me, sort_keys=True))
         time.sleep(REMOTE_SETTLE_S)  # a racing driver's write lands in this window: then one loses
         return (self.read() or {}).get("token") == me["token"]
 
@@ -186,8 +172,7 @@ class StudyLock:
         """Remove a stale lock, but only the one we judged stale (its token), under BREAK_FILE."""
         if self.remote:
             if (self.read() or {}).get("token") == stale.get("token"):
-                fs, p = self._fs()
-                fs.delete_file(p)
+                self.store.delete(LOCK_FILE)
             self.broke = f"broke a stale lock of {describe(stale)}: {why}"
             return
         brk = Path(self.folder) / BREAK_FILE
@@ -201,7 +186,7 @@ class StudyLock:
             return
         try:
             if (self.read() or {}).get("token") == stale.get("token"):
-                Path(self.path).unlink(missing_ok=True)
+                self.store.delete(LOCK_FILE)
                 self.broke = f"broke a stale lock of {describe(stale)}: {why}"
         finally:
             brk.unlink(missing_ok=True)
@@ -213,11 +198,7 @@ class StudyLock:
             return
         try:
             if (self.read() or {}).get("token") == self.holder["token"]:
-                if self.remote:
-                    fs, p = self._fs()
-                    fs.delete_file(p)
-                else:
-                    Path(self.path).unlink(missing_ok=True)
+                self.store.delete(LOCK_FILE)
         finally:
             self.holder = None
             self._remove_made()

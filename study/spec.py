@@ -1,4 +1,8 @@
-"""The study's own settings, as a trial's are a TrialConfig: one frozen, validated spec built once from
+"""The study's data types: its settings (`StudySpec`), its trials (`Trial`), its search (`Search`), the
+state its steps hand on (`StudyRun`) and its one-line refusals (`StudyError`, `SpecError`,
+`TrackingLost`).
+
+The study's own settings, as a trial's are a TrialConfig: one frozen, validated spec built once from
 the command's flags (`StudySpec.from_args`), the argparse Namespace stopping at the command's edge.
 
 A study command turns its flags into trials (TrialConfigs: what each trial trains) and a StudySpec
@@ -14,6 +18,10 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from trainables.config import TrialConfig
 
 EXECUTORS = ("ray", "local")
 PACK_MODES = ("auto", "on", "off")
@@ -26,6 +34,62 @@ DEVICE_PATTERN = r"auto|cpu|cuda|cuda:\d+"
 
 class SpecError(ValueError):
     """A bad study flag; the one-line message names it, its value and what is allowed."""
+
+
+class StudyError(RuntimeError):
+    """Refused before any trial starts; the message is the one line the user sees."""
+
+
+@dataclass
+class Trial:
+    key: str  # unique within the study: names the checkpoint folder, tags the MLflow run
+    config: TrialConfig
+    tags: dict = field(default_factory=dict)  # extra MLflow tags (e.g. setting, ablation)
+    title: str = ""  # the MLflow run name, e.g. "s3 IQA-LS MIX_blur seed0" (default: the key)
+
+
+@dataclass
+class Search:
+    """An adaptive search a study runs after its grid trials (`study.tuning.run_search`): Optuna
+    proposes each trial's TrialConfig fields through `suggest`, ASHA stops weak trials early. The
+    trials report the objective (min of `objective_of`) on the epochs they evaluate."""
+    base: TrialConfig  # what every search trial shares (schedule, data, seed, eval_every)
+    n_trials: int
+    suggest: Callable  # (Optuna trial) -> (TrialConfig field overrides, extra MLflow tags)
+    objective_of: tuple  # reported metric names; objective = their minimum
+    grace_period: int = 1  # ASHA: epochs before the first stop; an epoch the trials evaluate
+    reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
+    sampler_seed: int = 0  # TPE sampler seed
+    key_format: str = "search-{n}"  # trial key from the Optuna trial number n
+    metric: str = "objective"
+    mode: str = "max"
+    tags: dict = field(default_factory=dict)  # MLflow tags of every search trial
+    parent_tags: dict = field(default_factory=dict)  # MLflow tags of the study's parent run
+
+    def __post_init__(self):
+        # selection reads the validation split only: an objective on a test metric would fit the
+        # choice to the test set that is then reported as if it were independent of it
+        from trainables.train import VAL_PREFIX
+
+        test = [m for m in self.objective_of if not m.startswith(VAL_PREFIX)]
+        if test:
+            raise StudyError(f"search objective {test} is not allowed; allowed: validation metrics "
+                             f"({VAL_PREFIX}*, e.g. {VAL_PREFIX}acc_mean_all): the test sets only report")
+        if not self.base.val_size:
+            raise StudyError("a search needs a validation split (val_size >= 1); allowed: --val-size N >= 1")
+
+    def key(self, number: int) -> str:
+        return self.key_format.format(n=number)
+
+    @property
+    def evals(self) -> int:
+        """Evaluations a search trial that is not stopped early makes (for the time estimate)."""
+        e, every = self.base.epochs, self.base.eval_every
+        return len({k for k in range(1, e + 1) if k == e or (every and k % every == 0)})
+
+
+class TrackingLost(RuntimeError):
+    """The tracking store stopped answering mid-study; the message is the one line the user sees."""
 
 
 @dataclass(frozen=True)
@@ -81,43 +145,9 @@ class StudySpec:
         if cuda_available is None:
             import torch
             cuda_available = torch.cuda.is_available()
-        name = args.name
-        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-            raise SpecError(f"--name {name!r} is not allowed; allowed: 1-100 characters of A-Z a-z 0-9 . _ -, "
-                            "starting with a letter or digit")
-        executor = getattr(args, "executor", "ray")
-        if executor not in EXECUTORS:
-            raise SpecError(f"--executor {executor} is not allowed; allowed: {', '.join(EXECUTORS)}")
-        device, address = args.device, args.address
-        if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
-            raise SpecError(f"--device {device} is not allowed; allowed: auto, cpu, cuda, cuda:N")
-        if executor == "local" and address:
-            raise SpecError(f"--address {address} is not allowed with --executor local (it runs in this process); "
-                            "allowed: --executor ray --address ...")
-        if device.startswith("cuda:") and address:
-            raise SpecError(f"--device {device} is not allowed with --address: Ray gives each trial its GPU; "
-                            "allowed: --device cuda (or auto, cpu)")
-        if device.startswith("cuda") and not address and not cuda_available:
-            raise SpecError(f"--device {device}: CUDA is not available on this machine; allowed here: auto, cpu")
-        if device.startswith("cuda:"):
-            import torch
-            n = torch.cuda.device_count()
-            if int(device[5:]) >= n:
-                raise SpecError(f"--device {device}: this machine has {n} visible GPU(s); allowed: cuda:0 .. "
-                                f"cuda:{n - 1}")
-        for flag, v, ok, allowed in (
-                ("--cpus-per-trial", args.cpus_per_trial, args.cpus_per_trial is None or args.cpus_per_trial > 0,
-                 "a number > 0"),
-                ("--gpus-per-trial", args.gpus_per_trial, args.gpus_per_trial is None or args.gpus_per_trial >= 0,
-                 "a number >= 0"),
-                ("--pack", args.pack, args.pack in PACK_MODES, ", ".join(PACK_MODES)),
-                ("--pack-size", args.pack_size, args.pack_size >= 1, "an integer >= 1"),
-                ("--max-failures", args.max_failures, args.max_failures >= 0, "an integer >= 0"),
-                ("--progress-every", args.progress_every, args.progress_every > 0, "a number of seconds > 0"),
-                ("--precision", getattr(args, "precision", "auto"), getattr(args, "precision", "auto")
-                 in PRECISION_CHOICES, ", ".join(PRECISION_CHOICES))):
-            if not ok:
-                raise SpecError(f"{flag} {v} is not allowed; allowed: {allowed}")
+        name, executor, device, address = args.name, getattr(args, "executor", "ray"), args.device, args.address
+        _check_where(name, executor, device, address, cuda_available)
+        _check_numbers(args)
         cuda = device.startswith("cuda") or (device == "auto" and cuda_available)
         # packing (trainables.packed): the grid's trials that share a schedule train as one model; worth
         # it on a GPU (one small model leaves it idle), not on a CPU (no idle units to fill)
@@ -142,8 +172,84 @@ class StudySpec:
                    estimate_only=bool(getattr(args, "estimate_only", False)), flags=flags, command=command)
 
 
+def _check_where(name, executor, device, address, cuda_available: bool) -> None:
+    """The study's name, executor, device and cluster address, and how they go together."""
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise SpecError(f"--name {name!r} is not allowed; allowed: 1-100 characters of A-Z a-z 0-9 . _ -, "
+                        "starting with a letter or digit")
+    if executor not in EXECUTORS:
+        raise SpecError(f"--executor {executor} is not allowed; allowed: {', '.join(EXECUTORS)}")
+    if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
+        raise SpecError(f"--device {device} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+    if executor == "local" and address:
+        raise SpecError(f"--address {address} is not allowed with --executor local (it runs in this process); "
+                        "allowed: --executor ray --address ...")
+    if device.startswith("cuda:") and address:
+        raise SpecError(f"--device {device} is not allowed with --address: Ray gives each trial its GPU; "
+                        "allowed: --device cuda (or auto, cpu)")
+    if device.startswith("cuda") and not address and not cuda_available:
+        raise SpecError(f"--device {device}: CUDA is not available on this machine; allowed here: auto, cpu")
+    if device.startswith("cuda:"):
+        import torch
+        n = torch.cuda.device_count()
+        if int(device[5:]) >= n:
+            raise SpecError(f"--device {device}: this machine has {n} visible GPU(s); allowed: cuda:0 .. "
+                            f"cuda:{n - 1}")
+
+
+def _check_numbers(args) -> None:
+    """The resources, packing, cadence and precision flags."""
+    for flag, v, ok, allowed in (
+            ("--cpus-per-trial", args.cpus_per_trial, args.cpus_per_trial is None or args.cpus_per_trial > 0,
+             "a number > 0"),
+            ("--gpus-per-trial", args.gpus_per_trial, args.gpus_per_trial is None or args.gpus_per_trial >= 0,
+             "a number >= 0"),
+            ("--pack", args.pack, args.pack in PACK_MODES, ", ".join(PACK_MODES)),
+            ("--pack-size", args.pack_size, args.pack_size >= 1, "an integer >= 1"),
+            ("--max-failures", args.max_failures, args.max_failures >= 0, "an integer >= 0"),
+            ("--progress-every", args.progress_every, args.progress_every > 0, "a number of seconds > 0"),
+            ("--precision", getattr(args, "precision", "auto"), getattr(args, "precision", "auto")
+             in PRECISION_CHOICES, ", ".join(PRECISION_CHOICES))):
+        if not ok:
+            raise SpecError(f"{flag} {v} is not allowed; allowed: {allowed}")
+
+
 def _command_argv() -> list[str]:
     """The command line as typed: `-m module` for a module run (sys.argv[0] is then its file path)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     return (["-m", spec.name] if spec is not None and spec.name else [sys.argv[0]]) + sys.argv[1:]
+
+
+@dataclass
+class StudyRun:
+    """The study as this command runs it, handed from step to step by `study.runner.run_study`: the
+    checked spec and trials (on the run's device, threads and precision), what the checks found, then
+    the lock and the records once they are taken and opened."""
+    spec: StudySpec
+    kind: str  # e.g. "table2", "ablate-tmap"
+    trials: list[Trial]
+    search: Search | None
+    storage: str  # --storage checked (study.storage.check_storage): a local folder made absolute, or a URI
+    train: Any  # the training split (trainables.data), for the plan and the parent run's tags
+    n_test: int  # images of the test split
+    faults: dict  # trial key -> fault kind (IQA_LS_FAULT: tests only)
+    settings: dict  # what defines the study, as its manifest records it (study.resume.study_settings)
+    out: Path  # tables and plots
+    started: float  # time.time() when this command started
+    lock: Any = None  # the driver lock (study.lock.StudyLock); None with --estimate-only
+    rec: Any = None  # the records (study.tracking.StudyRecorder); None: an estimate with no store yet
+
+    @property
+    def n_search(self) -> int:
+        return self.search.n_trials if self.search is not None else 0
+
+    @property
+    def n_trials(self) -> int:
+        """The grid's trials and the search's."""
+        return len(self.trials) + self.n_search
+
+    @property
+    def first_config(self) -> TrialConfig:
+        """The config the plan describes and the probe measures: the grid's first, else the search's."""
+        return self.trials[0].config if self.trials else self.search.base

@@ -13,18 +13,9 @@ import argparse
 import sys
 
 from search_spaces import table2 as space
-from study.runner import (
-    StudyError,
-    Trial,
-    add_common_flags,
-    main_wrapper,
-    make_config,
-    run_study,
-    schedule_fields,
-    seed_fields,
-    val_size,
-)
-from study.spec import StudySpec
+from study.flags import add_common_flags, make_config, schedule_fields, seed_fields, val_size
+from study.runner import main_wrapper, run_study
+from study.spec import StudyError, StudySpec, Trial
 from trainables.config import PROTOCOLS
 
 
@@ -33,17 +24,17 @@ def trial_tags(config: dict) -> dict:
     return {**tags, "protocol": config.get("protocol", "scratch")}
 
 
-def build_trials(args) -> list[Trial]:
+def build_trials(args, data: str | None = None) -> list[Trial]:
     """The grid of the flags: the chosen strategies (--strategies) x seeds, from scratch, and with
     --protocol finetune each chosen IQA-LS strategy fine-tuned from its Original's final weights (key
     `s9-seed0-ft`), with --finetune-control each such Original continued one-hot as long
-    (`s8-seed0-ft`: the epochs control)."""
+    (`s8-seed0-ft`: the epochs control). `data`: --data resolved (default: as given)."""
     fields = {**schedule_fields(args), "val_size": val_size(args)}
     plan = space.plan(args.seeds, strategies=parse_strategies(getattr(args, "strategies", None)),
                       protocols=parse_protocols(getattr(args, "protocol", None)),
                       control=bool(getattr(args, "finetune_control", False)))
     tune = finetune_fields(args, fields["epochs"], any(t.get("protocol") == "finetune" for t in plan))
-    data = args.data
+    data = data if data is not None else args.data
     return [Trial(space.key(t), make_config({**fields, **t, **seed_fields(args, t["seed"]), "data": data,
                                              **(tune if t.get("protocol") == "finetune" else {})}),
                   title=space.title(t["strategy"], t["seed"], t.get("protocol", "scratch")))
@@ -128,10 +119,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def go():
-        spec = StudySpec.from_args(args)  # every flag of how the study runs, checked; args stop here
         from trainables.data import resolve_source
-        args.data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
-        trials = build_trials(args)
+
+        # the command's edge: the spec (every flag of how the study runs, checked; its flags as given are
+        # what the study records) and the trials, from the final values; nothing below reads args
+        spec = StudySpec.from_args(args)
+        data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
+        trials = build_trials(args, data)
 
         def analyse(parent_run_id, out):
             from analysis.table2 import build_table2, format_console

@@ -20,6 +20,7 @@ from ray import tune
 from ray.tune.stopper import Stopper
 
 from study.execution import Progress, Recording, members_of, phases, run_spec, without_orphans
+from study.storage import absolute
 
 STRICT_METRICS_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 
@@ -136,7 +137,7 @@ def run_tuner(specs: list[dict], *, name: str, storage: str, resources: dict, ca
               param_space=None, num_samples: int = 1, stop=None):
     """Run the trials; returns Ray's ResultGrid. `specs` are grid-searched unless `param_space`
     (with a search algorithm) is given."""
-    storage_path = storage if "://" in storage else str(Path(storage).resolve())
+    storage_path = absolute(storage)
     space = param_space if param_space is not None else {"trial": tune.grid_search(specs)}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
@@ -181,7 +182,7 @@ def _optuna_search_class():
 
 def run_search(search, spec_of, *, name: str, storage: str, resources: dict, callbacks: list,
                max_failures: int = 3, stop=None):
-    """Run `search` (a study.runner.Search): Optuna's TPE sampler (Ray Tune's OptunaSearch, define-by-run)
+    """Run `search` (a study.spec.Search): Optuna's TPE sampler (Ray Tune's OptunaSearch, define-by-run)
     proposes the fields of each trial; ASHA (time = epoch) stops weak trials at its rungs, which are
     epochs the search trials evaluate. Trial key = `search.key(Optuna trial number)`, numbers counted
     in the order Optuna is asked, so a Ray restart of a trial finds its checkpoint folder again.

@@ -159,7 +159,7 @@ def test_a_fine_tune_without_a_finished_matching_parent_is_refused_never_trained
 
 
 def test_a_pack_refuses_a_fine_tune_and_make_packs_runs_it_alone():
-    from study.runner import make_packs
+    from study.plan import make_packs
     from trainables.packed import PackError, check_packable
 
     with pytest.raises(PackError, match="protocol='finetune' is not allowed in a pack"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from study import execution, runner
+from study import execution, plan
 from study.table2 import main as table2_main
 from trainables.config import TrialConfig
 from trainables.train import run_trial
@@ -44,7 +44,7 @@ def test_make_packs_groups_by_schedule_and_cadence_in_grid_order(tmp_path):
     specs = [spec(f"a{i}", tiny(seed=i), tmp_path) for i in range(5)]
     specs += [spec("lr", tiny(lr=0.05), tmp_path), spec("ck", tiny(checkpoint_every=2), tmp_path),
               spec("lr2", tiny(lr=0.05, seed=3), tmp_path)]
-    packs = runner.make_packs(specs, size=3)
+    packs = plan.make_packs(specs, size=3)
     members = [[m["key"] for m in execution.members_of(p)] for p in packs]
     assert members == [["a0", "a1", "a2"], ["a3", "a4"], ["lr", "lr2"], ["ck"]]
     assert "members" not in packs[-1] and packs[-1] is specs[6]  # a pack of one is a plain trial
@@ -52,7 +52,7 @@ def test_make_packs_groups_by_schedule_and_cadence_in_grid_order(tmp_path):
         assert all(m["tags"]["pack"] == p["key"] and m["tags"]["pack_size"] == len(p["members"])
                    and m["tags"]["setting"] == m["key"] for m in p["members"])
     assert len({p["key"] for p in packs[:3]}) == 3
-    assert [len(execution.members_of(p)) for p in runner.make_packs(specs, size=16)] == [5, 2, 1]
+    assert [len(execution.members_of(p)) for p in plan.make_packs(specs, size=16)] == [5, 2, 1]
 
 
 def test_pack_flags_are_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):

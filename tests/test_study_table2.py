@@ -168,7 +168,8 @@ def test_plan_counts_the_epochs_a_resume_leaves(tmp_path):
 
     import torch
 
-    from study.runner import Trial, epochs_left
+    from study.resume import epochs_left
+    from study.spec import Trial
     from trainables.config import TrialConfig
     from trainables.train import CHECKPOINT_FILE
     trials = [Trial(k, TrialConfig(epochs=10)) for k in ("a", "b", "c")]
@@ -194,7 +195,7 @@ def test_presets_scale_their_decay_step_with_the_epochs():
 
 
 def test_estimate_counts_rounds_on_cpu_and_adds_up_on_a_shared_device():
-    from study.runner import estimate_seconds
+    from study.plan import estimate_seconds
     assert estimate_seconds([10.0] * 9, parallel=2, shared_device=False) == 50.0  # 5 rounds, the last alone
     assert estimate_seconds([10.0] * 8, parallel=2, shared_device=False) == 40.0
     assert estimate_seconds([10.0, 30.0], parallel=4, shared_device=False) == 20.0  # one round, mean time
@@ -203,7 +204,7 @@ def test_estimate_counts_rounds_on_cpu_and_adds_up_on_a_shared_device():
 
 
 def test_probe_measures_training_and_evaluation_rates():
-    from study.runner import probe_throughput
+    from study.plan import probe_throughput
     from trainables.config import TrialConfig
     train_ips, eval_ips = probe_throughput(TrialConfig(), threads=1, device="cpu", seconds=0.5)
     # both measured, not assumed (their ratio is machine-dependent: 1.3x on the 2-core CPU here)
@@ -213,7 +214,7 @@ def test_probe_measures_training_and_evaluation_rates():
 def _table2_args(*flags):
     import argparse
 
-    from study.runner import add_common_flags
+    from study.flags import add_common_flags
     p = argparse.ArgumentParser()
     add_common_flags(p, "table2")
     args = p.parse_args(["--preset", "smoke", "--data", str(FIXTURE), *flags])
@@ -232,7 +233,7 @@ def test_the_training_subset_follows_the_trial_seed_unless_fixed():
 
 
 def test_grids_keep_the_full_pool_and_take_a_validation_split_only_when_asked():
-    from study.runner import StudyError
+    from study.spec import StudyError
     from study.table2 import build_trials
     assert {t.config.val_size for t in build_trials(_table2_args())} == {0}
     assert {t.config.val_size for t in build_trials(_table2_args("--val-size", "40"))} == {40}
@@ -241,7 +242,7 @@ def test_grids_keep_the_full_pool_and_take_a_validation_split_only_when_asked():
 
 
 def test_a_search_objective_on_test_metrics_is_refused():
-    from study.runner import Search, StudyError
+    from study.spec import Search, StudyError
     from trainables.config import TrialConfig
     base = TrialConfig(val_size=40)
     with pytest.raises(StudyError, match=r"search objective \['acc_mean_all'\] is not allowed"):

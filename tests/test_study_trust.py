@@ -170,8 +170,8 @@ def test_a_checkpoint_resumes_with_other_threads_cadence_and_device_spelling(tmp
 
 
 def test_resume_with_other_schedule_flags_is_refused_naming_flag_and_both_values():
-    from study.runner import Trial, check_resume_matches, study_settings
-    from study.runner import StudyError
+    from study.resume import check_resume_matches, study_settings
+    from study.spec import StudyError, Trial
 
     def settings(**flags):
         args = SimpleNamespace(preset="smoke", seeds=1, data="d", epochs=None, subset=None, test_subset=None,

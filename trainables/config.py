@@ -208,7 +208,7 @@ class TrialConfig:
     def defining(self) -> dict:
         """The config without RUN_FIELDS (below) and EVAL_FIELDS (what the final model is also evaluated
         on): what checkpoints, packs and a resumed trial compare. A resumed study still refuses other
-        CIFAR-10-C flags (study.runner: its recorded flags, check_resume_evaluation)."""
+        CIFAR-10-C flags (study.resume: its recorded flags, check_resume_evaluation)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUN_FIELDS and k not in EVAL_FIELDS}
 
     def defining_diff(self, other: "TrialConfig") -> list[tuple[str, object, object]]:

@@ -59,7 +59,7 @@ def pack_key(cfg: TrialConfig) -> tuple:
 
 def packable(cfg: TrialConfig) -> bool:
     """Whether a config may join a pack at all: a fine-tune (protocol "finetune") may not; it starts
-    from its parent's weights, which a pack does not load (study.runner.make_packs runs it alone)."""
+    from its parent's weights, which a pack does not load (study.plan.make_packs runs it alone)."""
     return not cfg.finetune
 
 
