@@ -80,7 +80,7 @@ class Search:
     def __post_init__(self):
         # selection reads the validation split only: an objective on a test metric would fit the
         # choice to the test set that is then reported as if it were independent of it
-        from trainables.train import VAL_PREFIX
+        from trainables.metric_names import VAL_PREFIX
 
         test = [m for m in self.objective_of if not m.startswith(VAL_PREFIX)]
         if test:
@@ -348,9 +348,8 @@ def _read_text(uri: str) -> str | None:
 
 def _write_text(uri: str, text: str) -> None:
     if "://" not in uri:
-        from trainables.train import _atomic_write_text
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(Path(uri), text)
+        from trainables.files import atomic_write_text
+        atomic_write_text(Path(uri), text)
         return
     import pyarrow.fs as pafs
     fs, path = pafs.FileSystem.from_uri(uri)
@@ -552,7 +551,7 @@ def epochs_left(spec, trials: list[Trial], rec, storage: str) -> tuple[dict[str,
     if not spec.resume:
         return {t.key: t.config.total_epochs - t.config.first_epoch for t in trials}, ""
     from study.execution import trial_store_uri
-    from trainables.train import load_checkpoint
+    from trainables.checkpoints import load_checkpoint
 
     finished = rec.recorded_finished_keys()
     left = {}
@@ -582,15 +581,10 @@ def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float
     training images/s (1.3x), not the ~3x a FLOP count suggests."""
     import torch
 
-    from trainables.labels import soft_cross_entropy
-    from trainables.train import (
-        EVAL_BATCH,
-        build_model,
-        build_optimizer,
-        numerics,
-        pick_device,
-        step_impl_for,
-    )
+    from trainables.device import numerics, pick_device, step_impl_for
+    from trainables.evaluation import EVAL_BATCH
+    from trainables.loop import Step, model_loss
+    from trainables.model import build_model, build_optimizer
 
     def rate(step, batch: int, budget: float) -> float:
         # warm-up steps: on CUDA a graph is captured on the first and the allocator settles over a few;
@@ -617,29 +611,14 @@ def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float
         models = [build_model(cfg.replace(seed=cfg.seed + k), dev) for k in range(members)]
         x = torch.randn(members, cfg.batch_size, 3, 32, 32, device=dev)
         q = torch.full((members, cfg.batch_size, 10), 0.1, device=dev)
-        if members > 1:
+        if members > 1:  # the training step of trainables.loop, as the trials run it
             from trainables.packed import Pack
-            pack = Pack.of_models(cfg, models)
-            step = pack.stepper(impl, amp)
-            train_ips = rate(lambda: step(x, q), members * cfg.batch_size, seconds)
+            step = Pack.of_models(cfg, models).stepper(impl, amp)
         else:
-            model, opt = models[0], build_optimizer(cfg, models[0])
-            xm = x[0].contiguous(memory_format=torch.channels_last) if cfg.channels_last else x[0]
-
-            def loss_fn(xb, qb):
-                with amp():
-                    logits = model(xb)
-                return soft_cross_entropy(logits.float(), qb), logits
-            if impl == "cuda_graph":
-                from trainables.fast import CapturedStep
-                step = CapturedStep(loss_fn, opt, list(model.parameters()))
-            else:
-                def step(xb, qb):
-                    loss, _ = loss_fn(xb, qb)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            train_ips = rate(lambda: step(xm, q[0]), cfg.batch_size, seconds)
+            model, x, q = models[0], x[0], q[0]
+            x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+            step = Step(model_loss(model, amp), build_optimizer(cfg, model), model.parameters(), impl)
+        train_ips = rate(lambda: step(x, q), members * cfg.batch_size, seconds)
         model = models[0]
         xe = torch.randn(EVAL_BATCH, 3, 32, 32, device=dev)
         model.eval()

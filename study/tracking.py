@@ -20,7 +20,7 @@ from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainables.train import EVAL_METRIC_PREFIXES
+from trainables.metric_names import EVAL_METRIC_PREFIXES
 
 EXPERIMENT = "iqa-ls"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"

@@ -10,7 +10,10 @@ import torch
 
 from search_spaces import table2 as space
 from trainables.config import ConfigError, TrialConfig
-from trainables.train import FINAL_WEIGHTS_FILE, TEST_SETS, TrialError, run_trial
+from trainables.checkpoints import FINAL_WEIGHTS_FILE
+from trainables.config import TrialError
+from trainables.metric_names import TEST_SETS
+from trainables.train import run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = str(REPO / "tests" / "fixtures" / "cifar10-mini")

@@ -52,7 +52,7 @@ PROTOCOLS = ("scratch", "finetune")
 TARGET_FIELDS = ("strategy", "regularization", "iqa_metric", "tmap", "tmap_params", "ls_epsilon",
                  "score_floor", "score_pooling")
 FINETUNE_FIELDS = ("protocol", "finetune_from", "finetune_epochs", "finetune_lr", "finetune_lr_decay_every")
-PRECISIONS = ("fp32", "tf32", "bf16")  # TrialConfig.precision; trainables.train.numerics applies it
+PRECISIONS = ("fp32", "tf32", "bf16")  # TrialConfig.precision; trainables.device.numerics applies it
 STEP_IMPLS = ("auto", "eager", "cuda_graph")  # TrialConfig.step_impl; trainables/fast.py (same tuple)
 
 
@@ -64,6 +64,10 @@ CIFAR10C_REGENERATE = "regenerate"  # cifar10c: build the corruptions from the t
 
 class ConfigError(ValueError):
     """A bad config value; the message names the field, the value and what is allowed."""
+
+
+class TrialError(RuntimeError):
+    """A trial that cannot go on (e.g. the loss became NaN); the message says why."""
 
 
 @dataclass(frozen=True)
