@@ -5,11 +5,12 @@ one per GPU leave most of it idle. `run_packed(configs, report)` trains K config
 parameters are stacked (`torch.func.stack_module_state`), one `vmap(functional_call(PaperCNN))`
 runs all K models per step (convolutions become one grouped convolution, the fc layers batched
 matmuls), and one SGD step updates the stacked parameters (SGD is elementwise, so that is K
-separate SGDs). Everything else is per member and is exactly what its own `run_trial` does: the
-mixture draw, noise, batch order and targets come from `trainables.loop` (the one epoch of every
-trainer) with the member's own seed and config; the metrics carry the same names; checkpoints go to one folder per
-member in `run_trial`'s format, so a member can resume alone (`run_trial`) or in a pack. A member
-whose epoch loss is not finite is dropped from the pack and returned as failed; the others go on.
+separate SGDs). Everything else is per member and is exactly what its own `run_trial` does, by the
+same code (trainables/loop.py: one `Member` per config, one `train_epoch`, the pack's `Step`): the
+mixture draw, noise, batch order and targets come from the member's own seed and config; the
+metrics carry the same names; checkpoints go to one folder per member in `run_trial`'s format, so
+a member can resume alone (`run_trial`) or in a pack. A member whose epoch loss is not finite is
+dropped from the pack and returned as failed; the others go on.
 
 What members must share (PACK_SHARED): the schedule (epochs, batch size, lr and its decay,
 momentum, fc weight decay), the training data (source, subset size, validation split size), the model code path
