@@ -1,6 +1,6 @@
 """Reliability diagrams and "confidence against quality" from the trials' calibration artifacts.
 
-Every trial logs `calibration.json` (docs/mlflow-schema.md; written by trainables.train): for its final
+Every trial logs `calibration.json` (docs/mlflow-schema.md; written by trainables.evaluation): for its final
 evaluation, per test set (and validation set), the reliability bins (15 equal-width confidence bins:
 count, summed confidence, correct) and, for the 9 distorted sets, the same three sums per bin of the
 test image's SSIM to its pristine version (20 bins over [0, 1]). Sums add: a series (a Table 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trainables.config import ACC_METRICS, TEST_SETS  # noqa: F401 - the analyses read them from here
+from trainables.metric_names import ACC_METRICS, TEST_SETS  # noqa: F401 - the analyses read them from here
 
 # --- where the records are -------------------------------------------------------------------------
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"

@@ -147,7 +147,7 @@ def grid_settings(args, grid: str) -> list[dict]:
 def matched_controls(args, base: dict) -> dict[int, tuple[float, float]]:
     """seed -> (mean T of the IQA-LS reference in epoch 1, eps of uniform LS with that q(y)): built
     from the same data, subset, mixture draw and scores as that trial's first epoch."""
-    from trainables.train import epoch_targets
+    from trainables.prep import epoch_targets
 
     out = {}
     for seed in range(args.seeds):

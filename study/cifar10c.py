@@ -7,7 +7,7 @@ Examples:
   python -m analysis.cifar10c --study table2                              # the tables again, MLflow only
 
 For every FINISHED child run of the study: download its `config.json` and `final_weights.pt`, rebuild
-the Table 1 model (`trainables.train.build_model` + the weights) with the trial's normalisation,
+the Table 1 model (`trainables.model.build_model` + the weights) with the trial's normalisation,
 evaluate it on the CIFAR-10-C sets (`trainables.robustness`, the same code a trial runs with
 `--cifar10c`), and log the metrics `c10c_*` (step = the run's last epoch), the artifact
 `cifar10c.json` and the tag `iqa_ls.cifar10c` (the evaluation's key) to that run. A run already
@@ -91,7 +91,8 @@ def check_flags(args) -> None:
         raise StudyError(f"--cifar10c {args.cifar10c!r} is not allowed; allowed: {CIFAR10C_REGENERATE} or a folder")
     if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
         raise StudyError(f"--device {args.device} is not allowed; allowed: auto | cpu | cuda | cuda:N")
-    from trainables.train import TrialError, pick_device
+    from trainables.config import TrialError
+    from trainables.device import pick_device
     try:
         pick_device(args.device)
     except TrialError as e:
@@ -110,7 +111,7 @@ def evaluate_study(args, tmp: Path) -> int:
     from study import tracking
     from trainables import data as data_mod
     from trainables import robustness
-    from trainables.train import pick_device
+    from trainables.device import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,7 +30,9 @@ from pathlib import Path
 
 from study.storage import Folder
 from trainables.config import TrialConfig
-from trainables.train import TrialError, load_checkpoint, recover_checkpoint, run_trial
+from trainables.checkpoints import load_checkpoint, recover_checkpoint
+from trainables.config import TrialError
+from trainables.train import run_trial
 
 ARTIFACTS = ("final_weights.pt", "config.json")
 OWNER_FILE = "owner.json"  # who runs the trial now: {"token", "node", "pid", "since", "start_epoch"}
@@ -399,7 +401,7 @@ def without_orphans(runs: list[dict], recording: "Recording", progress: "Progres
     """The fine-tunes of `runs` whose parent did not fail in this run of the study; each of the others
     is recorded FAILED with its parent's reason (never started: a fine-tune never trains from random
     weights). A parent that is not finished for another reason stops its child in run_trial
-    (trainables.train.load_parent: a TrialError, recorded the same way)."""
+    (trainables.checkpoints.load_parent: a TrialError, recorded the same way)."""
     keep = []
     for r in runs:
         parent = r.get("parent")

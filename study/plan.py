@@ -225,15 +225,10 @@ def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float
     training images/s (1.3x), not the ~3x a FLOP count suggests."""
     import torch
 
-    from trainables.labels import soft_cross_entropy
-    from trainables.train import (
-        EVAL_BATCH,
-        build_model,
-        build_optimizer,
-        numerics,
-        pick_device,
-        step_impl_for,
-    )
+    from trainables.device import numerics, pick_device, step_impl_for
+    from trainables.evaluation import EVAL_BATCH
+    from trainables.loop import Step, model_loss
+    from trainables.model import build_model, build_optimizer
 
     def rate(step, batch: int, budget: float) -> float:
         # warm-up steps: on CUDA a graph is captured on the first and the allocator settles over a few;
@@ -260,29 +255,14 @@ def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float
         models = [build_model(cfg.replace(seed=cfg.seed + k), dev) for k in range(members)]
         x = torch.randn(members, cfg.batch_size, 3, 32, 32, device=dev)
         q = torch.full((members, cfg.batch_size, 10), 0.1, device=dev)
-        if members > 1:
+        if members > 1:  # the training step of trainables.loop, as the trials run it
             from trainables.packed import Pack
-            pack = Pack.of_models(cfg, models)
-            step = pack.stepper(impl, amp)
-            train_ips = rate(lambda: step(x, q), members * cfg.batch_size, seconds)
+            step = Pack.of_models(cfg, models).stepper(impl, amp)
         else:
-            model, opt = models[0], build_optimizer(cfg, models[0])
-            xm = x[0].contiguous(memory_format=torch.channels_last) if cfg.channels_last else x[0]
-
-            def loss_fn(xb, qb):
-                with amp():
-                    logits = model(xb)
-                return soft_cross_entropy(logits.float(), qb), logits
-            if impl == "cuda_graph":
-                from trainables.fast import CapturedStep
-                step = CapturedStep(loss_fn, opt, list(model.parameters()))
-            else:
-                def step(xb, qb):
-                    loss, _ = loss_fn(xb, qb)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            train_ips = rate(lambda: step(xm, q[0]), cfg.batch_size, seconds)
+            model, x, q = models[0], x[0], q[0]
+            x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+            step = Step(model_loss(model, amp), build_optimizer(cfg, model), model.parameters(), impl)
+        train_ips = rate(lambda: step(x, q), members * cfg.batch_size, seconds)
         model = models[0]
         xe = torch.randn(EVAL_BATCH, 3, 32, 32, device=dev)
         model.eval()

@@ -154,7 +154,7 @@ def epochs_left(spec, trials: list[Trial], rec, storage: str) -> tuple[dict[str,
     where the storage is a filesystem path; on object storage they count from epoch 0)."""
     if not spec.resume:
         return {t.key: t.config.total_epochs - t.config.first_epoch for t in trials}, ""
-    from trainables.train import load_checkpoint
+    from trainables.checkpoints import load_checkpoint
 
     finished = rec.recorded_finished_keys()
     left = {}

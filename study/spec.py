@@ -69,7 +69,7 @@ class Search:
     def __post_init__(self):
         # selection reads the validation split only: an objective on a test metric would fit the
         # choice to the test set that is then reported as if it were independent of it
-        from trainables.train import VAL_PREFIX
+        from trainables.metric_names import VAL_PREFIX
 
         test = [m for m in self.objective_of if not m.startswith(VAL_PREFIX)]
         if test:

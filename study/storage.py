@@ -41,9 +41,9 @@ def join(uri: str, *names: str) -> str:
 def write_atomic(path: Path, data: bytes) -> None:
     """The one crash-safe write of a local file in study/: a crash at any moment leaves the old file
     or the whole new one (a temp file beside it, flushed to disk, renamed over it)."""
-    from trainables.train import _atomic_write
+    from trainables.files import atomic_write
 
-    _atomic_write(Path(path), lambda fh: fh.write(data))
+    atomic_write(Path(path), lambda fh: fh.write(data))
 
 
 class Folder:

@@ -24,7 +24,7 @@ from analysis.schema import (DEFAULT_EXPERIMENT, EPOCH_METRICS, EVAL_METRICS, FI
                              ROLE_TRIAL, TAG_ERROR, TAG_KIND, TAG_NODE, TAG_NODES, TAG_NOTE, TAG_PARENT_RUN, TAG_ROLE,
                              TAG_RUN_NAME, TAG_STOPPED, TAG_STUDY, TAG_TRIAL_KEY, child_runs, children_filter,
                              find_parent, one_line, open_client, sqlite_path, study_parents, tag)
-from trainables.train import EVAL_METRIC_PREFIXES
+from trainables.metric_names import EVAL_METRIC_PREFIXES
 
 MAX_NODES = 32  # attempts listed in the iqa_ls.nodes tag (MLflow caps a tag value at 8000 chars)
 

@@ -327,11 +327,11 @@ def test_a_study_without_results_is_refused_in_one_line(store, capsys):
 
 def test_names_follow_the_writer():
     """analysis keeps its own copy of the names (it reads MLflow only); they must be the trainables'."""
-    from trainables import corruptions, robustness, train
+    from trainables import corruptions, metric_names, robustness
 
     assert A.BENCHMARK == corruptions.BENCHMARK and A.EXTRAS == corruptions.EXTRAS
     assert set(A.SEEN) == {c for c, v in corruptions.CORRUPTIONS.items() if v.seen} == set(robustness.SEEN)
-    assert A.PREFIX == train.C10C_PREFIX and A.WHATS == train.EVAL_WHATS and A.ARTIFACT == robustness.ARTIFACT
+    assert A.PREFIX == metric_names.C10C_PREFIX and A.WHATS == metric_names.EVAL_WHATS and A.ARTIFACT == robustness.ARTIFACT
     assert A.CLEAN == robustness.CLEAN
 
 

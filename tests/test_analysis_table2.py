@@ -65,7 +65,7 @@ def record_study(client, exp_id, name, accs, failed=None):
 
 
 def log_calibration(client, run, accs):
-    """A calibration.json artifact as trainables.train writes it: 15 reliability bins per set and 20
+    """A calibration.json artifact as trainables.evaluation writes it: 15 reliability bins per set and 20
     quality bins per distorted set (the counts here only need to be plausible)."""
     import tempfile
 

@@ -1,6 +1,6 @@
-"""study.bench runs end to end and its agreement checks pass; the hot-path rewrites it measures
+"""bench.speed runs end to end and its agreement checks pass; the hot-path rewrites it measures
 (hand-written LRN backward, ceil-mode pooling, FLOP count) are exact. No speed targets here: CI
-machines are noisy, and the ratios are for `python -m study.bench` on a named machine."""
+machines are noisy, and the ratios are for `python -m bench.speed` on a named machine."""
 import json
 import math
 import os
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.model import FastLRN, PaperCNN, _tf_same_pool, torch_lrn
+from trainables.model import FastLRN, PaperCNN, tf_same_pool, torch_lrn
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "cifar10-mini"
@@ -25,7 +25,7 @@ def test_tiny_bench_writes_numbers_and_its_agreement_checks_pass(tmp_path):
     pytest.importorskip("skimage")
     out = tmp_path / "bench.json"
     env = dict(os.environ, IQA_LS_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, "-m", "study.bench", "--tiny", "--device", "cpu", "--json", str(out),
+    proc = subprocess.run([sys.executable, "-m", "bench.speed", "--tiny", "--device", "cpu", "--json", str(out),
                            "--data", str(FIXTURE)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -50,7 +50,7 @@ def test_tiny_bench_writes_numbers_and_its_agreement_checks_pass(tmp_path):
 
 
 def test_flop_count_is_the_issues_186_8_mflop_per_training_image():
-    from study.bench import count_flops
+    from bench.speed import count_flops
 
     # by hand: conv1 32*32*64*75, conv2 16*16*64*1600, fc 4096*384 + 384*192 + 192*10 MACs
     macs = 32 * 32 * 64 * 75 + 16 * 16 * 64 * 1600 + 4096 * 384 + 384 * 192 + 192 * 10
@@ -91,16 +91,16 @@ def test_pool_equals_tf_same_padding_formula(h, w):
         return F.max_pool2d(F.pad(x, pads, value=float("-inf")), 3, 2)
 
     x = torch.randn(2, 3, h, w)
-    assert torch.equal(_tf_same_pool(x), tf_same(x))
+    assert torch.equal(tf_same_pool(x), tf_same(x))
     xr = x.clone().requires_grad_()
     xt = x.clone().requires_grad_()
-    _tf_same_pool(xr).sum().backward()
+    tf_same_pool(xr).sum().backward()
     tf_same(xt).sum().backward()
     assert torch.equal(xr.grad, xt.grad)  # the same argmax: identical gradients
 
 
 def test_keep_freed_memory_is_harmless_to_call():
-    from trainables.train import keep_freed_memory
+    from trainables.device import keep_freed_memory
 
     assert keep_freed_memory() in (True, False)
     assert torch.ones(1 << 22).sum() == 1 << 22  # allocation still works

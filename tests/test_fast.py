@@ -5,7 +5,8 @@ import torch
 
 from trainables import fast
 from trainables.config import ConfigError, TrialConfig
-from trainables.train import build_model, build_optimizer, step_impl_for
+from trainables.device import step_impl_for
+from trainables.model import build_model, build_optimizer
 
 
 def _model_opt(momentum=0.9):
@@ -36,7 +37,7 @@ def test_auto_is_a_graph_on_cuda_and_eager_on_cpu():
     assert fast.resolve_step_impl("eager", torch.device("cuda")) == "eager"
     with pytest.raises(fast.CaptureError, match="needs a CUDA device"):
         fast.resolve_step_impl("cuda_graph", torch.device("cpu"))
-    from trainables.train import TrialError
+    from trainables.config import TrialError
     with pytest.raises(TrialError, match="needs a CUDA device"):
         step_impl_for(TrialConfig(step_impl="cuda_graph"), torch.device("cpu"))
     with pytest.raises(ConfigError, match="step_impl='graph'"):
@@ -124,39 +125,3 @@ def test_graph_step_equals_eager_on_cuda_including_an_lr_change_and_a_partial_ba
     assert ga.failed is None and ga.graph is not None
     for p, r in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, r, atol=1e-4)
-
-
-def test_gpu_check_refuses_without_cuda_and_builds_valid_pack_configs(capsys, monkeypatch):
-    from study import gpu_check
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert gpu_check.main(["--data", "x"]) == 2
-    assert "needs a CUDA device" in capsys.readouterr().err
-    cfgs = gpu_check._grid_cfgs("cifar10", "cuda", (1, 8, 9), 3, epochs=8, precision="bf16")
-    assert len(cfgs) == 9 and {c.subset_seed for c in cfgs} == {0, 1, 2}
-    from trainables.packed import pack_key
-    assert len({pack_key(c) for c in cfgs}) == 1  # one pack: they differ only where a pack allows
-
-
-@pytest.mark.slow
-def test_probe_trains_the_grid_packed_and_alone_and_projects_from_the_steady_epoch(tmp_path):
-    """The whole-epoch projection of gpu_check's speed step (what was study.pack_probe), on a CPU."""
-    from pathlib import Path
-
-    from study import gpu_check
-
-    fixture = Path(__file__).resolve().parent / "fixtures" / "cifar10-mini"
-    res = gpu_check.probe(str(fixture), "cpu", epochs=2, seeds=1, cache_dir=tmp_path, paper_epochs=10)
-    p, a = res["packed"], res["alone"]
-    assert p["members"] == 9 and a["members"] == 1 and res["train_images"] == 400
-    assert len(p["epoch_times_s"]) == 2 and len(a["epoch_times_s"]) == 2
-    for s in (p, a):
-        assert s["steady_epoch_s"] == s["epoch_times_s"][1]  # the first epoch is the warm-up
-        assert s["paper_projection_s"] == pytest.approx(s["wall_s"] + 8 * s["steady_epoch_s"])  # 10 - 2 measured
-        assert s["one_off_s"] > 0 and s["wall_s"] > sum(s["epoch_times_s"])
-        assert s["images_per_s"] == pytest.approx(s["members"] * 400 / s["steady_epoch_s"])
-    assert sorted(p["pristine_acc"]) == sorted(f"s{k}-seed0" for k in range(1, 10))
-    assert len(p["data_share"]) == 2 and all(0 < v < 1 for v in p["data_share"])
-    # on CPU strategy 9 trains the same in the pack as alone (float32 rounding of the grouped conv)
-    assert res["epoch1_loss"]["abs_diff"] < 1e-4
-    assert res["sequential_projection_s"] == pytest.approx(9 * a["paper_projection_s"])

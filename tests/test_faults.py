@@ -30,7 +30,8 @@ from search_spaces import table2 as table2_space
 from study import table2
 from trainables import data, distortions, iqa, labels
 from trainables.config import REGULARIZATIONS, TRAIN_SETS, TrialConfig
-from trainables.train import load_checkpoint, run_trial
+from trainables.checkpoints import load_checkpoint
+from trainables.train import run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "cifar10-mini"

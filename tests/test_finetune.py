@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from search_spaces import table2 as space
-from trainables.config import TEST_SETS, ConfigError, TrialConfig
-from trainables.train import FINAL_WEIGHTS_FILE, TrialError, run_trial
+from trainables.config import ConfigError, TrialConfig
+from trainables.checkpoints import FINAL_WEIGHTS_FILE
+from trainables.config import TrialError
+from trainables.metric_names import TEST_SETS
+from trainables.train import run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = str(REPO / "tests" / "fixtures" / "cifar10-mini")
@@ -159,7 +162,7 @@ def test_a_fine_tune_without_a_finished_matching_parent_is_refused_never_trained
 
 
 def test_a_pack_refuses_a_fine_tune_and_make_packs_runs_it_alone():
-    from study.plan import make_packs
+    from study.runner import make_packs
     from trainables.packed import PackError, check_packable
 
     with pytest.raises(PackError, match="protocol='finetune' is not allowed in a pack"):

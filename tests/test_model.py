@@ -51,9 +51,9 @@ def test_fast_and_torch_lrn_models_agree_in_forward_and_backward():
 def test_pool_is_tf_same_padding():
     # TF 'SAME' 3x3/2 on 4x4 windows rows/cols {0,1,2} and {2,3}: the max of the last window
     # comes from the bottom-right 2x2 block only.
-    from trainables.model import _tf_same_pool
+    from trainables.model import tf_same_pool
     x = torch.arange(16.0).view(1, 1, 4, 4)
-    assert _tf_same_pool(x).flatten().tolist() == [10.0, 11.0, 14.0, 15.0]
+    assert tf_same_pool(x).flatten().tolist() == [10.0, 11.0, 14.0, 15.0]
 
 
 def test_tf_init_uses_truncated_normals():

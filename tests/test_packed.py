@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables import train
-from trainables.config import TEST_SETS, TrialConfig
+from trainables import loop
+from trainables.config import TrialConfig
 from trainables.packed import PackError, pack_key, run_packed
+from trainables.metric_names import TEST_SETS
 from trainables.train import run_trial
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "cifar10-mini")
@@ -121,7 +122,7 @@ def test_member_checkpoints_resume_alone_or_in_a_pack(tmp_path):
 def test_nan_member_is_dropped_and_the_others_finish(tmp_path, monkeypatch):
     cfgs = [tiny(seed=13), tiny(seed=2, train_set="mix_blur")]
     ref = _separate(cfgs[1])
-    build = train.build_model
+    build = loop.build_model
 
     def poisoned(cfg, device):  # member seed 13 starts with a NaN weight: its loss is NaN at once
         model = build(cfg, device)
@@ -130,7 +131,7 @@ def test_nan_member_is_dropped_and_the_others_finish(tmp_path, monkeypatch):
                 model.fc3.bias[0] = float("nan")
         return model
 
-    monkeypatch.setattr(train, "build_model", poisoned)
+    monkeypatch.setattr(loop, "build_model", poisoned)
     reports: dict[int, list] = {0: [], 1: []}
     out = run_packed(cfgs, lambda k, m: reports[k].append(m))
     assert reports[0] == [] and out[0]["failed_epoch"] == 1 and "loss is nan" in out[0]["error"]

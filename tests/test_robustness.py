@@ -12,7 +12,9 @@ import torch
 from trainables import cifar10c as C10C
 from trainables import data as data_mod
 from trainables import robustness as R
-from trainables import train as T
+from trainables.metric_names import EVAL_METRIC_PREFIXES
+from trainables.model import build_model
+from trainables.train import run_trial
 from trainables.config import ConfigError, TrialConfig
 from trainables.corruptions import BENCHMARK
 from trainables.packed import run_packed
@@ -51,7 +53,7 @@ def lone(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IQA_LS_CACHE", str(root / "cache"))
         cfg = cfg_of(cifar10c_subset=20)
-        return cfg, T.run_trial(cfg, checkpoint_dir=root / "ckpt"), root / "ckpt"
+        return cfg, run_trial(cfg, checkpoint_dir=root / "ckpt"), root / "ckpt"
 
 
 def _one_line(excinfo, *needles):
@@ -91,7 +93,7 @@ def test_every_set_matches_an_independent_computation():
     idx = data_mod.stratified_subset(test.labels, 40, 0)
     assert torch.equal(ev.clean, test.images[idx]) and torch.equal(ev.data.labels, test.labels[idx])
     assert np.bincount(ev.data.labels.numpy(), minlength=10).tolist() == [4] * 10  # stratified
-    model = T.build_model(cfg, "cpu")
+    model = build_model(cfg, "cpu")
     with torch.no_grad():  # random, but not near-uniform outputs: a spread of classes and confidences
         torch.manual_seed(1)
         model.fc3.weight.normal_(0, 0.5)
@@ -117,9 +119,9 @@ def test_all_corruptions_give_names_the_recorder_keeps_within_one_log_batch():
     cfg = cfg_of(cifar10c_subset=10, cifar10c_corruptions=())
     ev = R.load(cfg)
     assert len(ev.data.images) == 18 and "frost" not in ev.data.images
-    got = R.evaluate(T.build_model(cfg, "cpu"), ev, R.trial_norm(cfg, "cpu"), "cpu")
+    got = R.evaluate(build_model(cfg, "cpu"), ev, R.trial_norm(cfg, "cpu"), "cpu")
     assert len(got) == (18 * 5 + 1) * 6 + 4 * 6 == 570
-    assert all(k.startswith(T.EVAL_METRIC_PREFIXES) for k in got)
+    assert all(k.startswith(EVAL_METRIC_PREFIXES) for k in got)
     # with a final epoch's test and validation metrics and the epoch's own, still under log_batch's 1,000
     assert len(got) + 2 * (10 + 2) * 6 + 20 < 1000
     assert R.evaluation_sets(cfg) == 91
@@ -138,7 +140,7 @@ def test_lone_and_packed_trials_record_the_same_cifar10c_metrics(tmp_path, lone)
     docs = [json.loads((d / R.ARTIFACT).read_text()) for d in (lone_dir, tmp_path / "p0", tmp_path / "p1")]
     assert docs[0]["key"] == docs[1]["key"] == docs[2]["key"] and docs[0]["epoch"] == 1
     # the evaluation changes no training number
-    plain = T.run_trial(cfg.replace(cifar10c="", cifar10c_subset=0, cifar10c_corruptions=()))
+    plain = run_trial(cfg.replace(cifar10c="", cifar10c_subset=0, cifar10c_corruptions=()))
     trained = [k for k in plain if k.startswith(("loss", "train_acc", "mean_t", "acc_", "nll_", "ece_"))]
     assert len(trained) > 20 and {k: lone[k] for k in trained} == {k: plain[k] for k in trained}
 
@@ -149,7 +151,7 @@ def test_recorded_final_weights_evaluate_as_the_trial_did(tmp_path, lone, input_
     if input_norm == "per_image":  # the module's trial
         _, trial, tmp_path = lone
     else:  # the normalisation by the trial's own training images: rebuilt from its data and subset
-        trial = T.run_trial(cfg_of(input_norm=input_norm, cifar10c_subset=20), checkpoint_dir=tmp_path)
+        trial = run_trial(cfg_of(input_norm=input_norm, cifar10c_subset=20), checkpoint_dir=tmp_path)
     recorded = TrialConfig.from_dict(json.loads((tmp_path / "config.json").read_text()))
     model = R.load_model(recorded, tmp_path / "final_weights.pt", "cpu")
     got = R.evaluate(model, R.load(recorded), R.trial_norm(recorded, "cpu"), "cpu")
@@ -191,7 +193,7 @@ def test_official_files_give_the_numbers_of_the_same_images_regenerated(tmp_path
     assert torch.equal(a.clean, b.clean) and torch.equal(a.data.labels, b.data.labels)
     # the subset of the corrupted full set is the corrupted subset for the deterministic corruption
     assert torch.equal(a.data.images["contrast"][4], b.data.images["contrast"][4])
-    model = T.build_model(regen, "cpu")
+    model = build_model(regen, "cpu")
     norm = R.trial_norm(regen, "cpu")
     ga, gb = R.evaluate(model, a, norm, "cpu"), R.evaluate(model, b, norm, "cpu")
     assert ga["c10c_acc_contrast_2"] == gb["c10c_acc_contrast_2"] and ga["c10c_acc_clean"] == gb["c10c_acc_clean"]

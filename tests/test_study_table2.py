@@ -171,7 +171,7 @@ def test_plan_counts_the_epochs_a_resume_leaves(tmp_path):
     from study.resume import epochs_left
     from study.spec import Trial
     from trainables.config import TrialConfig
-    from trainables.train import CHECKPOINT_FILE
+    from trainables.checkpoints import CHECKPOINT_FILE
     trials = [Trial(k, TrialConfig(epochs=10)) for k in ("a", "b", "c")]
     (tmp_path / "st" / "trials" / "b").mkdir(parents=True)
     torch.save({"config": {}, "epoch": 4, "model": {}, "optimizer": {}, "rng": {}},  # what a checkpoint holds

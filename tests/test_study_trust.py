@@ -24,7 +24,9 @@ import torch
 from study import table2
 from trainables import data, labels
 from trainables.config import TrialConfig
-from trainables.train import CHECKPOINT_FILE, TrialError, load_checkpoint, run_trial
+from trainables.checkpoints import CHECKPOINT_FILE, load_checkpoint
+from trainables.config import TrialError
+from trainables.train import run_trial
 
 # Names this issue added are imported inside the tests that use them, so that run against the code
 # before it, each test fails on its own behaviour rather than the whole file on an import.
@@ -219,7 +221,7 @@ def test_a_truncated_checkpoint_is_kept_aside_and_the_trial_resumes_from_the_pre
 
 
 def test_with_no_readable_checkpoint_the_trial_restarts_from_scratch(tmp_path):
-    from trainables.train import recover_checkpoint
+    from trainables.checkpoints import recover_checkpoint
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 not a whole zip")
     (tmp_path / PREVIOUS_CHECKPOINT_FILE).write_bytes(b"")
     state, note = recover_checkpoint(tmp_path)

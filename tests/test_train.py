@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from trainables import mixture
-from trainables.config import ACC_METRICS, TEST_SETS, ConfigError, TrialConfig
-from trainables.train import make_test_sets, run_trial
+from trainables.config import ConfigError, TrialConfig
+from trainables.evaluation import make_test_sets
+from trainables.metric_names import ACC_METRICS, TEST_SETS
+from trainables.train import run_trial
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "cifar10-mini")
 
@@ -140,13 +142,13 @@ def test_resume_after_epoch_one_is_bit_identical(tmp_path):
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
     run_trial(tiny(epochs=1), lambda m: None, checkpoint_dir=tmp_path)
-    from trainables.train import TrialError
+    from trainables.config import TrialError
     with pytest.raises(TrialError, match="another config"):
         run_trial(tiny(epochs=1, seed=5), lambda m: None, checkpoint_dir=tmp_path)
 
 
 def test_nan_loss_stops_the_trial_with_a_reason():
-    from trainables.train import TrialError
+    from trainables.config import TrialError
     with pytest.raises(TrialError, match="loss is (nan|inf)"):
         run_trial(tiny(epochs=1, lr=1e6, regularization="onehot", train_set="pristine"), lambda m: None)
 
@@ -154,7 +156,7 @@ def test_nan_loss_stops_the_trial_with_a_reason():
 # ------------------------------------------------------------------ validation split, calibration
 def test_validation_split_is_held_out_stratified_and_never_trained_on():
     from trainables import data as data_mod
-    from trainables.train import train_subset, validation_split
+    from trainables.prep import train_subset, validation_split
 
     train = data_mod.load_split(FIXTURE, "train")
     cfg = tiny(val_size=40, subset=100, subset_seed=3)
@@ -228,7 +230,7 @@ def test_calibration_artifact_has_reliability_and_quality_bins(tmp_path):
 
 
 def test_bf16_autocast_trains_close_to_fp32_and_fp32_is_the_default_path():
-    from trainables.train import numerics
+    from trainables.device import numerics
     a, b, c = [], [], []
     run_trial(tiny(epochs=1), a.append)
     run_trial(tiny(epochs=1, precision="fp32"), b.append)

@@ -23,9 +23,10 @@ import math
 
 import torch
 
+from trainables.metric_names import CALIBRATION_METRICS  # noqa: F401 - per set, beside "acc"
+
 ECE_BINS = 15  # Guo et al. 2017: 15 equal-width confidence bins
 QUALITY_BINS = 20  # bins of the test image's SSIM to its pristine version, width 0.05 over [0, 1]
-CALIBRATION_METRICS = ("nll", "ece", "brier", "conf", "ptrue")  # per set, beside "acc"
 
 
 def confidence_bin(conf: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:

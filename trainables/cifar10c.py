@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torchvision
 from trainables.corruptions import (BENCHMARK, CORRUPTIONS, IMAGE_SIZE, NOT_IMPLEMENTED, REFERENCE_ORDER,
                                     SEVERITIES)
 from trainables.data import DataError, default_cache_dir
+from trainables.files import atomic_write
 
 OFFICIAL_PER_SEVERITY = 10_000  # CIFAR-10-C: the 10,000 CIFAR-10 test images per severity
 LABELS_FILE = "labels.npy"
@@ -217,16 +217,8 @@ def _load_cached(path: Path, key: str, shape: tuple):
 
 
 def _write_cached(path: Path, key: str, arr: np.ndarray) -> None:
-    # temp file in the same folder + os.replace: a reader sees the old file or the whole new one
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, key=np.array(key), sha256=np.array(_content_hash(arr)), images=arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # crash-safe: a reader sees the old file or the whole new one
+    atomic_write(path, lambda fh: np.savez(fh, key=np.array(key), sha256=np.array(_content_hash(arr)), images=arr))
 
 
 def _regenerate(images: torch.Tensor, corruption: str, seed: int) -> np.ndarray:

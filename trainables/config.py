@@ -14,9 +14,6 @@ from dataclasses import dataclass, field, fields
 
 NUM_CLASSES = 10  # CIFAR-10, Sec. 4.1
 LEVELS = (1, 2, 3)  # distortion levels, Sec. 4.2
-TEST_TYPES = ("blur", "noise", "jpeg")  # Sec. 4.2: the 9 distorted test sets, 3 types x 3 levels
-TEST_SETS = ("pristine",) + tuple(f"{t}_{lv}" for t in TEST_TYPES for lv in LEVELS)
-ACC_METRICS = tuple(f"acc_{name}" for name in TEST_SETS)  # stable metric names (MLflow, tables)
 
 # Sec. 4.2: "60% of the pristine training samples are maintained, the rest samples are corrupted
 # by level 1/2/3 distortions in the ratio of 15% / 15% / 10%".
@@ -55,7 +52,7 @@ PROTOCOLS = ("scratch", "finetune")
 TARGET_FIELDS = ("strategy", "regularization", "iqa_metric", "tmap", "tmap_params", "ls_epsilon",
                  "score_floor", "score_pooling")
 FINETUNE_FIELDS = ("protocol", "finetune_from", "finetune_epochs", "finetune_lr", "finetune_lr_decay_every")
-PRECISIONS = ("fp32", "tf32", "bf16")  # TrialConfig.precision; trainables.train.numerics applies it
+PRECISIONS = ("fp32", "tf32", "bf16")  # TrialConfig.precision; trainables.device.numerics applies it
 STEP_IMPLS = ("auto", "eager", "cuda_graph")  # TrialConfig.step_impl; trainables/fast.py (same tuple)
 
 
@@ -67,6 +64,10 @@ CIFAR10C_REGENERATE = "regenerate"  # cifar10c: build the corruptions from the t
 
 class ConfigError(ValueError):
     """A bad config value; the message names the field, the value and what is allowed."""
+
+
+class TrialError(RuntimeError):
+    """A trial that cannot go on (e.g. the loss became NaN); the message says why."""
 
 
 @dataclass(frozen=True)

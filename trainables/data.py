@@ -27,7 +27,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+
+from trainables.files import atomic_write
 
 SPLITS = ("train", "test")
 IMAGE_SHAPE = (3, 32, 32)  # CIFAR-10, Sec. 4.1
@@ -263,17 +264,8 @@ def _read_cache(path: Path, meta: str | None = None):
 
 
 def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor, meta: str = "") -> None:
-    # Temp file in the same folder + os.replace: a concurrent reader sees the old file or the whole
-    # new one, never a half-written one.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, images=images.numpy(), labels=labels.numpy(), meta=np.array(meta))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # crash-safe: a concurrent reader sees the old file or the whole new one, never a half-written one
+    atomic_write(path, lambda fh: np.savez(fh, images=images.numpy(), labels=labels.numpy(), meta=np.array(meta)))
 
 
 # ------------------------------------------------------------------ decoders

@@ -1,6 +1,6 @@
 """The training step captured as one CUDA graph: forward, backward and SGD update replayed as a unit.
 
-One Table 1 CNN step at batch 100 is bound by kernel launches on a large GPU (H200, study.bench: CUDA
+One Table 1 CNN step at batch 100 is bound by kernel launches on a large GPU (H200, bench.speed: CUDA
 graphs 795 vs eager 354 steps/s for one model), and a pack of K members is the same number of
 launches with K times the work per launch. `CapturedStep` records the whole step once and replays it
 for every batch of the same shape: the batch is copied into static input buffers, `replay()` runs
@@ -14,7 +14,9 @@ output buffers. What makes it correct:
 - the learning rate is a constant inside the captured SGD kernels, so a change of lr (the staircase
   decay) re-captures (a handful of times in 2000 epochs);
 - a batch of another shape (the last, partial batch of an epoch) runs eagerly on the same tensors;
-- autocast under capture needs its weight cache off (trainables.train.numerics does that always).
+- autocast under capture needs its weight cache off (trainables.device.numerics does that always).
+
+`trainables.loop.Step` builds one for every trainer whose step_impl resolves to "cuda_graph".
 
 `step_impl` (TrialConfig, a run field: the replayed kernels are the eager ones) chooses: "auto" =
 "cuda_graph" on CUDA and "eager" on a CPU; "eager"; "cuda_graph" (CUDA only). If a capture fails the

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from trainables import distortions, iqa
 from trainables.config import LEVELS
+from trainables.files import atomic_write
 
 
 def level_counts(n: int, mix) -> list[int]:
@@ -82,18 +81,6 @@ def _library_versions() -> dict:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "kornia": kornia.__version__}
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 class DistortionBank:
     """Distorted copies and IQA scores of one image set, per (kind, level).
 
@@ -148,8 +135,9 @@ class DistortionBank:
                 x = distortions.distort(self.images, kind, level, **self.options.get(kind, {}))
                 entry = (x.cpu(), iqa.score(self.metric, x, self.images).cpu())
                 if f is not None:
-                    _atomic_save({"images": entry[0], "scores": entry[1],
-                                  "meta": json.dumps(self.describe(kind, level), sort_keys=True)}, f)
+                    doc = {"images": entry[0], "scores": entry[1],
+                           "meta": json.dumps(self.describe(kind, level), sort_keys=True)}
+                    atomic_write(f, lambda fh: torch.save(doc, fh))
             dev = self.images.device
             self._entries[(kind, level)] = (entry[0].to(dev), entry[1].to(dev))
         return self._entries[(kind, level)]

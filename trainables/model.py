@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trainables.config import NUM_CLASSES, TrialConfig
+
 # Table 1 / TF CIFAR-10 tutorial: tf.nn.lrn(depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)
 LRN_DEPTH_RADIUS = 4
 LRN_BIAS = 1.0
@@ -97,7 +99,7 @@ def torch_lrn(depth_radius=LRN_DEPTH_RADIUS, bias=LRN_BIAS, alpha=LRN_ALPHA, bet
     return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=bias)
 
 
-def _tf_same_pool(x):
+def tf_same_pool(x):
     """TF 'SAME' max-pool 3x3/2. On an even size TF pads 0 before and 1 after, which is exactly
     PyTorch's ceil_mode (the last window starts inside the input and is cut at its edge): same
     values and the same argmax, without the -inf padded copy (~10 % of a CPU step). An odd size
@@ -135,8 +137,8 @@ class PaperCNN(nn.Module):
             nn.init.constant_(layer.bias, bias)
 
     def forward(self, x):
-        x = self.lrn1(F.relu(_tf_same_pool(self.conv1(x))))
-        x = _tf_same_pool(self.lrn2(F.relu(self.conv2(x))))
+        x = self.lrn1(F.relu(tf_same_pool(self.conv1(x))))
+        x = tf_same_pool(self.lrn2(F.relu(self.conv2(x))))
         # flatten in NHWC order like TF's reshape, so fc1 weights map 1:1 to a TF checkpoint
         x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
         x = F.relu(self.fc1(x))
@@ -150,3 +152,21 @@ class PaperCNN(nn.Module):
 
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def build_model(cfg: TrialConfig, device) -> PaperCNN:
+    """The Table 1 model of a trial, initialised from its seed, in its memory format."""
+    torch.manual_seed(cfg.seed)  # model init is the one draw from the global RNG
+    model = PaperCNN(NUM_CLASSES, lrn_impl=cfg.lrn_impl, init=cfg.init).to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def build_optimizer(cfg: TrialConfig, model: PaperCNN) -> torch.optim.SGD:
+    decay = {id(p) for p in model.weight_decay_params()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) in decay], "weight_decay": cfg.fc_weight_decay},
+        {"params": [p for p in model.parameters() if id(p) not in decay], "weight_decay": 0.0},
+    ]
+    # TF: loss + 0.004 * l2_loss(w) = loss + 0.004 * sum(w^2) / 2, whose gradient is 0.004 * w:
+    # exactly SGD's coupled weight_decay=0.004.
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)

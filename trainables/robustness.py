@@ -6,7 +6,7 @@ trial's own test split); which one, and on how many images, are the evaluation f
 TrialConfig (`cifar10c`, `cifar10c_subset`, `cifar10c_seed`, `cifar10c_corruptions`; they change no
 training step). Every (corruption, severity) is one evaluation set named `<corruption>_<severity>`,
 plus `clean`: the same test images uncorrupted, so clean and corrupted accuracy are measured on the
-same images. Each set is evaluated by `trainables.train.evaluate` with the trial's normalisation, so
+same images. Each set is evaluated by `trainables.evaluation.evaluate` with the trial's normalisation, so
 the metric names are `c10c_<what>_<set>` for what in acc, nll, ece, brier, conf, ptrue
 (trainables/calibration.py), plus per what the means over the corruption x severity sets:
 `_mean_corrupted` (every corruption present), `_mean_benchmark` (the 15 of the benchmark that are
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,11 +37,15 @@ import torch
 
 from trainables import cifar10c as C10C
 from trainables import data as data_mod
-from trainables import train as T
 from trainables.config import CIFAR10C_REGENERATE, TrialConfig
 from trainables.corruptions import BENCHMARK, CORRUPTIONS, REFERENCE_ORDER, SEVERITIES
+from trainables.evaluation import evaluate as evaluate_sets
+from trainables.files import atomic_write_text
+from trainables.metric_names import C10C_PREFIX, EVAL_WHATS
+from trainables.model import build_model
+from trainables.prep import batch_norm_fn, train_subset
 
-PREFIX = T.C10C_PREFIX  # metric names: c10c_<what>_<set>
+PREFIX = C10C_PREFIX  # metric names: c10c_<what>_<set>
 CLEAN = "clean"  # the evaluation set of the uncorrupted test images
 ARTIFACT = "cifar10c.json"  # per trial: the evaluation's source, its numbers, a RobustBench block
 SUBSET_SEED = 0  # the stratified subset's seed, as test_subset's
@@ -151,15 +154,15 @@ def evaluate(model, ev: EvalData, norm: Callable, device) -> dict[str, float]:
     """`c10c_<what>_<set>` for the clean set and every corruption x severity, and the means (module
     docstring). One corruption's five sets are on the device at a time."""
     y = ev.data.labels.to(device)
-    out = T.evaluate(model, {CLEAN: ev.clean.to(device)}, y, norm, prefix=PREFIX)
+    out = evaluate_sets(model, {CLEAN: ev.clean.to(device)}, y, norm, prefix=PREFIX)
     for corruption, severities in ev.data.images.items():
         sets = {set_name(corruption, s): severities[s].to(device) for s in SEVERITIES}
-        out.update(T.evaluate(model, sets, y, norm, prefix=PREFIX))
+        out.update(evaluate_sets(model, sets, y, norm, prefix=PREFIX))
     present = list(ev.data.images)
     groups = {"mean_corrupted": present, "mean_benchmark": [c for c in present if c in BENCHMARK],
               "mean_seen": [c for c in present if is_seen(c)],
               "mean_unseen": [c for c in present if not is_seen(c)]}
-    for what in T.EVAL_WHATS:
+    for what in EVAL_WHATS:
         for mean, members in groups.items():
             if members:  # an empty group (e.g. only seen corruptions asked for) has no mean
                 out[f"{PREFIX}{what}_{mean}"] = _mean([out[f"{PREFIX}{what}_{set_name(c, s)}"]
@@ -186,7 +189,7 @@ def artifact(metrics: dict[str, float], ev: EvalData, cfg: TrialConfig, epoch: i
     """The per-trial `cifar10c.json`: the key and source of the data, the per-set numbers (every
     metric of every set, fractions), the means, and the RobustBench block."""
     src = ev.data.source
-    whats = T.EVAL_WHATS
+    whats = EVAL_WHATS
     sets = {CLEAN: {w: metrics[f"{PREFIX}{w}_{CLEAN}"] for w in whats}}
     for c in ev.data.images:
         sets[c] = {str(s): {w: metrics[f"{PREFIX}{w}_{set_name(c, s)}"] for w in whats} for s in SEVERITIES}
@@ -204,9 +207,7 @@ def artifact(metrics: dict[str, float], ev: EvalData, cfg: TrialConfig, epoch: i
 def write_artifact(ckpt_dir: Path | None, doc: dict) -> None:
     if ckpt_dir is None:
         return
-    tmp = Path(ckpt_dir) / f".{ARTIFACT}.tmp"
-    tmp.write_text(json.dumps(doc, sort_keys=True))
-    os.replace(tmp, Path(ckpt_dir) / ARTIFACT)  # a reader sees the old file or the whole new one
+    atomic_write_text(Path(ckpt_dir) / ARTIFACT, json.dumps(doc, sort_keys=True))  # old file or whole new
 
 
 def final_evaluation(model, cfg: TrialConfig, norm: Callable, device, ckpt_dir, cache_dir, epoch: int
@@ -226,21 +227,16 @@ def final_evaluation(model, cfg: TrialConfig, norm: Callable, device, ckpt_dir, 
 def trial_norm(cfg: TrialConfig, device, cache_dir=None) -> Callable:
     """The batch normalisation `run_trial` used for `cfg` (input_norm "dataset" needs the trial's own
     training images' mean and std, rebuilt from its data, split and subset)."""
-    mean = std = None
+    x = None
     if cfg.input_norm == "dataset":
-        x, _ = T.train_subset(cfg, data_mod.load_split(cfg.data, "train", cache_dir))
-        x = x.to(device).float().div(255)
-        mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-    def norm(xb):
-        return T.normalize(xb, cfg.input_norm, mean, std).contiguous(memory_format=fmt)
-    return norm
+        x, _ = train_subset(cfg, data_mod.load_split(cfg.data, "train", cache_dir))
+        x = x.to(device)
+    return batch_norm_fn(cfg, x)
 
 
 def load_model(cfg: TrialConfig, weights: Path, device):
     """The Table 1 model of `cfg` with the recorded final weights (a state dict, `final_weights.pt`)."""
-    model = T.build_model(cfg, device)
+    model = build_model(cfg, device)
     model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     return model
 

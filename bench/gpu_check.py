@@ -1,6 +1,6 @@
 """Issue #13's GPU check in one run (meant for < 8 minutes on one H200): correctness, then speed.
 
-    python -m study.gpu_check --data DIR --json OUT.json [--quick]
+    python -m bench.gpu_check --data DIR --json OUT.json [--quick]
 
 Needs torch and the trainables' dependencies only (no Ray, no MLflow: the lent GPU machine has
 neither). What it does, in order, each step printed as it finishes and all of it in the JSON:
@@ -37,11 +37,11 @@ import torch
 from search_spaces import table2 as space
 from search_spaces.presets import resolve
 from trainables import data as data_mod
-from trainables import train as T
 from trainables.config import PAPER_EPOCHS, PAPER_LR_DECAY_EVERY, TrialConfig
 from trainables.packed import run_packed
+from trainables.train import run_trial
 
-MFLOP_PER_IMAGE = 186.8  # forward + backward of the Table 1 CNN per training image (study.bench)
+MFLOP_PER_IMAGE = 186.8  # forward + backward of the Table 1 CNN per training image (bench.speed)
 SUBSET = 10_000
 
 
@@ -97,7 +97,7 @@ def probe(data: str, device: str, epochs: int, seeds: int, cache_dir=None, paper
 
     # alone: data, test sets and distortion bank are memoised in this process and on disk by now, so
     # its one-off cost is lower than the pack's; the pack's one_off_s is the cold figure
-    r1, wall1, seen1 = _timed_run(lambda rep: T.run_trial(cfgs[k_alone], rep, cache_dir=cache_dir))
+    r1, wall1, seen1 = _timed_run(lambda rep: run_trial(cfgs[k_alone], rep, cache_dir=cache_dir))
     res["alone"] = _summary([m["epoch_time"] for m in seen1], wall1, 1, n_images, paper_epochs)
     res["alone"]["pristine_acc"] = r1["acc_pristine"]
     loss_alone = next(m["loss"] for m in seen1 if m["epoch"] == 1)
@@ -125,7 +125,7 @@ def matmul_rate(device, n: int = 8192, reps: int = 10) -> float:
     return 2 * n ** 3 / best
 
 
-def _grid_cfgs(data, device, strategies, seeds, **fields):
+def grid_cfgs(data, device, strategies, seeds, **fields):
     return [TrialConfig(**{**fields, **t, "subset_seed": t["seed"], "data": data, "device": device})
             for t in space.grid(seeds) if t["strategy"] in strategies]
 
@@ -134,7 +134,7 @@ def graph_vs_eager(data, device) -> dict:
     common = dict(epochs=1, subset=SUBSET, test_subset=1000, precision="tf32")
     out = {}
     for impl in ("eager", "cuda_graph"):
-        cfgs = _grid_cfgs(data, device, range(1, 10), 1, step_impl=impl, **common)
+        cfgs = grid_cfgs(data, device, range(1, 10), 1, step_impl=impl, **common)
         res = run_packed(cfgs)
         out[impl] = [r["loss"] for r in res]
     rel = [abs(g - e) / abs(e) for g, e in zip(out["cuda_graph"], out["eager"])]
@@ -149,7 +149,7 @@ def bf16_vs_fp32(data, device, epochs: int) -> dict:
                   step_impl="cuda_graph")
     res = {}
     for prec in ("fp32", "bf16"):
-        cfgs = _grid_cfgs(data, device, (1, 8, 9), 3, precision=prec, **common)
+        cfgs = grid_cfgs(data, device, (1, 8, 9), 3, precision=prec, **common)
         t0 = time.perf_counter()
         out = run_packed(cfgs)
         res[prec] = {"wall_s": time.perf_counter() - t0,
@@ -185,13 +185,13 @@ def speed(data, device, epochs: int, peak: float) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m study.gpu_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="data source spec (the offline copy carried to the GPU machine)")
     p.add_argument("--json", default=None, help="write everything here")
     p.add_argument("--quick", action="store_true", help="fewer epochs (checks the script, not the figures)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        print("error: study.gpu_check needs a CUDA device; none is visible", file=sys.stderr)
+        print("error: bench.gpu_check needs a CUDA device; none is visible", file=sys.stderr)
         return 2
     device = "cuda"
     t0 = time.perf_counter()

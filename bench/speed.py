@@ -1,6 +1,6 @@
 """How fast the study's hot paths are, each beside a baseline written the way a typical user would.
 
-    python -m study.bench [--device cpu|cuda] [--json PATH] [--tiny] [--data SPEC]
+    python -m bench.speed [--device cpu|cuda] [--json PATH] [--tiny] [--data SPEC]
 
 Every figure is measured in one run, on one device, interleaved with its baseline (ours, baseline,
 ours, baseline, ...), median of --repeats after warm-up, so the ratios hold on a noisy machine
@@ -8,7 +8,7 @@ ours, baseline, ...), median of --repeats after warm-up, so the ratios hold on a
 baseline compute the same thing on the same images and stops if they do not.
 
 1. Data path of one MIX_all3 IQA-LS epoch (mixture draw, distortions, SSIM, soft targets), images/s:
-   ours = `trainables.train.epoch_data` (draw_epoch + build_epoch with a DistortionBank) + the
+   ours = `trainables.prep.epoch_data` (draw_epoch + build_epoch with a DistortionBank) + the
    targets, exactly run_trial's per-epoch work; the bank (blur and JPEG of every image and their
    scores, computed once per data set) is timed once, apart. Baseline = a torch Dataset whose
    __getitem__ distorts one image (scipy gaussian_filter, numpy noise, PIL JPEG), scores it with
@@ -20,11 +20,12 @@ baseline compute the same thing on the same images and stops if they do not.
    of the peak measured through the same backend (conv2d forward + backward, best of a few
    compute-bound shapes, same dtype and threads).
 3. One epoch of a MIX_all3 IQA-LS trial: wall time and the share spent outside the model's
-   forward/backward (an instrumented copy of run_trial's loop, checked against run_trial's loss).
+   forward/backward (run_trial's own epoch, trainables.loop, with clocks in its step; checked
+   against run_trial's loss).
 4. CUDA only (or --gpu-extras): steps/s eager vs torch.compile vs CUDA graphs, and K packed
    trials (trainables.packed) vs K separate models.
 
-Measured with `python -m study.bench --device cpu` (full sizes: 5,000-image epoch, baseline timed
+Measured with `python -m bench.speed --device cpu` (full sizes: 5,000-image epoch, baseline timed
 on 1,000, median of 5 after 1 warm-up, 1 torch thread) on a 2-core AMD EPYC VM, torch 2.14.1, while
 other jobs kept the load average at ~8 (so absolute rates are low; the ratios are the figures):
 data path 48.7x the per-sample pipeline with 0 workers and 53.6x with 2 workers (the loaded
@@ -50,9 +51,13 @@ import torch
 
 from trainables import data as data_mod
 from trainables import distortions, iqa, labels
-from trainables import train as T
 from trainables.config import LEVELS, NUM_CLASSES, TrialConfig
+from trainables.device import keep_freed_memory, numerics, pick_device
+from trainables.loop import Member, Step, model_loss, sync, train_epoch
 from trainables.mixture import DistortionBank, draw_epoch
+from trainables.model import build_model, build_optimizer
+from trainables.prep import distortion_options, epoch_data, epoch_seed, normalize, target_map, train_subset, true_class_t
+from trainables.train import run_trial
 
 try:  # the baseline's libraries (the "test" extra): scipy is a core dependency, the others are not
     from PIL import Image
@@ -88,11 +93,6 @@ PEAK_SHAPES = {  # conv2d (N, C, H, W, k), C -> C channels, 'same' padding: comp
 
 
 # ------------------------------------------------------------------ helpers
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device) -> float:
     sync(device)
     t0 = time.perf_counter()
@@ -205,7 +205,7 @@ def replay_noise_draws(cfg: TrialConfig, epoch: int, level, kind, n: int, device
     """The N(0, 1) draws ours' noise used this epoch, in build_epoch's order (types, then levels;
     gaussian_noise draws distortions.CHUNK images at a time): the baseline gets the same noise."""
     assert [t for t in cfg.types if not distortions.DISTORTIONS[t].deterministic] == ["noise"]
-    g = torch.Generator(device=device).manual_seed(T.epoch_seed(cfg.seed, epoch, 1))
+    g = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, 1))
     z = torch.zeros(n, 3, 32, 32)
     ti = cfg.types.index("noise")
     for lv in LEVELS:
@@ -220,8 +220,8 @@ def ours_stages(cfg, epoch, x, y, bank, tmap, device):
     """build_epoch split into distort / score / targets (same calls, same order), for the stage figures."""
     times = []
     t0 = time.perf_counter()
-    g = torch.Generator().manual_seed(T.epoch_seed(cfg.seed, epoch, 0))
-    g_noise = torch.Generator(device=device).manual_seed(T.epoch_seed(cfg.seed, epoch, 1))
+    g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))
+    g_noise = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, 1))
     level, kind = draw_epoch(x.shape[0], cfg.effective_mix, len(cfg.types), g, cfg.all3_draw)
     level, kind = level.to(device), kind.to(device)
     out = x.clone()
@@ -235,7 +235,7 @@ def ours_stages(cfg, epoch, x, y, bank, tmap, device):
                 out[idx] = bank.get(t, lv)[0][idx]
                 groups.append((t, lv, idx, None))
             else:
-                xn = distortions.distort(x[idx], t, lv, generator=g_noise, **T.distortion_options(cfg).get(t, {}))
+                xn = distortions.distort(x[idx], t, lv, generator=g_noise, **distortion_options(cfg).get(t, {}))
                 out[idx] = xn
                 groups.append((t, lv, idx, xn))
     sync(device)
@@ -247,7 +247,7 @@ def ours_stages(cfg, epoch, x, y, bank, tmap, device):
     sync(device)
     times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    q = labels.targets_from_t(y, T.true_class_t(cfg, tmap, scores), NUM_CLASSES)
+    q = labels.targets_from_t(y, true_class_t(cfg, tmap, scores), NUM_CLASSES)
     sync(device)
     times.append(time.perf_counter() - t0)
     return times, (out, scores, q)
@@ -255,8 +255,8 @@ def ours_stages(cfg, epoch, x, y, bank, tmap, device):
 
 def bench_data_path(cfg, x, y, device, sz, workers) -> dict:
     n = x.shape[0]
-    opts = T.distortion_options(cfg)
-    tmap = T.target_map(cfg)
+    opts = distortion_options(cfg)
+    tmap = target_map(cfg)
     # -- the one-off bank: every deterministic (kind, level) of the set, computed fresh (no disk cache)
     t0 = time.perf_counter()
     bank = DistortionBank(x, f"bench:{n}", cfg.iqa_metric, opts, None)
@@ -267,8 +267,8 @@ def bench_data_path(cfg, x, y, device, sz, workers) -> dict:
     bank_s = time.perf_counter() - t0
 
     def ours_epoch(epoch):
-        xs, scores, level, kind, g = T.epoch_data(cfg, epoch, x, device, bank)
-        q = labels.targets_from_t(y, T.true_class_t(cfg, tmap, scores), NUM_CLASSES)
+        xs, scores, level, kind, g = epoch_data(cfg, epoch, x, device, bank)
+        q = labels.targets_from_t(y, true_class_t(cfg, tmap, scores), NUM_CLASSES)
         order = torch.randperm(n, generator=g).to(device)
         return xs, scores, level, kind, q, order
 
@@ -398,18 +398,18 @@ def bench_train_step(x_u8, y, device, sz, peak_shapes) -> dict:
     qb = labels.targets_from_t(y[:BATCH].to(device), torch.full((BATCH,), 0.9, device=device), NUM_CLASSES)
     runs = {}
     for name, cfg in (("ours", cfg_ours), ("plain", cfg_plain)):
-        model = T.build_model(cfg, device)
-        opt = T.build_optimizer(cfg, model)
+        model = build_model(cfg, device)
+        opt = build_optimizer(cfg, model)
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
         def step(model=model, opt=opt, fmt=fmt):
-            logits = model(T.normalize(xb, "per_image").contiguous(memory_format=fmt))
+            logits = model(normalize(xb, "per_image").contiguous(memory_format=fmt))
             loss = labels.soft_cross_entropy(logits, qb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         runs[name] = step
-    flops = count_flops(T.build_model(cfg_ours, device))
+    flops = count_flops(build_model(cfg_ours, device))
     peaks = {s: conv_peak_op(s, device) for s in peak_shapes}
     rec = {"ours": [], "plain": [], **{str(s): [] for s in peak_shapes}}
     for r in range(sz["warmup"] + sz["repeats"]):
@@ -433,75 +433,60 @@ def bench_train_step(x_u8, y, device, sz, peak_shapes) -> dict:
 
 
 # ------------------------------------------------------------------ 3. a whole epoch
+class TimedStep(Step):
+    """The trials' eager step (trainables.loop.Step) with clocks around its forward (+ loss) and its
+    backward: `inside` adds up their seconds."""
+
+    def __init__(self, loss_fn, opt, params, device):
+        super().__init__(loss_fn, opt, params, "eager")
+        self.device, self.inside = device, 0.0
+
+    def _timed(self, fn, *args):
+        sync(self.device)
+        t0 = time.perf_counter()
+        out = fn(*args)
+        sync(self.device)
+        self.inside += time.perf_counter() - t0
+        return out
+
+    def forward(self, x, q):
+        return self._timed(super().forward, x, q)
+
+    def backward(self, loss):
+        return self._timed(super().backward, loss)
+
+
 def bench_epoch(cfg, device, sz, cache_dir) -> dict:
-    """run_trial's epoch loop with timers around the model's forward+loss and backward; everything
-    else (the epoch's data, batch gather + normalisation, zero_grad, SGD step, metric sums) is
-    'outside'. Its epoch-1 loss is checked against run_trial's own."""
-    d = T.prepare_data(cfg, device, cache_dir)
-    x, y = d["train_x"], d["train_y"]
-    n = x.shape[0]
-    tmap = T.target_map(cfg)
-    bank = DistortionBank(x, d["subset_key"], cfg.iqa_metric, T.distortion_options(cfg),
-                          cache_dir or data_mod.default_cache_dir())
-    for t in cfg.types:
-        if distortions.DISTORTIONS[t].deterministic:
-            for lv in LEVELS:
-                bank.get(t, lv)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = T.build_model(cfg, device)
-    opt = T.build_optimizer(cfg, model)
+    """run_trial's epoch (trainables.loop.train_epoch on a Member) with the step's forward+loss and
+    backward timed (TimedStep); everything else (the epoch's data, batch gather + normalisation,
+    zero_grad, SGD step, metric sums) is 'outside'. Its epoch-1 loss is checked against run_trial's own."""
+    m = Member(cfg, device, cache_dir)
+    if m.bank is not None:  # the one-off bank is not an epoch's cost: built before the clock
+        for t in cfg.types:
+            if distortions.DISTORTIONS[t].deterministic:
+                for lv in LEVELS:
+                    m.bank.get(t, lv)
+    step = TimedStep(model_loss(m.model, numerics(cfg, device)), m.opt, m.model.parameters(), device)
     rows = []
     for epoch in range(sz["warmup"] + sz["repeats"]):
+        step.inside = 0.0
         sync(device)
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(epoch)
-        xs, scores, level, kind, g = T.epoch_data(cfg, epoch, x, device, bank)
-        t = T.true_class_t(cfg, tmap, scores)
-        targets = labels.targets_from_t(y, t, NUM_CLASSES)
-        order = torch.randperm(n, generator=g).to(device)
-        sync(device)
-        t_data = time.perf_counter() - t0
-        inside = 0.0
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        steps = 0
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            xb = T.normalize(xs[idx], cfg.input_norm).contiguous(memory_format=fmt)
-            sync(device)
-            ta = time.perf_counter()
-            logits = model(xb)
-            loss = labels.soft_cross_entropy(logits, targets[idx])
-            sync(device)
-            tb = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            sync(device)
-            tc = time.perf_counter()
-            loss.backward()
-            sync(device)
-            td = time.perf_counter()
-            opt.step()
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == y[idx]).sum()
-            steps += 1
-            inside += (tb - ta) + (td - tc)
-        mean_loss = float(loss_sum) / steps
-        sync(device)
-        dt = time.perf_counter() - t0
-        rows.append({"epoch": epoch + 1, "loss": mean_loss, "epoch_time": dt, "data_time": t_data,
-                     "forward_backward_time": inside, "outside_share": 1.0 - inside / dt,
-                     "data_share": t_data / dt, "images_per_s": n / dt})
+        [r] = train_epoch([m], step, epoch, device)
+        rows.append({"epoch": epoch + 1, "loss": r["loss"], "epoch_time": r["epoch_time"],
+                     "data_time": r["data_time"], "forward_backward_time": step.inside,
+                     "outside_share": 1.0 - step.inside / r["epoch_time"], "data_share": r["data_share"],
+                     "images_per_s": r["images_per_s"]})
     reports = []
-    T.run_trial(cfg.replace(epochs=1), reports.append, cache_dir=cache_dir)
+    run_trial(cfg.replace(epochs=1), reports.append, cache_dir=cache_dir)
     ref = reports[0]
-    # CPU: the same operations in the same order, so the same loss to rounding. CUDA: cuDNN's backward
-    # kernels accumulate with atomics (run-to-run differences) and its convolutions run in TF32 by
-    # default, so over an epoch's steps the two runs drift apart (2e-4 relative on an H200, 2,000 images).
-    tol = 1e-6 if device.type == "cpu" else 2e-3
+    # CPU: the same code (only the clocks differ), so the same loss, bit for bit. CUDA: cuDNN's backward
+    # kernels accumulate with atomics (run-to-run differences) and run_trial replays a captured graph,
+    # so over an epoch's steps the two runs drift apart (2e-4 relative on an H200, 2,000 images).
+    tol = 0.0 if device.type == "cpu" else 2e-3
     if not math.isclose(ref["loss"], rows[0]["loss"], rel_tol=tol):
         raise AssertionError(f"the instrumented epoch (loss {rows[0]['loss']}) is not run_trial's "
                              f"(loss {ref['loss']}; relative tolerance {tol})")
+    n = m.d["train_x"].shape[0]
     timed_rows = rows[sz["warmup"]:]
     return {"images": n, "train_set": cfg.train_set, "regularization": cfg.regularization,
             "batch": cfg.batch_size, "epoch_time_s": med([r["epoch_time"] for r in timed_rows]),
@@ -518,7 +503,7 @@ def bench_cuda_extras(x_u8, y, device, sz) -> dict:
 
     cfg = TrialConfig(device=str(device))
     fmt = torch.channels_last
-    xb = T.normalize(x_u8[:BATCH].to(device), "per_image").contiguous(memory_format=fmt)
+    xb = normalize(x_u8[:BATCH].to(device), "per_image").contiguous(memory_format=fmt)
     qb = labels.targets_from_t(y[:BATCH].to(device), torch.full((BATCH,), 0.9, device=device), NUM_CLASSES)
     out: dict = {}
     variants = {"eager": None, "compile": {}}
@@ -526,8 +511,8 @@ def bench_cuda_extras(x_u8, y, device, sz) -> dict:
         variants["compile_cudagraphs"] = {"mode": "reduce-overhead"}
     steps = {}
     for name, kw in variants.items():
-        model = T.build_model(cfg, device)
-        opt = T.build_optimizer(cfg, model)
+        model = build_model(cfg, device)
+        opt = build_optimizer(cfg, model)
         fwd = model if kw is None else torch.compile(model, **kw)
         graphs = bool(kw) and kw.get("mode") == "reduce-overhead"
 
@@ -544,19 +529,16 @@ def bench_cuda_extras(x_u8, y, device, sz) -> dict:
         sync(device)
         out[f"{name}_warmup_s"] = time.perf_counter() - t0
         steps[name] = step
-    if device.type == "cuda":  # the study's own fast path (trainables.fast, step_impl auto on CUDA)
-        from trainables.fast import CapturedStep
-
-        model = T.build_model(cfg, device)
-        opt = T.build_optimizer(cfg, model)
-        captured = CapturedStep(lambda x, q, m=model: (lambda lg: (labels.soft_cross_entropy(lg, q), lg))(m(x)),
-                                opt, list(model.parameters()))
+    if device.type == "cuda":  # the trials' own step (trainables.loop.Step, step_impl auto on CUDA)
+        model = build_model(cfg, device)
+        captured = Step(model_loss(model, numerics(cfg, device)), build_optimizer(cfg, model), model.parameters(),
+                        "cuda_graph")
         t0 = time.perf_counter()
         for _ in range(3):  # the first call warms up and captures
             captured(xb, qb)
         sync(device)
         out["fast_path_warmup_s"] = time.perf_counter() - t0
-        out["fast_path_failed"] = captured.failed
+        out["fast_path_failed"] = captured.captured.failed
         steps["fast_path"] = lambda captured=captured: captured(xb, qb)
     reps = 20 if device.type == "cuda" else sz["step_reps"]
     rec = {k: [] for k in steps}
@@ -568,9 +550,9 @@ def bench_cuda_extras(x_u8, y, device, sz) -> dict:
     out["raw"] = {"steps_per_s": rec}
     out["pack"] = {}
     for k in sz["pack_ks"]:
-        models = [T.build_model(cfg.replace(seed=s), device) for s in range(k)]
-        opts = [T.build_optimizer(cfg, m) for m in models]
-        pack = Pack.of_models(cfg, [T.build_model(cfg.replace(seed=s), device) for s in range(k)])
+        models = [build_model(cfg.replace(seed=s), device) for s in range(k)]
+        opts = [build_optimizer(cfg, m) for m in models]
+        pack = Pack.of_models(cfg, [build_model(cfg.replace(seed=s), device) for s in range(k)])
         xk = xb.unsqueeze(0).expand(k, -1, -1, -1, -1).clone()
         qk = qb.unsqueeze(0).expand(k, -1, -1).clone()
 
@@ -581,8 +563,8 @@ def bench_cuda_extras(x_u8, y, device, sz) -> dict:
                 loss.backward()
                 o.step()
 
-        def packed(pack=pack, xk=xk, qk=qk):
-            pack.train_step(xk, qk)
+        def packed(step=pack.stepper("eager"), xk=xk, qk=qk):
+            step(xk, qk)
         for _ in range(2):
             separate()
             packed()
@@ -608,7 +590,7 @@ def fmt_rate(v: float) -> str:
 def table(res: dict) -> str:
     m, dp, ts, ep = res["machine"], res["data_path"], res["train_step"], res["epoch"]
     sz = res["sizes"]
-    lines = [f"study.bench on {m['device_name']} ({m['device']}, {m['cpu_count']} CPUs, {m['torch_threads']} "
+    lines = [f"bench.speed on {m['device_name']} ({m['device']}, {m['cpu_count']} CPUs, {m['torch_threads']} "
              f"torch thread(s)), torch {m['versions']['torch']}, {m['dtype']}; median of {sz['repeats']} after "
              f"{sz['warmup']} warm-up, ours and baseline interleaved",
              f"load average at start {m.get('loadavg_start')}, at end {m.get('loadavg_end')} (other work on the "
@@ -664,7 +646,7 @@ def default_data() -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--tiny", action="store_true", help="CI smoke run: tiny n, 3 repeats (about a minute on 2 CPUs)")
@@ -675,14 +657,14 @@ def main(argv=None) -> dict:
     p.add_argument("--gpu-extras", action="store_true", help="run section 4 on a non-CUDA device too")
     args = p.parse_args(argv)
     if _MISSING is not None:
-        sys.exit(f"study.bench needs the baseline's libraries ({_MISSING}); install with pip install -e '.[test]'")
-    device = T.pick_device(args.device)
+        sys.exit(f"bench.speed needs the baseline's libraries ({_MISSING}); install with pip install -e '.[test]'")
+    device = pick_device(args.device)
     from trainables.fast import resolve_step_impl
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cpu":
-        T.keep_freed_memory()  # what run_trial does; process-wide, so the baselines get it too
+        keep_freed_memory()  # what run_trial does; process-wide, so the baselines get it too
     sz = dict(SIZES["tiny" if args.tiny else "full"])
     res: dict = {"machine": machine_info(device, torch.get_num_threads()), "sizes": sz,
                  "data": args.data or default_data(),
@@ -694,10 +676,10 @@ def main(argv=None) -> dict:
     train = data_mod.load_split(cfg.data, "train")
     n_all = train.images.shape[0]
     cfg_dp = cfg.replace(subset=min(sz["data_n"], n_all))
-    x, y = T.train_subset(cfg_dp, train)
+    x, y = train_subset(cfg_dp, train)
     x, y = x.to(device), y.to(device)
     workers = os.cpu_count() or 1
-    print(f"study.bench: {device} ({res['machine']['device_name']}), data {cfg.data}, "
+    print(f"bench.speed: {device} ({res['machine']['device_name']}), data {cfg.data}, "
           f"{'tiny' if args.tiny else 'full'} sizes", flush=True)
     print("  1/3 data path ...", flush=True)
     res["data_path"] = bench_data_path(cfg_dp, x, y, device, sz, workers)
