@@ -37,7 +37,7 @@ MANIFEST_FILE = "study.json"  # <storage>/<name>/study.json: what the study was 
 # trainables.config.RUN_FIELDS does for one trial) and must be what the study recorded.
 RUN_FLAGS = ("resume", "cpus_per_trial", "gpus_per_trial", "address", "out", "device", "max_failures",
              "progress_every", "pack", "pack_size", "tracking_uri", "experiment", "storage", "name", "executor",
-             "estimate_only")
+             "estimate_only", "step_impl")
 # How long each preset takes (the help text; measured on the 2-core CPU, see README "Presets").
 PRESET_TIMES = {"smoke": "pipeline check, ~3 min on 2 CPU cores; accuracies near chance",
                 "demo": "the paper's robustness effect, ~30 min on 2 idle CPU cores",
@@ -142,6 +142,10 @@ def add_common_flags(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--precision", default="auto",
                    help="numerics: auto (bf16 autocast on CUDA, fp32 on a CPU) | fp32 | tf32 | bf16 "
                    "(docs/paper-mapping.md)")
+    p.add_argument("--step-impl", default="auto",
+                   help="how a training step is launched: auto (one captured CUDA graph on CUDA, eager on a CPU) | "
+                   "eager | cuda_graph; a run flag (trainables/fast.py): study.gpu_campaign falls back to eager "
+                   "when the captured step disagrees with it")
     p.add_argument("--executor", default="ray", help=f"what schedules the trials: {' | '.join(EXECUTORS)} "
                    "(default ray: Ray Tune, this machine or a cluster; local: in this process, one trial or "
                    "pack after another, without Ray; the same records, checkpoints and --resume)")
@@ -700,11 +704,13 @@ def _run_study(spec: StudySpec, kind, trials, tags_of_config, analyse, plan_line
                          "scheduled by Ray Tune); allowed: --executor ray")
     facts = preflight(spec, trials or ([Trial(search.key(0), search.base)] if search is not None else []))
     device, packing, cpus, gpus = spec.run_device, spec.packing, spec.cpus_per_trial, spec.gpus_per_trial
-    trials = [Trial(t.key, t.config.replace(device=device, threads=spec.threads, precision=spec.precision),
+    trials = [Trial(t.key, t.config.replace(device=device, threads=spec.threads, precision=spec.precision,
+                                             step_impl=spec.step_impl),
                     t.tags, t.title) for t in trials]
     if search is not None:
         search = dataclasses.replace(search, base=search.base.replace(device=device, threads=spec.threads,
-                                                                      precision=spec.precision))
+                                                                      precision=spec.precision,
+                                                                      step_impl=spec.step_impl))
     n_search = search.n_trials if search is not None else 0
     out = Path(spec.out or Path("results") / spec.name)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 EXECUTORS = ("ray", "local")
 PACK_MODES = ("auto", "on", "off")
 PRECISION_CHOICES = ("auto", "fp32", "tf32", "bf16")
+STEP_IMPL_CHOICES = ("auto", "eager", "cuda_graph")  # trainables.config.STEP_IMPLS
 # A study name becomes a folder (<storage>/<name>), a Ray experiment name and an MLflow tag value:
 # letters, digits and . _ - only, not starting with . or - (no '', '..', '/x', quotes or spaces).
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
@@ -48,6 +49,7 @@ class StudySpec:
     packing: bool = False  # --pack resolved: auto packs on CUDA
     pack_size: int = 16
     precision: str = "fp32"  # --precision resolved for the device
+    step_impl: str = "auto"  # --step-impl (a run field: the captured step replays the eager kernels)
     address: str | None = None
     max_failures: int = 3
     progress_every: float = 30.0
@@ -115,7 +117,9 @@ class StudySpec:
                 ("--max-failures", args.max_failures, args.max_failures >= 0, "an integer >= 0"),
                 ("--progress-every", args.progress_every, args.progress_every > 0, "a number of seconds > 0"),
                 ("--precision", getattr(args, "precision", "auto"), getattr(args, "precision", "auto")
-                 in PRECISION_CHOICES, ", ".join(PRECISION_CHOICES))):
+                 in PRECISION_CHOICES, ", ".join(PRECISION_CHOICES)),
+                ("--step-impl", getattr(args, "step_impl", "auto"), getattr(args, "step_impl", "auto")
+                 in STEP_IMPL_CHOICES, ", ".join(STEP_IMPL_CHOICES))):
             if not ok:
                 raise SpecError(f"{flag} {v} is not allowed; allowed: {allowed}")
         cuda = device.startswith("cuda") or (device == "auto" and cuda_available)
@@ -137,7 +141,8 @@ class StudySpec:
         return cls(name=name, preset=args.preset, seeds=args.seeds, tracking_uri=args.tracking_uri,
                    experiment=args.experiment, storage=args.storage, out=args.out, resume=bool(args.resume),
                    executor=executor, device=device, cpus_per_trial=cpus, gpus_per_trial=gpus, pack=args.pack,
-                   packing=packing, pack_size=args.pack_size, precision=precision, address=address,
+                   packing=packing, pack_size=args.pack_size, precision=precision,
+                   step_impl=getattr(args, "step_impl", "auto"), address=address,
                    max_failures=args.max_failures, progress_every=args.progress_every,
                    estimate_only=bool(getattr(args, "estimate_only", False)), flags=flags, command=command)
 
