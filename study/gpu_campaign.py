@@ -7,7 +7,8 @@ In order, each step logged as it ends and all of it in <back>/campaign.json (rew
    against fp32 with the step that passed; a path that disagrees is not used, and the log says so;
 2. speed: the pack of 9 (one seed) and of 27 (three seeds) at the paper preset's batch on the full
    training set: training images/s of a whole steady epoch, data-path share, FLOP share of the bf16
-   matmul rate; the old path (tf32, eager) beside the chosen one; CIFAR-10-C regenerated (cached);
+   matmul rate; the old path (tf32, eager) beside the chosen one (CIFAR-10-C is regenerated into the
+   data cache beside step 1, in a child process, and waited for before this step);
 3. the largest rung of the ladder (search_spaces.presets.LADDER) that the measured speed fits into
    the budget left with a 20 % margin (`choose_rung`), run as `study.table2 --executor local` into a
    SQLite store under --out, all 9 strategies x 3 seeds, with --cifar10c regenerate, in a subprocess
@@ -156,13 +157,40 @@ def measure_speed(data: str, device: str, sz: Sizes, paths: dict, log: Log) -> d
     return res
 
 
-def warm_cifar10c(data: str, sz: Sizes) -> float:
+def warm_cifar10c(data: str, subset: int) -> float:
     """Regenerate the study's CIFAR-10-C subset into the data cache (the study then loads it); seconds."""
     from trainables import robustness
     from trainables.config import TrialConfig
     t0 = time.perf_counter()
-    robustness.load(TrialConfig(data=data, cifar10c="regenerate", cifar10c_subset=sz.c10c_subset), memo=False)
+    robustness.load(TrialConfig(data=data, cifar10c="regenerate", cifar10c_subset=subset), memo=False)
     return time.perf_counter() - t0
+
+
+def child_env() -> dict:
+    """This process's environment with the repository importable (a child runs from REPO)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+def start_cifar10c(data: str, sz: Sizes) -> subprocess.Popen:
+    """The CIFAR-10-C regeneration (CPU work) in a child while the correctness runs use the GPU; it
+    is waited for before the speed step, whose timings it must not share the CPU with."""
+    code = "import sys; from study.gpu_campaign import warm_cifar10c as w; print(w(sys.argv[1], int(sys.argv[2])))"
+    return subprocess.Popen([sys.executable, "-c", code, data, str(sz.c10c_subset)], cwd=REPO, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_cifar10c(proc: subprocess.Popen, sz: Sizes, log: Log) -> dict:
+    t0 = time.monotonic()
+    out, err = proc.communicate()
+    res = {"rc": proc.returncode, "waited_s": time.monotonic() - t0}
+    if proc.returncode == 0:
+        res["build_s"] = float(out.split()[-1])
+        log(f"CIFAR-10-C: {sz.c10c_subset} test images regenerated into the cache in {res['build_s']:.0f} s "
+            f"(beside the correctness runs; waited {res['waited_s']:.0f} s more)")
+    else:  # the study regenerates them itself then, inside its own time
+        log(f"CIFAR-10-C: the regeneration failed (exit code {proc.returncode}): {err.strip().splitlines()[-1:]}")
+    return res
 
 
 def choose_rung(rungs: dict, images_per_s: float, members: int, fixed_s: float, left_s: float,
@@ -179,7 +207,7 @@ def choose_rung(rungs: dict, images_per_s: float, members: int, fixed_s: float, 
     return (fits[-1] if fits else None), est
 
 
-def plan_study(data: str, sz: Sizes, speed: dict, c10c_s: float, left_s: float) -> dict:
+def plan_study(data: str, sz: Sizes, speed: dict, left_s: float) -> dict:
     """The pack size (27 when its per-member rate is at least the pack of 9's) and the rung."""
     one, all_ = speed["rows"][1], speed["rows"][2]
     row = all_ if all_["images_per_s_per_member"] >= one["images_per_s_per_member"] else one
@@ -197,7 +225,7 @@ def plan_study(data: str, sz: Sizes, speed: dict, c10c_s: float, left_s: float) 
     fixed = STARTUP_S + packs * row["one_off_s"] + evals
     rung, est = choose_rung(rungs, row["images_per_s"], members, fixed, left_s)
     return {"rung": rung, "estimates_s": est, "fixed_s": fixed, "left_s": left_s, "pack_size": row["members"],
-            "packs": packs, "images_per_s": row["images_per_s"], "cifar10c_warm_s": c10c_s}
+            "packs": packs, "images_per_s": row["images_per_s"]}
 
 
 def run_study(data: str, sz: Sizes, paths: dict, plan: dict, work: Path, name: str, cap_s: float, log: Log) -> dict:
@@ -209,10 +237,8 @@ def run_study(data: str, sz: Sizes, paths: dict, plan: dict, work: Path, name: s
            "--pack", "on", "--pack-size", str(plan["pack_size"]), "--precision", paths["precision"],
            "--step-impl", paths["step_impl"], "--progress-every", "30"]
     log("study: " + " ".join(cmd[1:]))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "PYTHONUNBUFFERED": "1"}
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     reader = threading.Thread(target=lambda: [log("  | " + ln.rstrip(), stamp=False) for ln in proc.stdout])
     reader.start()
     stopped = False
@@ -263,13 +289,15 @@ def campaign(args, log: Log, save) -> int:
     work.mkdir(parents=True, exist_ok=True)
     save("setup", {"device": device, "device_name": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
                    "torch": torch.__version__, "data": data, "budget_s": args.budget_s, "sizes": asdict(sz)})
-    paths = check_paths(data, device, sz, log)
+    c10c = start_cifar10c(data, sz)
+    try:
+        paths = check_paths(data, device, sz, log)
+    finally:
+        save("cifar10c", finish_cifar10c(c10c, sz, log))
     save("correctness", paths)
     speed = measure_speed(data, device, sz, paths, log)
     save("speed", speed)
-    c10c_s = warm_cifar10c(data, sz)
-    log(f"CIFAR-10-C: {sz.c10c_subset} test images regenerated (cached for the study) in {c10c_s:.0f} s")
-    plan = plan_study(data, sz, speed, c10c_s, args.budget_s - log.elapsed() - RESERVE_S)
+    plan = plan_study(data, sz, speed, args.budget_s - log.elapsed() - RESERVE_S)
     save("plan", plan)
     shown = ", ".join(f"{k} {v:.0f} s" for k, v in plan["estimates_s"].items())
     if plan["rung"] is None:
