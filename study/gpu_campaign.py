@@ -228,9 +228,10 @@ def plan_study(data: str, sz: Sizes, speed: dict, left_s: float) -> dict:
             "packs": packs, "images_per_s": row["images_per_s"]}
 
 
-def run_study(data: str, sz: Sizes, paths: dict, plan: dict, work: Path, name: str, cap_s: float, log: Log) -> dict:
+def run_study(data: str, device: str, sz: Sizes, paths: dict, plan: dict, work: Path, name: str, cap_s: float,
+              log: Log) -> dict:
     """study.table2 in a subprocess, its output into the log; SIGTERM at `cap_s` seconds."""
-    cmd = [sys.executable, "-m", "study.table2", "--executor", "local", "--preset", plan["rung"],
+    cmd = [sys.executable, "-m", "study.table2", "--executor", "local", "--device", device, "--preset", plan["rung"],
            "--seeds", str(sz.seeds), "--strategies", ",".join(map(str, sz.strategies)), "--data", data,
            "--name", name, "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--storage", str(work / "checkpoints"),
            "--out", str(work / "tables"), "--cifar10c", "regenerate", "--cifar10c-subset", str(sz.c10c_subset),
@@ -305,7 +306,7 @@ def campaign(args, log: Log, save) -> int:
         return 1
     log(f"plan: rung {plan['rung']} in packs of {plan['pack_size']} ({shown}; {plan['left_s']:.0f} s left)")
     name = args.name or f"campaign-{plan['rung']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    study = run_study(data, sz, paths, plan, work, name,
+    study = run_study(data, device, sz, paths, plan, work, name,
                       args.budget_s - log.elapsed() - RESERVE_S - STOP_GRACE_S, log)
     save("study", study)
     save("export", bring_back(work, Path(args.back), name, log))
@@ -343,6 +344,13 @@ def main(argv=None) -> int:
         save("error", f"{type(e).__name__}: {e}")
         rc = 1
     save("rc", rc)
+    for row in doc.get("speed", {}).get("rows", []):  # the figures again, last: the device's output tail
+        log(f"summary: pack of {row['members']} {row['precision']}/{row['step_impl']}: {row['images_per_s']:,.0f} "
+            f"images/s, data share {row['data_share']:.3f}", stamp=False)
+    if doc.get("study"):
+        st = doc["study"]
+        log(f"summary: study {st['name']} exit code {st['rc']}, {st['wall_s']:.0f} s (estimated {st['estimate_s']:.0f})",
+            stamp=False)
     log(f"campaign: exit code {rc}; back: {', '.join(sorted(f.name for f in back.iterdir()))}")
     return rc
 
