@@ -61,6 +61,21 @@ def test_a_nan_loss_never_agrees():
     assert rel_diffs([math.nan, 2.0], [2.0, 2.0]) == math.inf
 
 
+def test_speed_measures_the_old_path_once_when_the_study_falls_back_to_it(monkeypatch, tmp_path):
+    from study import gpu_campaign as gc
+    calls = []
+
+    def row(data, device, sz, seeds, precision, impl, peak):
+        calls.append((seeds, precision, impl))
+        return {"members": 9 * seeds, "precision": precision, "step_impl": impl, "images_per_s": 1.0,
+                "images_per_s_per_member": 1.0 / (9 * seeds), "data_share": 0.1, "flop_share": None,
+                "paper_seed_min": 1.0}
+    monkeypatch.setattr(gc, "speed_row", row)
+    res = gc.measure_speed("d", "cpu", gc.FULL, {"precision": "tf32", "step_impl": "eager"}, gc.Log(tmp_path / "log"))
+    assert calls == [(1, "tf32", "eager"), (3, "tf32", "eager")] and len(res["rows"]) == 3
+    assert res["rows"][1] is res["rows"][0]
+
+
 def test_study_refuses_an_unknown_step_impl(refuse):
     assert "--step-impl fast is not allowed; allowed: auto, eager, cuda_graph" in refuse("--step-impl", "fast")
 
