@@ -51,7 +51,7 @@ SUBSET = 10_000
 ALONE_STRATEGY = 9  # MIX_all3 + IQA-LS: the trial with the most per-epoch data work
 
 
-def _timed_run(fn) -> tuple[list, float, list[dict]]:
+def timed_run(fn) -> tuple[list, float, list[dict]]:
     """Run fn(report) and return (its result, wall seconds, the reported metrics in order)."""
     seen: list[dict] = []
     t0 = time.perf_counter()
@@ -59,7 +59,7 @@ def _timed_run(fn) -> tuple[list, float, list[dict]]:
     return out, time.perf_counter() - t0, seen
 
 
-def _summary(epoch_times: list[float], wall: float, members: int, n_images: int, paper_epochs: int) -> dict:
+def speed_summary(epoch_times: list[float], wall: float, members: int, n_images: int, paper_epochs: int) -> dict:
     steady = min(epoch_times[1:] or epoch_times)
     one_off = wall - sum(epoch_times)  # loading, the distortion bank, test sets, the final evaluation
     # the measured run as it was (warm-up epoch included), then the remaining epochs at the steady pace
@@ -78,14 +78,14 @@ def probe(data: str, device: str, epochs: int, seeds: int, cache_dir=None, paper
     k_alone = next(k for k, c in enumerate(cfgs) if c.strategy == ALONE_STRATEGY and c.seed == 0)
     n_images = data_mod.load_split(data, "train", cache_dir).labels.shape[0]
 
-    out, wall, seen = _timed_run(lambda rep: run_packed(cfgs, lambda k, m: rep((k, m)), cache_dir=cache_dir))
+    out, wall, seen = timed_run(lambda rep: run_packed(cfgs, lambda k, m: rep((k, m)), cache_dir=cache_dir))
     failed = [cfgs[k].strategy for k, r in enumerate(out) if "error" in r]
     if failed:
         raise SystemExit(f"pack_probe: strategies {failed} failed in the pack: {out}")
     pack_times = [m["epoch_time"] for k, m in seen if k == 0]
     res = {"paper_epochs": paper_epochs, "epochs": epochs, "train_images": n_images, "data": data,
            "device": device, "precision": precision, "step_impl": step_impl,
-           "packed": _summary(pack_times, wall, len(cfgs), n_images, paper_epochs)}
+           "packed": speed_summary(pack_times, wall, len(cfgs), n_images, paper_epochs)}
     res["packed"]["data_share"] = [m["data_share"] for k, m in seen if k == 0]
     res["packed"]["pristine_acc"] = {f"s{cfgs[k].strategy}-seed{cfgs[k].seed}": r["acc_pristine"]
                                      for k, r in enumerate(out)}
@@ -97,8 +97,8 @@ def probe(data: str, device: str, epochs: int, seeds: int, cache_dir=None, paper
 
     # alone: data, test sets and distortion bank are memoised in this process and on disk by now, so
     # its one-off cost is lower than the pack's; the pack's one_off_s is the cold figure
-    r1, wall1, seen1 = _timed_run(lambda rep: run_trial(cfgs[k_alone], rep, cache_dir=cache_dir))
-    res["alone"] = _summary([m["epoch_time"] for m in seen1], wall1, 1, n_images, paper_epochs)
+    r1, wall1, seen1 = timed_run(lambda rep: run_trial(cfgs[k_alone], rep, cache_dir=cache_dir))
+    res["alone"] = speed_summary([m["epoch_time"] for m in seen1], wall1, 1, n_images, paper_epochs)
     res["alone"]["pristine_acc"] = r1["acc_pristine"]
     loss_alone = next(m["loss"] for m in seen1 if m["epoch"] == 1)
     res["epoch1_loss"] = {"packed": loss_packed, "alone": loss_alone, "abs_diff": abs(loss_packed - loss_alone)}

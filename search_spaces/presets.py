@@ -29,6 +29,14 @@ learning rate still falls x0.1 five times over the run.
   set's images. The command (fine-tune flags are study flags, not preset fields): docs/results/
   finetune-cifar10c-demo.md. Far from the paper's regime (100 SGD steps): it shows that the protocols
   run, are recorded apart and are compared paired by seed, not the paper's effect.
+- full32, full64, full128, full256, full512 (the ladder, issue 18): the paper's schedule shortened
+  and nothing else: all 50,000 training images, all 10 x 10,000 test images, batch 100, lr 0.1
+  x0.1 every round(0.175 E) epochs (6, 11, 22, 45, 90), so five decays as in the paper; `paper`
+  (2000 epochs) is the rung above full512. A lent GPU runs the largest rung its measured speed fits
+  into its window (`study.gpu_campaign`), so results of one rung from different sessions are
+  comparable and a faster session climbs a rung. A checkpoint every E/8 epochs (a run field: it
+  defines nothing): a campaign cannot resume across device calls, and 27 members' state every epoch
+  would cost a measurable share of a short epoch on a GPU.
 - smoke: a pipeline check, a couple of minutes for all 9 trials on a 2-core CPU: 200 images, 2
   epochs, 500 test images. Accuracies stay near chance (0.10): it checks that everything runs and
   is recorded, not what the paper measured.
@@ -37,14 +45,19 @@ from __future__ import annotations
 
 from trainables.config import PAPER_EPOCHS, PAPER_LR_DECAY_EVERY, ConfigError
 
+LADDER_EPOCHS = (32, 64, 128, 256, 512)  # the full-data rungs below `paper` (2000), issue 18
 PRESETS: dict[str, dict] = {
     "paper": {"epochs": PAPER_EPOCHS, "subset": 0, "test_subset": 0},
     "demo": {"epochs": 8, "subset": 10000, "test_subset": 2000, "lr_decay_every": 6},
     "quick": {"epochs": 24, "subset": 5000, "test_subset": 0},
     "overfit": {"epochs": 100, "subset": 1000, "test_subset": 5000, "lr_decay_every": 50},
     "finetune-demo": {"epochs": 5, "subset": 2000, "test_subset": 500, "lr_decay_every": 4},
+    **{f"full{e}": {"epochs": e, "subset": 0, "test_subset": 0, "checkpoint_every": e // 8} for e in LADDER_EPOCHS},
     "smoke": {"epochs": 2, "subset": 200, "test_subset": 500, "checkpoint_every": 1},
 }
+
+
+LADDER = tuple(f"full{e}" for e in LADDER_EPOCHS) + ("paper",)  # smallest first
 
 
 def scaled_decay_every(epochs: int) -> int:

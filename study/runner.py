@@ -79,7 +79,8 @@ def check(spec: StudySpec, kind: str, trials: list[Trial], search) -> StudyRun:
         raise StudyError("--search is not allowed with --executor local (Optuna's trials and ASHA's stops are "
                          "scheduled by Ray Tune); allowed: --executor ray")
     facts = preflight(spec, trials or ([Trial(search.key(0), search.base)] if search is not None else []))
-    run_fields = {"device": spec.run_device, "threads": spec.threads, "precision": spec.precision}
+    run_fields = {"device": spec.run_device, "threads": spec.threads, "precision": spec.precision,
+                  "step_impl": spec.step_impl}
     trials = [Trial(t.key, t.config.replace(**run_fields), t.tags, t.title) for t in trials]
     if search is not None:
         search = dataclasses.replace(search, base=search.base.replace(**run_fields))

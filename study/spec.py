@@ -112,6 +112,7 @@ class StudySpec:
     packing: bool = False  # --pack resolved: auto packs on CUDA
     pack_size: int = 16
     precision: str = "fp32"  # --precision resolved for the device
+    step_impl: str = "auto"  # --step-impl (a run field: the captured step replays the eager kernels)
     address: str | None = None
     max_failures: int = 3
     progress_every: float = 30.0
@@ -167,7 +168,8 @@ class StudySpec:
         return cls(name=name, preset=args.preset, seeds=args.seeds, tracking_uri=args.tracking_uri,
                    experiment=args.experiment, storage=args.storage, out=args.out, resume=bool(args.resume),
                    executor=executor, device=device, cpus_per_trial=cpus, gpus_per_trial=gpus, pack=args.pack,
-                   packing=packing, pack_size=args.pack_size, precision=precision, address=address,
+                   packing=packing, pack_size=args.pack_size, precision=precision,
+                   step_impl=getattr(args, "step_impl", "auto"), address=address,
                    max_failures=args.max_failures, progress_every=args.progress_every,
                    estimate_only=bool(getattr(args, "estimate_only", False)), flags=flags, command=command)
 
@@ -198,7 +200,7 @@ def _check_where(name, executor, device, address, cuda_available: bool) -> None:
 
 
 def _check_numbers(args) -> None:
-    """The resources, packing, cadence and precision flags."""
+    """The resources, packing, cadence, precision and step flags."""
     for flag, v, ok, allowed in (
             ("--cpus-per-trial", args.cpus_per_trial, args.cpus_per_trial is None or args.cpus_per_trial > 0,
              "a number > 0"),
@@ -209,7 +211,9 @@ def _check_numbers(args) -> None:
             ("--max-failures", args.max_failures, args.max_failures >= 0, "an integer >= 0"),
             ("--progress-every", args.progress_every, args.progress_every > 0, "a number of seconds > 0"),
             ("--precision", getattr(args, "precision", "auto"), getattr(args, "precision", "auto")
-             in PRECISION_CHOICES, ", ".join(PRECISION_CHOICES))):
+             in PRECISION_CHOICES, ", ".join(PRECISION_CHOICES)),
+            ("--step-impl", getattr(args, "step_impl", "auto"), getattr(args, "step_impl", "auto")
+             in STEP_IMPLS, ", ".join(STEP_IMPLS))):
         if not ok:
             raise SpecError(f"{flag} {v} is not allowed; allowed: {allowed}")
 

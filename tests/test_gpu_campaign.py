@@ -1,0 +1,118 @@
+"""study.gpu_campaign (issue 18): the ladder, the rung choice, and the CPU rehearsal of the one GPU call
+end to end (what comes back fits the device tool's limits and rebuilds Table 2 on another store)."""
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from search_spaces.presets import LADDER, resolve
+from study.gpu_campaign import MARGIN, choose_rung, rel_diffs
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_MINI = REPO / "tests" / "fixtures" / "cifar10-mini"
+
+
+def test_ladder_is_the_paper_schedule_scaled_on_all_data():
+    assert LADDER == ("full32", "full64", "full128", "full256", "full512", "paper")
+    decays = {"full32": 6, "full64": 11, "full128": 22, "full256": 45, "full512": 90, "paper": 350}
+    for rung in LADDER:
+        f = resolve(rung)
+        assert f["epochs"] == (2000 if rung == "paper" else int(rung[4:]))
+        assert f["lr_decay_every"] == decays[rung] == round(0.175 * f["epochs"])
+        assert f["subset"] == 0 and f["test_subset"] == 0 and "batch_size" not in f and "lr" not in f  # 100, 0.1
+
+
+def test_ladder_rungs_have_a_row_in_the_paper_mapping():
+    text = (REPO / "docs" / "paper-mapping.md").read_text()
+    for rung in LADDER[:-1]:
+        assert f"`--preset {rung}`" in text, rung
+
+
+RUNGS = {"full32": (32, 50_000), "full64": (64, 50_000), "full128": (128, 50_000)}
+
+
+def test_choose_rung_takes_the_largest_that_fits_with_the_margin():
+    # 27 members x 50k images per epoch at 1.35M images/s: 1 s per epoch, plus 40 s fixed
+    rung, est = choose_rung(RUNGS, 1_350_000, 27, 40.0, left_s=(40 + 64) * (1 + MARGIN))
+    assert rung == "full64" and math.isclose(est["full64"], 104.0) and math.isclose(est["full128"], 168.0)
+    rung, _ = choose_rung(RUNGS, 1_350_000, 27, 40.0, left_s=(40 + 64) * (1 + MARGIN) - 0.01)
+    assert rung == "full32"  # full64 fits without the margin, not with it
+    rung, est = choose_rung(RUNGS, 1_350_000, 27, 40.0, left_s=80.0)
+    assert rung is None and est["full32"] == pytest.approx(72.0)
+    assert choose_rung(RUNGS, 1_350_000, 27, 0.0, left_s=1e9)[0] == "full128"
+
+
+def test_choose_rung_refuses_a_rate_or_budget_that_is_not_positive():
+    with pytest.raises(ValueError, match="images_per_s=0"):
+        choose_rung(RUNGS, 0, 27, 0.0, 100.0)
+    with pytest.raises(ValueError, match="left_s=-1"):
+        choose_rung(RUNGS, 1.0, 27, 0.0, -1)
+
+
+def test_a_nan_loss_never_agrees():
+    assert rel_diffs([2.0, 2.1], [2.0, 2.1]) == 0.0
+    assert rel_diffs([2.0, 2.2], [2.0, 2.0]) == pytest.approx(0.1)
+    assert rel_diffs([math.nan, 2.0], [2.0, 2.0]) == math.inf
+
+
+def test_speed_measures_the_old_path_once_when_the_study_falls_back_to_it(monkeypatch, tmp_path):
+    from study import gpu_campaign as gc
+    calls = []
+
+    def row(data, device, sz, seeds, precision, impl, peak):
+        calls.append((seeds, precision, impl))
+        return {"members": 9 * seeds, "precision": precision, "step_impl": impl, "images_per_s": 1.0,
+                "images_per_s_per_member": 1.0 / (9 * seeds), "data_share": 0.1, "flop_share": None,
+                "paper_seed_min": 1.0}
+    monkeypatch.setattr(gc, "speed_row", row)
+    res = gc.measure_speed("d", "cpu", gc.FULL, {"precision": "tf32", "step_impl": "eager"}, gc.Log(tmp_path / "log"))
+    assert calls == [(1, "tf32", "eager"), (3, "tf32", "eager")] and len(res["rows"]) == 3
+    assert res["rows"][1] is res["rows"][0]
+
+
+def test_study_refuses_an_unknown_step_impl(refuse):
+    assert "--step-impl fast is not allowed; allowed: auto, eager, cuda_graph" in refuse("--step-impl", "fast")
+
+
+@pytest.mark.slow
+def test_smoke_campaign_brings_back_records_that_rebuild_table2(tmp_path, new_store):
+    out, back = tmp_path / "out", tmp_path / "back"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "IQA_LS_CACHE": str(tmp_path / "cache")}
+    for var in ("IQA_LS_FAULT", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        env.pop(var, None)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "study.gpu_campaign", "--data", str(CIFAR_MINI), "--out", str(out),
+                           "--back", str(back), "--budget-s", "900", "--smoke", "--name", "rehearsal"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert time.monotonic() - t0 < 900
+    # what comes back: within the device tool's limits (8 files, 16 MiB each), names it accepts
+    files = sorted(p.name for p in back.iterdir())
+    assert files == ["campaign.json", "campaign.log", "records.tar.gz"]
+    assert all((back / f).stat().st_size < 16 * 2**20 for f in files)
+    doc = json.loads((back / "campaign.json").read_text())
+    assert doc["rc"] == 0 and doc["correctness"]["step_impl"] == "eager" and doc["correctness"]["precision"] == "fp32"
+    assert [r["members"] for r in doc["speed"]["rows"]] == [2, 2, 4]
+    assert all(r["images_per_s"] > 0 and 0 <= r["data_share"] < 1 for r in doc["speed"]["rows"])
+    assert doc["plan"]["rung"] == "smoke" and doc["study"]["rc"] == 0 and not doc["study"]["stopped_at_cap"]
+    log = (back / "campaign.log").read_text()
+    assert "correctness: eager vs eager" in log and "study: exit code 0" in log and "| Table 2, study rehearsal" in log
+
+    # back on another machine: unpack, import into a new store, rebuild Table 2 from it alone
+    with tarfile.open(back / "records.tar.gz") as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    dest = f"sqlite:///{new_store(tmp_path / 'dest' / 'mlflow.db')}"
+    imp = subprocess.run([sys.executable, "-m", "study.records", "import", str(tmp_path / "unpacked/rehearsal/export"),
+                          "--tracking-uri", dest], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert imp.returncode == 0, imp.stderr
+    from analysis.table2 import build_table2
+    res = build_table2("rehearsal", tracking_uri=dest, out_dir=tmp_path / "tables", log_to_parent=False)
+    cells = res["cells"]
+    assert set(cells["strategy"]) >= {1, 9} and (tmp_path / "tables" / "table2.csv").is_file()
+    assert (tmp_path / "unpacked/rehearsal/tables/table2.csv").is_file()
