@@ -23,6 +23,11 @@ PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # "false": no tqdm ba
 TAG_PREFIX = "iqa_ls."
 
 
+def value_text(v) -> str:
+    """A param or tag value as it is recorded (MLflow stores text): lists and dicts as sorted JSON."""
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, dict)) else str(v)
+
+
 def tag(name: str) -> str:
     """The recorded tag of a short name: "seed" -> "iqa_ls.seed"."""
     return TAG_PREFIX + name

@@ -105,13 +105,76 @@ def run(args) -> int:
         return evaluate_study(args, Path(tmp))
 
 
+def _checked_run(args, r: dict, tmp: Path) -> tuple:
+    """(run, config, evaluation data, previous artifact or None, evaluated on the same data already) of
+    one FINISHED run, refused in one line before anything is logged (a missing artifact, a bad config,
+    bad CIFAR-10-C data, an earlier evaluation on other data without --replace)."""
+    from study import tracking
+    from trainables import data as data_mod
+    from trainables import robustness
+
+    cfg_file = tracking.download_artifact(args.tracking_uri, r["run_id"], "config.json", tmp / r["run_id"])
+    has_weights = "final_weights.pt" in tracking.list_artifacts(args.tracking_uri, r["run_id"])
+    if cfg_file is None or not has_weights:
+        raise StudyError(f"run {r['key']} ({r['run_id']}) has no {'config.json' if cfg_file is None else 'final_weights.pt'} "
+                         "artifact; allowed: FINISHED runs of a study (they log config.json and final_weights.pt)")
+    try:
+        cfg = eval_config(TrialConfig.from_dict(json.loads(cfg_file.read_text())), args)
+    except ConfigError as e:
+        raise StudyError(f"run {r['key']}: config.json: {e}") from None
+    try:
+        ev = robustness.load(cfg)  # checks a folder (files, labels against the test split) or builds
+    except data_mod.DataError as e:
+        raise StudyError(f"run {r['key']}: {'--cifar10c' if cfg.cifar10c != CIFAR10C_REGENERATE else '--data'}: "
+                         f"{e}") from None
+    old = tracking.download_artifact(args.tracking_uri, r["run_id"], robustness.ARTIFACT, tmp / r["run_id"] / "old")
+    old_doc = json.loads(old.read_text()) if old is not None else None
+    same = old_doc is not None and old_doc.get("key") == ev.key
+    if old_doc is not None and not same and not args.replace:
+        raise StudyError(f"run {r['key']} ({r['run_id']}) was evaluated on other CIFAR-10-C data "
+                         f"({json.dumps(old_doc.get('key'), sort_keys=True)[:300]}); allowed: the same data, "
+                         "or --replace to evaluate it again (its cifar10c.json is kept under "
+                         f"{REPLACED_DIR}/)")
+    return r, cfg, ev, old, same
+
+
+def _evaluate_run(args, r: dict, cfg: TrialConfig, ev, old: Path | None, tmp: Path) -> None:
+    """Evaluate one run's final weights and log the metrics and cifar10c.json to it (with --replace,
+    the previous artifact kept, numbered, under REPLACED_DIR)."""
+    from study import tracking
+    from trainables import robustness
+    from trainables.device import pick_device
+
+    t0 = time.perf_counter()
+    device = pick_device(cfg.device)
+    weights = tracking.download_artifact(args.tracking_uri, r["run_id"], "final_weights.pt", tmp / r["run_id"])
+    model = robustness.load_model(cfg, weights, device)
+    metrics = robustness.evaluate(model, ev, robustness.trial_norm(cfg, device), device)
+    step = r["last_step"] if r["last_step"] is not None else cfg.total_epochs
+    doc = robustness.artifact(metrics, ev, cfg, step)
+    files, dirs = [], {}
+    if old is not None:
+        n = len(tracking.list_artifacts(args.tracking_uri, r["run_id"], REPLACED_DIR))
+        kept = tmp / r["run_id"] / "kept" / f"{n}.json"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_bytes(old.read_bytes())
+        files.append(kept)
+        dirs[str(kept)] = REPLACED_DIR
+    robustness.write_artifact(tmp / r["run_id"], doc)
+    files.append(tmp / r["run_id"] / robustness.ARTIFACT)
+    metrics[f"{robustness.PREFIX}seconds"] = time.perf_counter() - t0
+    tracking.log_evaluation(args.tracking_uri, r["run_id"], metrics, step, files,
+                            {TAG_KEY: json.dumps(ev.key, sort_keys=True)}, dirs)
+    print(f"  {r['key']}: clean {metrics['c10c_acc_clean']:.4f}, benchmark mean "
+          f"{metrics.get('c10c_acc_mean_benchmark', float('nan')):.4f}, logged at step {step} "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+
+
 def evaluate_study(args, tmp: Path) -> int:
     import torch
 
     from study import tracking
-    from trainables import data as data_mod
     from trainables import robustness
-    from trainables.device import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,32 +184,7 @@ def evaluate_study(args, tmp: Path) -> int:
         raise StudyError(str(e)) from None
     if not runs:
         raise StudyError(f"study {args.study or args.run_id!r} has no FINISHED trial runs in {args.tracking_uri}")
-    # --- every check before anything is logged: configs, data, previous evaluations
-    plan = []
-    for r in runs:
-        cfg_file = tracking.download_artifact(args.tracking_uri, r["run_id"], "config.json", tmp / r["run_id"])
-        has_weights = "final_weights.pt" in tracking.list_artifacts(args.tracking_uri, r["run_id"])
-        if cfg_file is None or not has_weights:
-            raise StudyError(f"run {r['key']} ({r['run_id']}) has no {'config.json' if cfg_file is None else 'final_weights.pt'} "
-                             "artifact; allowed: FINISHED runs of a study (they log config.json and final_weights.pt)")
-        try:
-            cfg = eval_config(TrialConfig.from_dict(json.loads(cfg_file.read_text())), args)
-        except ConfigError as e:
-            raise StudyError(f"run {r['key']}: config.json: {e}") from None
-        try:
-            ev = robustness.load(cfg)  # checks a folder (files, labels against the test split) or builds
-        except data_mod.DataError as e:
-            raise StudyError(f"run {r['key']}: {'--cifar10c' if cfg.cifar10c != CIFAR10C_REGENERATE else '--data'}: "
-                             f"{e}") from None
-        old = tracking.download_artifact(args.tracking_uri, r["run_id"], robustness.ARTIFACT, tmp / r["run_id"] / "old")
-        old_doc = json.loads(old.read_text()) if old is not None else None
-        same = old_doc is not None and old_doc.get("key") == ev.key
-        if old_doc is not None and not same and not args.replace:
-            raise StudyError(f"run {r['key']} ({r['run_id']}) was evaluated on other CIFAR-10-C data "
-                             f"({json.dumps(old_doc.get('key'), sort_keys=True)[:300]}); allowed: the same data, "
-                             "or --replace to evaluate it again (its cifar10c.json is kept under "
-                             f"{REPLACED_DIR}/)")
-        plan.append((r, cfg, ev, old, same))
+    plan = [_checked_run(args, r, tmp) for r in runs]  # every check before anything is logged
     todo = [p for p in plan if not p[4]]
     ev0 = plan[0][2]
     print(f"study {args.study or parent_id}: {len(runs)} FINISHED runs; {len(plan) - len(todo)} already evaluated on "
@@ -156,30 +194,8 @@ def evaluate_study(args, tmp: Path) -> int:
     for r, cfg, ev, old, same in plan:
         if same:
             print(f"  {r['key']}: skipped (already evaluated on the same data)")
-            continue
-        t0 = time.perf_counter()
-        device = pick_device(cfg.device)
-        weights = tracking.download_artifact(args.tracking_uri, r["run_id"], "final_weights.pt", tmp / r["run_id"])
-        model = robustness.load_model(cfg, weights, device)
-        metrics = robustness.evaluate(model, ev, robustness.trial_norm(cfg, device), device)
-        step = r["last_step"] if r["last_step"] is not None else cfg.total_epochs
-        doc = robustness.artifact(metrics, ev, cfg, step)
-        files, dirs = [], {}
-        if old is not None:  # --replace: the previous evaluation's artifact is kept, numbered
-            n = len(tracking.list_artifacts(args.tracking_uri, r["run_id"], REPLACED_DIR))
-            kept = tmp / r["run_id"] / "kept" / f"{n}.json"
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            kept.write_bytes(old.read_bytes())
-            files.append(kept)
-            dirs[str(kept)] = REPLACED_DIR
-        robustness.write_artifact(tmp / r["run_id"], doc)
-        files.append(tmp / r["run_id"] / robustness.ARTIFACT)
-        metrics[f"{robustness.PREFIX}seconds"] = time.perf_counter() - t0
-        tracking.log_evaluation(args.tracking_uri, r["run_id"], metrics, step, files,
-                                {TAG_KEY: json.dumps(ev.key, sort_keys=True)}, dirs)
-        print(f"  {r['key']}: clean {metrics['c10c_acc_clean']:.4f}, benchmark mean "
-              f"{metrics.get('c10c_acc_mean_benchmark', float('nan')):.4f}, logged at step {step} "
-              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        else:
+            _evaluate_run(args, r, cfg, ev, old, tmp)
 
     from analysis.cifar10c import build_cifar10c, format_console
     res = build_cifar10c(parent_run_id=parent_id, tracking_uri=args.tracking_uri, experiment=args.experiment,

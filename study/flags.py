@@ -90,10 +90,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto",
                    help="numerics: auto (bf16 autocast on CUDA, fp32 on a CPU) | fp32 | tf32 | bf16 "
                    "(docs/paper-mapping.md)")
-    p.add_argument("--step-impl", default="auto",
-                   help="how a training step is launched: auto (one captured CUDA graph on CUDA, eager on a CPU) | "
-                   "eager | cuda_graph; a run flag (trainables/fast.py): study.gpu_campaign falls back to eager "
-                   "when the captured step disagrees with it")
+    p.add_argument("--step-impl", default="auto", help="how a step is launched (a run flag, trainables/fast.py): "
+                   "auto (a captured CUDA graph on CUDA, eager on a CPU) | eager | cuda_graph")
     p.add_argument("--executor", default="ray", help=f"what schedules the trials: {' | '.join(EXECUTORS)} "
                    "(default ray: Ray Tune, this machine or a cluster; local: in this process, one trial or "
                    "pack after another, without Ray; the same records, checkpoints and --resume)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from analysis.schema import RESUME_SCHEDULE_PARAMS, TAG_STORAGE
+from analysis.schema import RESUME_SCHEDULE_PARAMS, TAG_STORAGE, value_text
 from study.spec import StudyError, StudyRun, StudySpec, Trial
 from study.storage import is_local, read_manifest, trial_folder
 from trainables.config import TrialConfig
@@ -101,11 +101,10 @@ def _check_manifest(spec: StudySpec, settings: dict, recorded_manifest: dict) ->
 
 
 def _check_params(spec: StudySpec, settings: dict, recorded_params: dict) -> None:
-    from study.tracking import _val
 
     first = next(iter(settings["trials"].values()), {})
-    current = {**{k: _val(first[k]) for k in RESUME_SCHEDULE_PARAMS if k in first},
-               **{k: _val(v) for k, v in settings["flags"].items()}}
+    current = {**{k: value_text(first[k]) for k in RESUME_SCHEDULE_PARAMS if k in first},
+               **{k: value_text(v) for k, v in settings["flags"].items()}}
     for k in sorted(recorded_params):
         if k in RUN_FLAGS or k == "n_trials":
             continue

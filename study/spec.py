@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from trainables.config import TrialConfig
+from trainables.config import STEP_IMPLS, TrialConfig
 
 EXECUTORS = ("ray", "local")
 PACK_MODES = ("auto", "on", "off")

@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from analysis.schema import (DEFAULT_EXPERIMENT, EPOCH_METRICS, EVAL_METRICS, FINISHED, PROGRESS_BAR_ENV, ROLE_PARENT,
                              ROLE_TRIAL, TAG_ERROR, TAG_KIND, TAG_NODE, TAG_NODES, TAG_NOTE, TAG_PARENT_RUN, TAG_ROLE,
                              TAG_RUN_NAME, TAG_STOPPED, TAG_STUDY, TAG_TRIAL_KEY, child_runs, children_filter,
-                             find_parent, one_line, open_client, sqlite_path, study_parents, tag)
+                             find_parent, one_line, open_client, sqlite_path, study_parents, tag,
+                             value_text)
 from trainables.metric_names import EVAL_METRIC_PREFIXES
 
 MAX_NODES = 32  # attempts listed in the iqa_ls.nodes tag (MLflow caps a tag value at 8000 chars)
@@ -64,10 +65,6 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"tracking URI {uri}: folder {parent} does not exist or is not writable")
     elif uri.startswith("file:") or "://" not in uri:
         raise TrackingError(f"tracking URI {uri!r} is not allowed; allowed: sqlite:///PATH or http(s)://HOST:PORT")
-
-
-def _val(v) -> str:
-    return json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, dict)) else str(v)
 
 
 # A study driver talks to a tracking server for days: MLflow's own HTTP retries (7, with backoff) and
@@ -202,9 +199,9 @@ class StudyRecorder:
             run = self.client.create_run(self.experiment_id, run_name=self.study, tags={
                 TAG_ROLE: ROLE_PARENT, TAG_STUDY: self.study, TAG_KIND: self.kind,
                 **({TAG_NOTE: _note(description)} if description else {}),
-                **{tag(k): _val(v) for k, v in tags.items()}})
+                **{tag(k): value_text(v) for k, v in tags.items()}})
             self.parent_id = run.info.run_id
-            self.client.log_batch(self.parent_id, params=[Param(k, _val(v)) for k, v in sorted(params.items())])
+            self.client.log_batch(self.parent_id, params=[Param(k, value_text(v)) for k, v in sorted(params.items())])
             self._check_single_parent()
         for key, run in self.children().items():
             self.child_ids[key] = run.info.run_id
@@ -251,9 +248,9 @@ class StudyRecorder:
         else:
             run = self.client.create_run(self.experiment_id, run_name=run_name or key, tags={
                 TAG_PARENT_RUN: self.parent_id, TAG_ROLE: ROLE_TRIAL, TAG_STUDY: self.study,
-                TAG_TRIAL_KEY: key, **{tag(k): _val(v) for k, v in tags.items()}})
+                TAG_TRIAL_KEY: key, **{tag(k): value_text(v) for k, v in tags.items()}})
             run_id = self.child_ids[key] = run.info.run_id
-            self.client.log_batch(run_id, params=[Param(k, _val(v)) for k, v in sorted(config.items())])
+            self.client.log_batch(run_id, params=[Param(k, value_text(v)) for k, v in sorted(config.items())])
         if key not in self.last_step:
             hist = self.client.get_metric_history(run_id, "loss")
             self.last_step[key] = max((m.step for m in hist), default=0)
@@ -324,7 +321,7 @@ class StudyRecorder:
         self.client.set_terminated(run_id, status="KILLED")
 
     def set_child_tag(self, key: str, name: str, value) -> None:
-        self.client.set_tag(self.child_ids[key], tag(name), _val(value))
+        self.client.set_tag(self.child_ids[key], tag(name), value_text(value))
 
 
 UI_PORT = 5000  # mlflow ui's default
@@ -536,4 +533,4 @@ def log_evaluation(tracking_uri: str, run_id: str, metrics: dict, step: int, art
     for f in artifacts:
         client.log_artifact(run_id, str(f), (artifact_dirs or {}).get(str(f)))
     if tags:
-        client.log_batch(run_id, tags=[RunTag(tag(k), _val(v)) for k, v in tags.items()])
+        client.log_batch(run_id, tags=[RunTag(tag(k), value_text(v)) for k, v in tags.items()])
