@@ -9,6 +9,30 @@ CIFAR_MINI = Path(__file__).parent / "fixtures" / "cifar10-mini"
 STUDY_ENV = ("IQA_LS_FAULT", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")  # a caller's values would change a study
 
 
+# ------------------------------------------------------------------ how the suite is run (docs/testing.md)
+def pytest_collection_modifyitems(config, items):
+    """Modules with end-to-end (`slow`) tests first, each module's tests kept together and in order.
+
+    Under `-n 2` a whole module goes to one worker (below) and workers take modules in this order, so
+    the long studies start first and the many short unit tests fill the end on both workers. A stable
+    sort on the module: no test moves within its module, and a module-scoped study still runs once."""
+    e2e = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in e2e)
+
+
+@pytest.hookimpl(optionalhook=True)  # only called when pytest-xdist is installed
+def pytest_xdist_make_scheduler(config, log):
+    """`-n N`: one module per worker at a time, in collection order (xdist's `--dist loadfile`, minus
+    its reordering by test count, which would put the two-test multi-node module last). A module's
+    tests share module-scoped fixtures that are whole studies (~30-120 s each): spread over workers
+    they would run once per worker. An explicit `--dist` other than the default `load` is kept."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+    config.option.loadscopereorder = False
+    return LoadFileScheduling(config, log)
+
+
 def listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 

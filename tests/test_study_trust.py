@@ -398,6 +398,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # three processes, ~40 s: outside the fast suite
 def test_studies_creating_one_new_store_at_once_all_start(tmp_path):
     # without the lock beside the store, two or more concurrent first openings run MLflow's migrations
     # into one file at once and leave it broken (alembic_tmp_experiments already exists)
