@@ -78,14 +78,15 @@ TAG_RUN_NAME = "mlflow.runName"
 FINISHED = "FINISHED"
 
 # --- metrics and params ----------------------------------------------------------------------------
-# A trial's per-epoch metrics (step = epoch); its evaluations add <what>_<set> (trainables.train).
+# A trial's per-epoch metrics (step = epoch); its evaluations add <what>_<set> (trainables.metric_names).
 EPOCH_METRICS = ("loss", "lr", "train_acc", "mean_t", "frac_below_chance",
                  "frac_below_chance_max_batch", "epoch_time", "images_per_s", "data_time", "data_share")
 EVAL_METRICS = ("objective",)  # search trials: the searched objective, on the epochs they evaluate
 # TEST_SETS (Sec. 4.2: pristine + 3 distortions x 3 levels) and ACC_METRICS ("acc_" + set, a trial's
-# final accuracies) are imported above: defined once in trainables.config, beside what a trial evaluates.
+# final accuracies) are imported above: defined once in trainables.metric_names (torch-free), beside
+# what a trial evaluates.
 # The schedule as the parent run's params record it: a --resume of a study recorded before manifests
-# is compared on these (study.runner).
+# is compared on these (study.resume).
 RESUME_SCHEDULE_PARAMS = ("epochs", "batch_size", "lr", "lr_decay_every", "subset", "test_subset", "data")
 # The part of it a table states (analysis.common.provenance), read from the trials' params (the
 # parent's params are the flags, where a preset value not overridden reads "None").
