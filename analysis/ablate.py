@@ -49,6 +49,7 @@ from analysis.schema import (ACC_METRICS, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_U
                              TAG_ERROR, TAG_KIND, TAG_MATCHED, TAG_MATCHED_TO, TAG_ORDER, TAG_REGULARIZATION,
                              TAG_SEARCH, TAG_SEED, TAG_SEEDS, TAG_SETTING, TAG_STOPPED, TAG_STUDY, TEST_SETS,
                              AnalysisError, one_line, planned_seeds)
+from trainables.metric_names import VAL_PREFIX
 
 ABLATIONS = ("tmap", "iqa", "ratios", "levels", "search")  # table order
 DESCRIPTIONS = {
@@ -68,7 +69,7 @@ METRICS = ACC_METRICS + ("acc_mean_all", "acc_worst", "mean_t")
 # sets and over all 10, then Brier, mean confidence and mean p(true class) over all 10
 CAL_METRICS = ("ece_pristine", "ece_mean_distorted", "ece_mean_all", "nll_pristine", "nll_mean_distorted",
                "nll_mean_all", "brier_mean_all", "conf_mean_all", "ptrue_mean_all")
-VAL = "val_"  # a search selects on the validation sets: its table shows val_<metric>
+VAL = VAL_PREFIX  # a search selects on the validation sets: its table shows val_<metric>
 METRIC_LABELS = {**{f"acc_{t}": TEST_SET_LABELS[t] for t in TEST_SETS}, "acc_mean_all": "Mean",
                  "acc_worst": "Worst", "mean_t": "mean T",
                  "ece_pristine": "ECE pristine", "ece_mean_distorted": "ECE dist.", "ece_mean_all": "ECE all",

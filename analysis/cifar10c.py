@@ -95,9 +95,10 @@ from analysis.schema import (
     AnalysisError,
     planned_seeds,
 )
+from trainables.metric_names import C10C_PREFIX, EVAL_WHATS
 
 ARTIFACT = "cifar10c.json"
-PREFIX = "c10c_"
+PREFIX, WHATS = C10C_PREFIX, EVAL_WHATS  # c10c_<what>_<set>, as the trials record them
 CLEAN = "clean"
 SEVERITIES = (1, 2, 3, 4, 5)
 # The reference generator's order (ImageNet-C/create_c/make_cifar_c.py): the 15 of the benchmark,
@@ -109,7 +110,6 @@ BENCHMARK = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "g
 EXTRAS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 ORDER = BENCHMARK + EXTRAS
 SEEN = ("gaussian_noise", "jpeg_compression", "gaussian_blur")  # the kinds of our training distortions
-WHATS = ("acc", "nll", "ece", "brier", "conf", "ptrue")
 ACC_SUMMARY = ("clean", "mean_benchmark", "mean_corrupted", "mean_seen", "mean_unseen",
                "sev1", "sev2", "sev3", "sev4", "sev5", "mce", "rel_mce")
 CAL_SUMMARY = ("ece_clean", "ece_mean_benchmark", "nll_clean", "nll_mean_benchmark")
