@@ -37,6 +37,14 @@ def listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+@pytest.fixture
+def fast_http_failure(monkeypatch):
+    """An unreachable tracking server fails at once (no retries, 5 s). The analysis commands (run_cli)
+    only set these when unset; setting them here keeps the test process's environment clean."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
 @pytest.fixture(scope="session")
 def new_store(tmp_path_factory):
     """`new_store(path)`: an empty MLflow SQLite store at `path` (a file), copied from one made once per

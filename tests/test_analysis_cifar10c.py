@@ -16,20 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
-from mlflow.tracking import MlflowClient
 from scipy import stats as sps
 
 from analysis import cifar10c as A
 from analysis.common import run_cli
+from helpers_mlflow import PROVENANCE, ROWS, SCHEDULE, new_experiment
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = {1: ("pristine", "onehot"), 2: ("mix_blur", "onehot"), 3: ("mix_blur", "iqa_ls"),
-        4: ("mix_noise", "onehot"), 5: ("mix_noise", "iqa_ls"), 6: ("mix_jpeg", "onehot"),
-        7: ("mix_jpeg", "iqa_ls"), 8: ("mix_all3", "onehot"), 9: ("mix_all3", "iqa_ls")}
-PROVENANCE = {"iqa_ls.data_source": "/data/cifar10-jpeg", "iqa_ls.data_checksum": "sha256:0123abcd",
-              "iqa_ls.git_commit": "deadbeef", "iqa_ls.device_name": "Test CPU x2",
-              "iqa_ls.versions": json.dumps({"python": "3.11.9", "torch": "2.14.1", "mlflow": "3.17.2"})}
-SCHEDULE = {"epochs": "3", "subset": "0", "test_subset": "2000"}
 # 4 benchmark corruptions (2 seen), 1 seen extra: the tables must handle a partial benchmark
 CORR = ("gaussian_noise", "shot_noise", "fog", "jpeg_compression", "gaussian_blur")
 BENCH = ("gaussian_noise", "shot_noise", "fog", "jpeg_compression")
@@ -94,18 +87,12 @@ def child_run(client, exp_id, parent, name, tags, metrics, doc):
     return run
 
 
-@pytest.fixture(autouse=True)
-def _fast_http_failure(monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+pytestmark = pytest.mark.usefixtures("fast_http_failure")
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
-    client = MlflowClient(uri)
-    exp_id = client.create_experiment("iqa-ls", artifact_location=(root / "artifacts").as_uri())
+    root, uri, client, exp_id = new_experiment(tmp_path_factory)
     rng = np.random.default_rng(0)
     vals = {(s, seed): values(rng, s, seed) for s in ROWS for seed in SEEDS}
     p = parent_run(client, exp_id, "t2", "table2", len(SEEDS))

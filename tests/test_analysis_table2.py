@@ -13,22 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
-from mlflow.tracking import MlflowClient
 
 from analysis import table2
 from analysis.common import run_cli
+from helpers_mlflow import PROVENANCE, ROWS, SCHEDULE, new_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_SETS = ["pristine", "blur_1", "blur_2", "blur_3", "noise_1", "noise_2", "noise_3",
              "jpeg_1", "jpeg_2", "jpeg_3"]
-# Table 2 rows as the study tags them (same as search_spaces/table2.STRATEGIES)
-ROWS = {1: ("pristine", "onehot"), 2: ("mix_blur", "onehot"), 3: ("mix_blur", "iqa_ls"),
-        4: ("mix_noise", "onehot"), 5: ("mix_noise", "iqa_ls"), 6: ("mix_jpeg", "onehot"),
-        7: ("mix_jpeg", "iqa_ls"), 8: ("mix_all3", "onehot"), 9: ("mix_all3", "iqa_ls")}
-PROVENANCE = {"iqa_ls.data_source": "/data/cifar10-jpeg", "iqa_ls.data_checksum": "sha256:0123abcd",
-              "iqa_ls.git_commit": "deadbeef", "iqa_ls.device_name": "Test CPU x2",
-              "iqa_ls.versions": json.dumps({"python": "3.11.9", "torch": "2.14.1", "mlflow": "3.17.2"})}
-SCHEDULE = {"epochs": "3", "subset": "0", "test_subset": "2000"}  # TrialConfig params of every trial
 OUTPUTS = {f"{stem}{ext}" for stem in ("table2", "table2_ece", "table2_nll")
            for ext in (".md", ".csv", ".tex", ".parquet", "_pairs.csv")} | {
     "table2_heatmap.png", "table2_diff_vs_paper.png", "table2_reliability.png", "table2_confidence_quality.png"}
@@ -85,19 +77,12 @@ def log_calibration(client, run, accs):
         client.log_artifact(run, str(f))
 
 
-@pytest.fixture(autouse=True)
-def _fast_http_failure(monkeypatch):
-    """run_cli only sets these when unset; setting them here keeps the test process's env clean."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+pytestmark = pytest.mark.usefixtures("fast_http_failure")
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
-    client = MlflowClient(uri)
-    exp_id = client.create_experiment("iqa-ls", artifact_location=(root / "artifacts").as_uri())
+    root, uri, client, exp_id = new_experiment(tmp_path_factory)
     rng = np.random.default_rng(0)
     # accuracies on a 10k test set: multiples of 1e-4
     accs = {(s, seed): list(np.round(rng.uniform(0.4, 0.85, 10), 4))

@@ -19,13 +19,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers_mlflow import free_port, mlflow_server
 from search_spaces import table2 as table2_space
 from study import table2
 from trainables import data, distortions, iqa, labels
@@ -127,22 +126,10 @@ def test_a_tracking_server_that_accepts_but_never_answers_is_refused(refuse):
 
 @pytest.mark.slow
 def test_a_tracking_server_that_answers_health_but_refuses_the_api_is_refused(tmp_path, refuse):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                               "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--workers", "1",
-                               "--allowed-hosts", "mlflow.example.org"],  # MLflow 3: not us
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    server = mlflow_server(tmp_path, port, "--allowed-hosts", "mlflow.example.org")  # MLflow 3: not us
     uri = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(1)
         line = refuse("--tracking-uri", uri)
     finally:
         server.terminate()

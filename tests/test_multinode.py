@@ -23,6 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers_cluster import Cluster, proc_title, trial_progress, wait_for
+from helpers_mlflow import study_runs
 
 pytestmark = pytest.mark.slow
 
@@ -64,13 +65,8 @@ def client(c: Cluster) -> MlflowClient:
     return MlflowClient(f"sqlite:///{c.mlflow_db}")  # the server's own store, read from here
 
 
-def study_runs(c: Cluster, name: str):
-    mc = client(c)
-    exp = mc.get_experiment_by_name("iqa-ls")
-    runs = mc.search_runs([exp.experiment_id], f"tags.`iqa_ls.study` = '{name}'", max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("iqa_ls.role") == "parent"]
-    children = [r for r in runs if r.data.tags.get("iqa_ls.role") == "trial"]
-    return mc, parents, children
+def cluster_runs(c: Cluster, name: str):
+    return study_runs(f"sqlite:///{c.mlflow_db}", name)  # the server's own store, read from here
 
 
 def history(mc, run_id: str, metric: str) -> list:
@@ -79,7 +75,7 @@ def history(mc, run_id: str, metric: str) -> list:
 
 def assert_one_finished_run_per_trial(c: Cluster, name: str) -> dict:
     """Exactly one FINISHED child run per trial key, each with loss at steps 1..E once; returns facts."""
-    mc, parents, children = study_runs(c, name)
+    mc, parents, children = cluster_runs(c, name)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     keys = [r.data.tags["iqa_ls.trial_key"] for r in children]
     assert sorted(keys) == sorted(KEYS)  # one run per trial, no duplicate

@@ -1,14 +1,12 @@
 """`python -m study.table2` end to end (Ray local, MLflow SQLite and a real mlflow server)."""
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
+from helpers_mlflow import free_port, mlflow_server, study_runs
 
 pytestmark = pytest.mark.slow
 
@@ -25,17 +23,8 @@ def study(cwd: Path, *flags, timeout=900):
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def runs_of(uri: str, study_name: str):
-    c = MlflowClient(uri)
-    exp = c.get_experiment_by_name("iqa-ls")
-    runs = c.search_runs([exp.experiment_id], f"tags.`iqa_ls.study` = '{study_name}'", max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("iqa_ls.role") == "parent"]
-    children = [r for r in runs if r.data.tags.get("iqa_ls.role") == "trial"]
-    return c, parents, children
-
-
 def assert_complete_study(uri: str, name: str, epochs: int = 2, strategies=tuple(range(1, 10))):
-    c, parents, children = runs_of(uri, name)
+    c, parents, children = study_runs(uri, name)
     assert len(parents) == 1 and len(children) == len(strategies)
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert sorted(int(r.data.tags["iqa_ls.strategy"]) for r in children) == list(strategies)
@@ -85,12 +74,12 @@ def test_smoke_study_writes_table_files_nine_by_ten(recorded):
 def test_resume_after_finished_study_creates_no_new_runs(recorded):
     cwd, _ = recorded
     uri = f"sqlite:///{cwd}/mlflow.db"
-    before = {r.info.run_id for r in runs_of(uri, "table2")[2]}
+    before = {r.info.run_id for r in study_runs(uri, "table2")[2]}
     res = study(cwd, "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "9 finished trials kept, 0 to run" in res.stdout
     assert "resume: 0 of 18 epochs left (9 trials finished)" in res.stdout  # the plan counts what is left
-    _, parents, children = runs_of(uri, "table2")
+    _, parents, children = study_runs(uri, "table2")
     assert len(parents) == 1 and {r.info.run_id for r in children} == before
 
 
@@ -131,28 +120,12 @@ def test_a_refusal_from_the_command_line_is_one_line_and_exit_code_two(tmp_path)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_smoke_study_against_a_real_mlflow_server(tmp_path, new_store):
     new_store(tmp_path / "server.db")
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    server = mlflow_server(tmp_path, port, "--artifacts-destination", str(tmp_path / "artifacts"))
     uri = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                import urllib.request
-                urllib.request.urlopen(uri + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(1)
         res = study(tmp_path, "--tracking-uri", uri, "--strategies", "2,3")  # the server path, not the grid
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert_complete_study(uri, "table2", strategies=(2, 3))

@@ -17,11 +17,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from helpers_mlflow import free_port, mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -143,24 +143,9 @@ def test_resume_with_other_schedule_flags_is_refused_and_run_flags_are_not(study
 
 
 # ------------------------------------------------------------------ a tracking server that dies
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _server(tmp: Path, port: int) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                          "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--artifacts-destination",
-                          str(tmp / "artifacts"), "--workers", "1"], cwd=tmp, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
-    for _ in range(180):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return p
-        except OSError:
-            time.sleep(1)
-    raise AssertionError("mlflow server did not start")
+    # its own session: _stop kills the server and its workers at once, as a crash would
+    return mlflow_server(tmp, port, "--artifacts-destination", str(tmp / "artifacts"), new_session=True)
 
 
 def _stop(p: subprocess.Popen) -> None:
@@ -170,7 +155,7 @@ def _stop(p: subprocess.Popen) -> None:
 
 def test_a_dead_tracking_server_stops_the_study_in_one_line_and_resume_finishes_it(tmp_path, new_store):
     new_store(tmp_path / "server.db")
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     flags = ["--levels", "--preset", "smoke", "--data", str(FIXTURE), "--subset", "100", "--test-subset", "50",
              "--epochs", "2", "--tracking-uri", uri, "--progress-every", "60", "--name", "lost"]
