@@ -7,9 +7,10 @@ paper's 15:15:10: does training on one level carry over to the others?
 Launch: `python -m study.ablate --levels --preset quick --data ../shared/data/cifar10-jpeg`
 (4 settings x 1 seed, about 30 min on a 2-core CPU).
 
-What to expect: each single level is best near its own test level; level 3 carries over downwards
-(to levels 1-2) better than level 1 upwards, at some cost on pristine; the paper's spread sits in
-between on every test set.
+What to expect (a hypothesis, not measured here; one seed gives no interval, so test it with
+`--seeds 3` or more): each single level is best near its own test level; level 3 carries over
+downwards (to levels 1-2) better than level 1 upwards, at some cost on pristine; the paper's spread
+sits in between on every test set.
 """
 from __future__ import annotations
 

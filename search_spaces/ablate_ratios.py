@@ -9,9 +9,10 @@ Launch: `python -m study.ablate --ratios --preset quick --data ../shared/data/ci
 (7 settings x 1 seed, about 50 min on a 2-core CPU); `--pristine-shares 0.3,0.9` and
 `--level-splits 1:1:1,1:0:0` pick the values.
 
-What to expect: a trade-off: pristine accuracy rises with p while the distorted sets, level 3 most,
-lose (Table 2's mixture rows lose ~1-3 points on pristine against row 1 at p = 0.6); splits towards
-severe levels help level 3 and cost pristine / level 1.
+What to expect (a hypothesis, not measured here; one seed gives no interval, so test it with
+`--seeds 3` or more): a trade-off: pristine accuracy rises with p while the distorted sets, level 3
+most, lose (the paper's Table 2 mixture rows are 0-4.1 points below row 1 on pristine at p = 0.6,
+one run); splits towards severe levels help level 3 and cost pristine / level 1.
 """
 from __future__ import annotations
 

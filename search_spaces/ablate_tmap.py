@@ -13,10 +13,11 @@ What to expect: SSIM of the Sec. 4.2 distortions on CIFAR-10 lies around 0.5-0.9
 noise near 0.5; the `ablate_tmap_curves.png` plot shows the histogram), so identity gives the
 distorted images targets of 0.5-0.95. power(gamma=4) and the steep logistic push the level-3 targets
 towards or below 1/K = 0.1 (MLflow `frac_below_chance`): the label then says "not this class", and
-level-3 accuracy should drop. power(gamma=0.5) and the affine floors stay close to one-hot. If the
-paper's effect is real, the maps in between (identity, power 2, affine 0.1-0.3) beat one-hot on
-pristine and level 1-2 by about 1-2 points (Table 2, row 9 vs 8); with one seed, differences below
-about 1 point are within seed noise.
+level-3 accuracy should drop. power(gamma=0.5) and the affine floors stay close to one-hot. The
+hypothesis to test: if the paper's effect holds, the maps in between (identity, power 2, affine
+0.1-0.3) are above one-hot on pristine and level 1-2 by about the paper's 1-2 points (Table 2, row 9
+vs 8, one run). One seed gives no interval, so it cannot tell; use `--seeds 3` or more and read the
+paired intervals.
 """
 from __future__ import annotations
 
