@@ -224,13 +224,16 @@ EVAL_ATOL = 1e-5
 
 
 def _eval_metric(name: str) -> bool:
-    return name.startswith(("acc_", "nll_", "ece_", "brier_", "conf_", "ptrue_", "val_"))
+    return name.startswith(("acc_", "nll_", "ece_", "brier_", "conf_", "ptrue_", "val_", "c10c_"))
 
 
 @pytest.mark.parametrize("norm", ["per_image", "dataset"])
 def test_vmapped_evaluation_matches_each_members_own_within_rounding(tmp_path, norm):
-    # member 2 evaluates other test images (test_subset): its own group, through a sliced forward
-    cfgs = [tiny(seed=0, input_norm=norm, eval_every=1), tiny(seed=1, subset_seed=1, input_norm=norm, eval_every=1),
+    # member 2 evaluates other test images (test_subset): its own group, through a sliced forward;
+    # members 0 and 1 CIFAR-10-C too (two corruptions of 20 test images), member 2 not
+    c10c = dict(cifar10c="regenerate", cifar10c_subset=20, cifar10c_corruptions=("gaussian_noise", "contrast"))
+    cfgs = [tiny(seed=0, input_norm=norm, eval_every=1, **c10c),
+            tiny(seed=1, subset_seed=1, input_norm=norm, eval_every=1, **c10c),
             tiny(seed=2, subset_seed=2, test_subset=30, input_norm=norm, train_set="mix_noise")]
     runs = {}
     for path in ("per_member", "vmap"):
@@ -242,12 +245,12 @@ def test_vmapped_evaluation_matches_each_members_own_within_rounding(tmp_path, n
         for r, g in zip(runs["per_member"][k], runs["vmap"][k]):
             assert sorted(r) == sorted(g)  # the same evaluations on the same epochs
             for key in r:
-                if key in TIMES + ("checkpoint",):
+                if key in TIMES + ("checkpoint", "c10c_seconds"):
                     continue
                 if not _eval_metric(key):
                     assert g[key] == r[key], key  # training is untouched: ==
                 elif "acc_" in key or "ece_" in key:
-                    n = 30 if k == 2 and not key.startswith("val_") else 20
+                    n = 30 if k == 2 and not key.startswith("val_") else 20  # CIFAR-10-C: 20 images
                     assert abs(g[key] - r[key]) <= 1 / n + 1e-12, key  # at most one image flips
                 else:
                     assert g[key] == pytest.approx(r[key], abs=EVAL_ATOL), key
@@ -256,6 +259,8 @@ def test_vmapped_evaluation_matches_each_members_own_within_rounding(tmp_path, n
         for s in a["test"]["reliability"]:
             assert sum(a["test"]["reliability"][s]["count"]) == sum(b["test"]["reliability"][s]["count"])
         assert (tmp_path / "vmap" / str(k) / "final_weights.pt").is_file()
+        assert (tmp_path / "vmap" / str(k) / "cifar10c.json").is_file() == (k < 2)
+        assert ("c10c_acc_contrast_5" in runs["vmap"][k][-1]) == (k < 2)
 
 
 def test_pack_levers_are_shared_config_fields():

@@ -150,13 +150,16 @@ class Member:
                      sync_model: Callable[[], None] | None = None, evaluated: tuple | None = None) -> dict:
         """After epoch `epoch` (0-based) trained: the due evaluations, the final artifacts, the history
         and the checkpoint; returns the epoch's report. `sync_model` copies a pack's weights into
-        `self.model` (called only when they are needed). `evaluated`: (metrics, calibration record)
-        of this epoch's due evaluations done already (a pack's vmapped pass, Pack.evaluate)."""
+        `self.model` (called only when they are needed). `evaluated`: (metrics, calibration record,
+        CIFAR-10-C (metrics, seconds) or None) of this epoch's due evaluations done already (a pack's
+        vmapped pass, Pack.evaluate)."""
         cfg, done = self.cfg, epoch + 1
         last_epoch = done == cfg.total_epochs
         test_due, val_due = eval_due(cfg, done)
         due_ckpt = bool(self.ckpt_dir) and (last_epoch or done % cfg.checkpoint_every == 0)
-        needs_model = due_ckpt or (evaluated is None and (test_due or val_due)) or (last_epoch and bool(cfg.cifar10c))
+        c10c_done = None if evaluated is None else evaluated[2]
+        needs_model = (due_ckpt or (evaluated is None and (test_due or val_due))
+                       or (last_epoch and bool(cfg.cifar10c) and c10c_done is None))
         if sync_model is not None and needs_model:
             sync_model()
         record = {} if last_epoch else None
@@ -170,7 +173,7 @@ class Member:
             write_calibration(self.ckpt_dir, cfg, done, record)
             if cfg.cifar10c:  # issue 14: the final model on CIFAR-10-C (trainables/robustness.py)
                 metrics.update(robustness.final_evaluation(self.model, cfg, self.norm, device, self.ckpt_dir,
-                                                           self.cache_dir, done))
+                                                           self.cache_dir, done, c10c_done))
         # The metrics of every epoch so far travel with the checkpoint: a driver that died (or a
         # node lost) between a checkpoint and the report reaching MLflow can fill that gap from it.
         self.history.append(dict(metrics))

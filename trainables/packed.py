@@ -31,15 +31,16 @@ member's own model: its metrics differ from the per-member ones by float32 summa
 from __future__ import annotations
 
 import copy
+import time
 from typing import Callable
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from trainables import labels
+from trainables import labels, robustness
 from trainables.config import TrialConfig
 from trainables.device import numerics, setup, step_impl_for
-from trainables.evaluation import eval_due, evaluate_all_pack
+from trainables.evaluation import eval_due, evaluate_all_pack, evaluate_pack
 from trainables.loop import Member, Step, loss_error, train_epoch
 from trainables.model import build_optimizer
 
@@ -141,25 +142,41 @@ class Pack:
         return lambda xb: vmap(lambda p, b, x: functional_call(self.base, (p, b), (x,)))(params, buffers, xb)
 
     @torch.no_grad()
-    def evaluate(self, epoch: int, amp, ks: list[int]) -> dict[int, tuple[dict, dict | None]]:
+    def evaluate(self, epoch: int, amp, ks: list[int]) -> dict[int, tuple[dict, dict | None, tuple | None]]:
         """The due evaluations after epoch `epoch` (0-based) of members `ks`, in one vmapped pass per
-        group of members that share their evaluation sets and what is due (config `pack_eval="vmap"`):
-        member index -> (metrics, calibration record or None), for Member.finish_epoch."""
-        done, groups = epoch + 1, {}
+        group of members that share their evaluation sets and what is due (config `pack_eval="vmap"`),
+        and after the last epoch CIFAR-10-C likewise (per group of members on the same CIFAR-10-C
+        data): member index -> (metrics, calibration record or None, CIFAR-10-C (metrics, seconds of
+        the group's pass) or None), for Member.finish_epoch."""
+        done, groups, c10c_groups = epoch + 1, {}, {}
+        same_norm = self.members[0].cfg.input_norm != "dataset"  # else each member's own mean and std
         for k in ks:
             m = self.members[k]
             test, val = eval_due(m.cfg, done)
             if test or val:
                 groups.setdefault((m.d["eval_key"], test, val), []).append(k)
+            if done == m.cfg.total_epochs and m.cfg.cifar10c:
+                c10c_groups.setdefault(robustness.data_key_fields(m.cfg), []).append(k)
         out = {}
         for (_, test, val), idx in groups.items():
             ms = [self.members[k] for k in idx]
             records = [{} for _ in idx] if done == ms[0].cfg.total_epochs else None
-            same_norm = ms[0].cfg.input_norm != "dataset"  # else each member's own mean and std
             metrics = evaluate_all_pack(self.forward_of(idx), ms[0].d, [m.norm for m in ms], same_norm, test, val,
                                         records, amp)
             for j, k in enumerate(idx):
-                out[k] = (metrics[j], None if records is None else records[j])
+                out[k] = (metrics[j], None if records is None else records[j], None)
+        for idx in c10c_groups.values():
+            ms = [self.members[k] for k in idx]
+            t0 = time.perf_counter()
+            ev = robustness.load(ms[0].cfg, ms[0].cache_dir)
+            forward, norms = self.forward_of(idx), [m.norm for m in ms]
+            # as robustness.evaluate: in float32, without the trial's autocast
+            metrics = robustness.evaluate_many(
+                lambda sets, y: evaluate_pack(forward, norms, same_norm, sets, y, prefix=robustness.PREFIX), ev,
+                next(iter(self.params.values())).device)
+            seconds = time.perf_counter() - t0
+            for j, k in enumerate(idx):
+                out[k] = out[k][:2] + ((metrics[j], seconds),)
         return out
 
     @torch.no_grad()
