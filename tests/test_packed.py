@@ -254,7 +254,8 @@ def test_vmapped_evaluation_matches_each_members_own_within_rounding(tmp_path, n
                     assert abs(g[key] - r[key]) <= 1 / n + 1e-12, key  # at most one image flips
                 else:
                     assert g[key] == pytest.approx(r[key], abs=EVAL_ATOL), key
-        a, b = (json.loads((tmp_path / path / str(k) / "calibration.json").read_text()) for path in ("per_member", "vmap"))
+        a, b = (json.loads((tmp_path / path / str(k) / "calibration.json").read_text())
+                for path in ("per_member", "vmap"))
         assert a.keys() == b.keys() and a["test"]["reliability"].keys() == b["test"]["reliability"].keys()
         for s in a["test"]["reliability"]:
             assert sum(a["test"]["reliability"][s]["count"]) == sum(b["test"]["reliability"][s]["count"])

@@ -229,6 +229,21 @@ class Batches:
             yield xb, self.qs[rows, idx], self.ys[rows, idx]
 
 
+def epoch_batches(members: list[Member], epoch: int, device: torch.device, stacked: bool,
+                  batched: bool) -> tuple[list[Drawn], Batches]:
+    """Every member's epoch `epoch` drawn and its batches: one member at a time, or (`batched`, the
+    config's pack_data="batched", shared by a pack) all in one pass (prep.pack_epoch_data), bit for
+    bit the same on a CPU. bench.gpu_check.lever_times times the two side by side."""
+    xs = None
+    if batched:
+        xs, parts = pack_epoch_data([m.cfg for m in members], epoch, [m.d["train_x"] for m in members], device,
+                                    [m.bank for m in members])
+        drawn = [m.draw(epoch, device, (xs[k], *parts[k])) for k, m in enumerate(members)]
+    else:
+        drawn = [m.draw(epoch, device) for m in members]
+    return drawn, Batches(members, drawn, stacked, members[0].cfg.batch_size, xs)
+
+
 def epoch_metrics(cfg: TrialConfig, epoch: int, lr: float, loss: float, correct: int, e: Drawn,
                   epoch_time: float, data_time: float) -> dict:
     """A member's training metrics of epoch `epoch` (0-based), the names every trainer reports."""
@@ -260,14 +275,7 @@ def train_epoch(members: list[Member], step: Step, epoch: int, device: torch.dev
     lr = cfg.lr_at(epoch)
     for group in step.opt.param_groups:
         group["lr"] = lr
-    xs = None
-    if cfg.pack_data == "batched":  # pack_data is shared by a pack (PACK_SHARED)
-        xs, parts = pack_epoch_data([m.cfg for m in members], epoch, [m.d["train_x"] for m in members], device,
-                                    [m.bank for m in members])
-        drawn = [m.draw(epoch, device, (xs[k], *parts[k])) for k, m in enumerate(members)]
-    else:
-        drawn = [m.draw(epoch, device) for m in members]
-    data = Batches(members, drawn, step.stacked, cfg.batch_size, xs)
+    drawn, data = epoch_batches(members, epoch, device, step.stacked, cfg.pack_data == "batched")
     sync(device)
     t_data = time.perf_counter() - t0
     loss_sum = torch.zeros(len(members), device=device)
