@@ -18,7 +18,9 @@ neither). What it does, in order, each step printed as it finishes and all of it
    and bf16/graph, and the pack of 27 (3 seeds) in bf16/graph; for each the training images/s of the
    whole epoch (data path, steps and, for the projection, the final evaluation), the projected paper
    schedule (2000 epochs), the data path's share of the epoch, and the achieved FLOP/s (186.8 MFLOP
-   per training image, forward + backward) as a share of step 1's rate.
+   per training image, forward + backward) as a share of step 1's rate;
+5. the pack levers of issue 18 on the packs of 9 and 27 (`lever_times`): an epoch's data path per
+   member vs batched (config pack_data) and the final evaluation per member vs vmapped (pack_eval).
 
 Targets (issue #13): >= 1,000,000 training images/s for the pack of 9 (paper schedule <= 15 min,
 stretch 10), the pack of 27 at >= the per-member rate of the pack of 9, data share <= 10 %.
@@ -107,6 +109,94 @@ def probe(data: str, device: str, epochs: int, seeds: int, cache_dir=None, paper
     res["sequential_projection_s"] = len(cfgs) * res["alone"]["paper_projection_s"]
     res["packed_speedup"] = res["sequential_projection_s"] / res["packed"]["paper_projection_s"]
     return res
+
+
+# ------------------------------------------------------------------ the pack levers of issue 18
+LEVER_EVAL_KEYS = ("nll", "brier", "conf", "ptrue")  # probability metrics: compared to float rounding
+
+
+def lever_times(cfgs: list[TrialConfig], reps: int = 3, cache_dir=None) -> dict:
+    """The two pack levers of issue 18 side by side on one pack of `cfgs` (its members at their initial
+    weights: the speed of a pass does not depend on them), interleaved, median of `reps` after one
+    warm-up each: an epoch's data path (trainables.loop.epoch_batches: every member's draw, targets,
+    batch order and the stacked batches) per member vs batched (config pack_data), and the final
+    evaluation of the test sets per member (each member's model, trainables.evaluation.evaluate_all)
+    vs one vmapped pass (trainables.packed.Pack.evaluate, config pack_eval). Before timing, their
+    agreement: the batched epoch's images and targets against the per-member ones (equal on a CPU),
+    the vmapped evaluation's probability metrics and accuracies against the per-member ones."""
+    import statistics
+
+    from trainables.device import numerics, setup
+    from trainables.evaluation import eval_due, evaluate_all
+    from trainables.loop import Member, epoch_batches, sync
+    from trainables.packed import Pack, check_packable
+
+    check_packable(cfgs)
+    device = setup(cfgs[0])
+    members = [Member(c, device, cache_dir, None, k) for k, c in enumerate(cfgs)]
+    amp = numerics(cfgs[0], device)
+    pack = Pack(members)
+    last = cfgs[0].total_epochs - 1  # the epoch after which the test sets are due
+    ks = list(range(len(members)))
+
+    def data(batched: bool, epoch: int):
+        drawn, batches = epoch_batches(members, epoch, device, True, batched)
+        return [d.targets for d in drawn], batches.xs
+
+    def per_member_eval():  # what Member.finish_epoch does after the last epoch
+        out = []
+        for k, m in enumerate(members):
+            pack.sync_member(k)
+            out.append(evaluate_all(m.model, m.d, m.norm, *eval_due(m.cfg, last + 1), {}, amp))
+        return out
+
+    def vmap_eval():
+        got = pack.evaluate(last, amp, ks)
+        return [got[k][0] for k in ks]
+
+    # agreement (and the warm-up: banks, the batched path's source pool, the evaluation's kernels)
+    (q_old, x_old), (q_new, x_new) = data(False, 0), data(True, 0)
+    e_old, e_new = per_member_eval(), vmap_eval()
+    agree = {"data_images_equal": bool(torch.equal(x_old, x_new)),
+             "data_targets_max_abs": max(float((a - b).abs().max()) for a, b in zip(q_old, q_new)),
+             "eval_prob_max_abs": max(abs(a[key] - b[key]) for a, b in zip(e_old, e_new) for key in a
+                                      if key.split("_")[0] in LEVER_EVAL_KEYS),
+             "eval_acc_max_abs": max(abs(a[key] - b[key]) for a, b in zip(e_old, e_new) for key in a
+                                     if key.startswith("acc_"))}
+    del q_old, x_old, q_new, x_new
+
+    def timed(fn) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        return time.perf_counter() - t0
+
+    rec = {"data_per_member": [], "data_batched": [], "eval_per_member": [], "eval_vmap": []}
+    for r in range(reps):
+        rec["data_per_member"].append(timed(lambda: data(False, r + 1)))
+        rec["data_batched"].append(timed(lambda: data(True, r + 1)))
+        rec["eval_per_member"].append(timed(per_member_eval))
+        rec["eval_vmap"].append(timed(vmap_eval))
+    med = {k: statistics.median(v) for k, v in rec.items()}
+    test_images = sum(x.shape[0] for x in members[0].d["evals"]["test"]["sets"].values())
+    return {"members": len(cfgs), "train_images": int(members[0].d["train_y"].shape[0]),
+            "test_images": test_images, "device": str(device), "precision": cfgs[0].precision, "reps": reps,
+            "data_s": {"per_member": med["data_per_member"], "batched": med["data_batched"]},
+            "data_speedup": med["data_per_member"] / med["data_batched"],
+            "eval_s": {"per_member": med["eval_per_member"], "vmap": med["eval_vmap"]},
+            "eval_speedup": med["eval_per_member"] / med["eval_vmap"], "agreement": agree, "raw": rec}
+
+
+def lever_line(r: dict) -> str:
+    """One log line of lever_times' figures."""
+    a = r["agreement"]
+    return (f"levers, pack of {r['members']}: epoch data path {r['data_s']['per_member']:.3f} s per member -> "
+            f"{r['data_s']['batched']:.3f} s batched ({r['data_speedup']:.2f}x; images equal "
+            f"{a['data_images_equal']}, targets max |diff| {a['data_targets_max_abs']:.1e}); final evaluation "
+            f"of {r['test_images']:,} test images {r['eval_s']['per_member']:.2f} s per member -> "
+            f"{r['eval_s']['vmap']:.2f} s vmapped ({r['eval_speedup']:.2f}x; probabilities max |diff| "
+            f"{a['eval_prob_max_abs']:.1e}, accuracy {a['eval_acc_max_abs']:.1e})")
 
 
 def matmul_rate(device, n: int = 8192, reps: int = 10) -> float:
@@ -210,6 +300,11 @@ def main(argv=None) -> int:
     print(f"[{time.perf_counter() - t0:5.0f}s] speed at the paper preset ({'1 epoch' if args.quick else '2 epochs'}):",
           flush=True)
     res["speed"] = speed(args.data, device, 1 if args.quick else 2, peak)
+    fields = resolve("paper", epochs=1, lr_decay_every=PAPER_LR_DECAY_EVERY)
+    for seeds in (1, 3):  # the pack levers of issue 18: old vs new on the packs just timed
+        res.setdefault("levers", []).append(lever_times(
+            grid_cfgs(args.data, device, range(1, 10), seeds, precision="bf16", step_impl="cuda_graph", **fields)))
+        print(f"[{time.perf_counter() - t0:5.0f}s] " + lever_line(res["levers"][-1]), flush=True)
     res["wall_s"] = time.perf_counter() - t0
     print(f"[{res['wall_s']:5.0f}s] done", flush=True)
     if args.json:

@@ -24,6 +24,10 @@ baseline compute the same thing on the same images and stops if they do not.
    against run_trial's loss).
 4. CUDA only (or --gpu-extras): steps/s eager vs torch.compile vs CUDA graphs, and K packed
    trials (trainables.packed) vs K separate models.
+5. The pack levers of issue 18 (bench.gpu_check.lever_times), old beside new on one pack of Table 2
+   strategies (one seed): an epoch's data path per member vs batched (config pack_data) and the
+   final evaluation of the test sets per member vs one vmapped pass (config pack_eval), seconds,
+   with their agreement checked first.
 
 Measured with `python -m bench.speed --device cpu` (full sizes: 5,000-image epoch, baseline timed
 on 1,000, median of 5 after 1 warm-up, 1 torch thread) on a 2-core AMD EPYC VM, torch 2.14.1, while
@@ -49,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.gpu_check import grid_cfgs, lever_line, lever_times
 from trainables import data as data_mod
 from trainables import distortions, iqa, labels
 from trainables.config import LEVELS, NUM_CLASSES, TrialConfig
@@ -82,8 +87,9 @@ SIZES = {  # what each mode measures; --tiny is CI's smoke run (~1 minute on a 2
     # epoch_n: the outside share is a ratio of two costs that both scale with n, so 2,000 images
     # (20 steps) measure it as well as 5,000 in 40 % of the time
     "full": dict(data_n=5000, baseline_n=1000, repeats=5, warmup=1, step_reps=3, epoch_n=2000,
-                 pack_ks=(4, 8, 16)),
-    "tiny": dict(data_n=200, baseline_n=100, repeats=3, warmup=1, step_reps=1, epoch_n=200, pack_ks=(2,)),
+                 pack_ks=(4, 8, 16), lever_strategies=tuple(range(1, 10)), lever_n=2000, lever_test=200),
+    "tiny": dict(data_n=200, baseline_n=100, repeats=3, warmup=1, step_reps=1, epoch_n=200, pack_ks=(2,),
+                 lever_strategies=(1, 9), lever_n=200, lever_test=20),
 }
 PEAK_SHAPES = {  # conv2d (N, C, H, W, k), C -> C channels, 'same' padding: compute-bound shapes
     "cpu": [(64, 64, 32, 32, 3), (32, 128, 32, 32, 3), (128, 64, 16, 16, 5), (64, 128, 16, 16, 5)],
@@ -582,6 +588,19 @@ def bench_cuda_extras(x_u8, y, device, sz) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ 5. the pack levers
+def bench_levers(data: str, device, sz, threads: int) -> dict:
+    """Section 5: lever_times on the Table 2 strategies of `sz` (one seed), `lever_n` training images,
+    `lever_test` test images per set, the study's precision and step for this device."""
+    from search_spaces.presets import resolve
+
+    fields = resolve("paper", epochs=1, subset=sz["lever_n"], test_subset=sz["lever_test"])
+    cuda = device.type == "cuda"
+    cfgs = grid_cfgs(data, str(device), sz["lever_strategies"], 1, threads=threads,
+                     precision="bf16" if cuda else "fp32", step_impl="cuda_graph" if cuda else "eager", **fields)
+    return lever_times(cfgs, reps=sz["repeats"])
+
+
 # ------------------------------------------------------------------ the report
 def fmt_rate(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
@@ -638,6 +657,8 @@ def table(res: dict) -> str:
             lines.append(f"{'K=' + k + ' trials: packed vs separate (images/s)':<{w}}"
                          f"{fmt_rate(pk['packed_images_per_s']):>14}{fmt_rate(pk['separate_images_per_s']):>16}"
                          f"{pk['speedup']:>8.2f}x")
+    if "levers" in res:
+        lines.append(lever_line(res["levers"]))
     return "\n".join(lines)
 
 
@@ -655,6 +676,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: the study's "
                    "per-trial default, --cpus-per-trial 1); 0 = torch's default")
     p.add_argument("--gpu-extras", action="store_true", help="run section 4 on a non-CUDA device too")
+    p.add_argument("--skip-levers", action="store_true", help="leave out section 5 (the pack levers)")
+    p.add_argument("--levers-only", action="store_true", help="run section 5 (the pack levers) alone")
     args = p.parse_args(argv)
     if _MISSING is not None:
         sys.exit(f"bench.speed needs the baseline's libraries ({_MISSING}); install with pip install -e '.[test]'")
@@ -681,6 +704,13 @@ def main(argv=None) -> dict:
     workers = os.cpu_count() or 1
     print(f"bench.speed: {device} ({res['machine']['device_name']}), data {cfg.data}, "
           f"{'tiny' if args.tiny else 'full'} sizes", flush=True)
+    if args.levers_only:
+        res["levers"] = bench_levers(res["data"], device, sz, args.threads)
+        print(lever_line(res["levers"]))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(res, indent=1, sort_keys=True, default=str))
+        return res
     print("  1/3 data path ...", flush=True)
     res["data_path"] = bench_data_path(cfg_dp, x, y, device, sz, workers)
     print("  2/3 training step ...", flush=True)
@@ -692,6 +722,9 @@ def main(argv=None) -> dict:
     if device.type == "cuda" or args.gpu_extras:
         print("  +   compile / graphs / packed ...", flush=True)
         res["cuda"] = bench_cuda_extras(x, y, device, sz)
+    if not args.skip_levers:
+        print("  +   pack levers (data path, evaluation) ...", flush=True)
+        res["levers"] = bench_levers(res["data"], device, sz, args.threads)
     if hasattr(os, "getloadavg"):
         res["machine"]["loadavg_end"] = list(os.getloadavg())
     res.update({

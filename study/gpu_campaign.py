@@ -8,7 +8,9 @@ In order, each step logged as it ends and all of it in <back>/campaign.json (rew
 2. speed: the pack of 9 (one seed) and of 27 (three seeds) at the paper preset's batch on the full
    training set: training images/s of a whole steady epoch, data-path share, FLOP share of the bf16
    matmul rate; the old path (tf32, eager) beside the chosen one (CIFAR-10-C is regenerated into the
-   data cache beside step 1, in a child process, and waited for before this step);
+   data cache beside step 1, in a child process, and waited for before this step); then the pack
+   levers on both packs, old beside new (bench.gpu_check.lever_times: an epoch's data path per member
+   vs batched, the final evaluation per member vs vmapped);
 3. the largest rung of the ladder (search_spaces.presets.LADDER) that the measured speed fits into
    the budget left with a 20 % margin (`choose_rung`), run as `study.table2 --executor local` into a
    SQLite store under --out, all 9 strategies x 3 seeds, with --cifar10c regenerate, in a subprocess
@@ -37,7 +39,7 @@ from pathlib import Path
 import torch
 
 from search_spaces.presets import LADDER, resolve
-from bench.gpu_check import MFLOP_PER_IMAGE, grid_cfgs, matmul_rate, speed_summary, timed_run
+from bench.gpu_check import MFLOP_PER_IMAGE, grid_cfgs, lever_line, lever_times, matmul_rate, speed_summary, timed_run
 from trainables import data as data_mod
 from trainables.config import PAPER_EPOCHS, PAPER_LR_DECAY_EVERY
 from trainables.packed import run_packed
@@ -62,10 +64,12 @@ class Sizes:
     speed_test: int  # test images per set of a speed row (its final evaluation is not timed)
     ladder: tuple  # the rungs, smallest first
     c10c_subset: int  # --cifar10c-subset of the study
+    lever_reps: int  # timed repeats of each pack lever, old and new (after one warm-up each)
+    lever_seeds: tuple  # the packs (seeds per strategy) whose levers are timed
 
 
-FULL = Sizes(tuple(range(1, 10)), 3, 10_000, 500, 2, 1000, LADDER, 2000)
-SMOKE = Sizes((1, 9), 2, 100, 50, 1, 50, ("smoke",), 20)
+FULL = Sizes(tuple(range(1, 10)), 3, 10_000, 500, 2, 1000, LADDER, 2000, 3, (1, 3))
+SMOKE = Sizes((1, 9), 2, 100, 50, 1, 50, ("smoke",), 20, 1, (1,))  # the rehearsal: the levers of one pack
 
 
 class Log:
@@ -140,8 +144,18 @@ def speed_row(data: str, device: str, sz: Sizes, seeds: int, precision: str, imp
             "paper_seed_min": PAPER_EPOCHS * n * len(sz.strategies) / s["images_per_s"] / 60}
 
 
+def lever_row(data: str, device: str, sz: Sizes, seeds: int, precision: str, impl: str) -> dict:
+    """The pack levers (config pack_data, pack_eval) old beside new on the speed rows' pack of `seeds`:
+    the same configs (the data, memoised by the rows, is not loaded again)."""
+    fields = resolve("paper", epochs=sz.speed_epochs, lr_decay_every=PAPER_LR_DECAY_EVERY)
+    cfgs = grid_cfgs(data, device, sz.strategies, seeds, **{**fields, "test_subset": sz.speed_test},
+                     precision=precision, step_impl=impl)
+    return lever_times(cfgs, reps=sz.lever_reps)
+
+
 def measure_speed(data: str, device: str, sz: Sizes, paths: dict, log: Log) -> dict:
-    """The old path and the chosen one for the pack of one seed, the chosen one for all seeds."""
+    """The old path and the chosen one for the pack of one seed, the chosen one for all seeds; then the
+    pack levers on the chosen path for both packs (`res["levers"]`)."""
     peak = matmul_rate(torch.device(device)) if device == "cuda" else None
     res = {"bf16_matmul_flops": peak, "rows": []}
     chosen = (paths["precision"], paths["step_impl"])
@@ -155,6 +169,12 @@ def measure_speed(data: str, device: str, sz: Sizes, paths: dict, log: Log) -> d
         log(f"speed: pack of {row['members']:>2} {prec}/{impl:<10} {row['images_per_s']:>11,.0f} images/s "
             f"({row['images_per_s_per_member']:,.0f} per member), data share {row['data_share']:.3f}{flops}, "
             f"paper schedule per seed {row['paper_seed_min']:.1f} min")
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    res["levers"] = []
+    for seeds in sz.lever_seeds:
+        res["levers"].append(lever_row(data, device, sz, seeds, *chosen))
+        log("speed: " + lever_line(res["levers"][-1]))
         if device == "cuda":
             torch.cuda.empty_cache()
     return res

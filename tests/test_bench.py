@@ -47,6 +47,10 @@ def test_tiny_bench_writes_numbers_and_its_agreement_checks_pass(tmp_path):
     # the report says which step a trial's run_trial takes here: eager fp32 on a CPU (the CUDA graph on CUDA)
     assert res["fast_path"] == {"step_impl": "eager", "precision": "fp32"}
     assert "step_impl, precision" in proc.stdout and "eager, fp32" in proc.stdout
+    # section 5: the pack levers old beside new, agreeing before they were timed
+    lv = res["levers"]
+    assert lv["members"] == 2 and lv["agreement"]["data_images_equal"] is True
+    assert min(lv["data_s"].values()) > 0 and min(lv["eval_s"].values()) > 0 and "levers, pack of 2" in proc.stdout
 
 
 def test_flop_count_is_the_issues_186_8_mflop_per_training_image():
@@ -104,3 +108,23 @@ def test_keep_freed_memory_is_harmless_to_call():
 
     assert keep_freed_memory() in (True, False)
     assert torch.ones(1 << 22).sum() == 1 << 22  # allocation still works
+
+
+def test_lever_times_measures_both_paths_of_both_levers_and_their_agreement(tmp_path, monkeypatch):
+    from bench.gpu_check import lever_line, lever_times
+    from trainables.config import TrialConfig
+
+    monkeypatch.setenv("IQA_LS_CACHE", str(tmp_path / "cache"))
+    base = dict(data=str(FIXTURE), epochs=1, batch_size=50, subset=100, test_subset=20, device="cpu", threads=1)
+    cfgs = [TrialConfig(**base, seed=0, train_set="mix_all3", regularization="iqa_ls"),
+            TrialConfig(**base, seed=1, train_set="mix_noise", regularization="onehot")]
+    r = lever_times(cfgs, reps=1)
+    assert r["members"] == 2 and r["train_images"] == 100 and r["test_images"] == 200 and r["reps"] == 1
+    assert all(len(v) == 1 and v[0] > 0 for v in r["raw"].values())
+    a = r["agreement"]
+    # on a CPU the batched epoch is the per-member one bit for bit; the vmapped evaluation is within
+    # float32 rounding of the members' own
+    assert a["data_images_equal"] is True and a["data_targets_max_abs"] == 0.0
+    assert a["eval_prob_max_abs"] < 1e-5 and a["eval_acc_max_abs"] <= 0.05
+    assert r["data_speedup"] == r["data_s"]["per_member"] / r["data_s"]["batched"]
+    assert lever_line(r).startswith("levers, pack of 2: epoch data path ")

@@ -70,10 +70,22 @@ def test_speed_measures_the_old_path_once_when_the_study_falls_back_to_it(monkey
         return {"members": 9 * seeds, "precision": precision, "step_impl": impl, "images_per_s": 1.0,
                 "images_per_s_per_member": 1.0 / (9 * seeds), "data_share": 0.1, "flop_share": None,
                 "paper_seed_min": 1.0}
+    levers = []
+
+    def lever(data, device, sz, seeds, precision, impl):
+        levers.append((seeds, precision, impl))
+        return {"members": 9 * seeds, "test_images": 10, "data_s": {"per_member": 2.0, "batched": 1.0},
+                "data_speedup": 2.0, "eval_s": {"per_member": 2.0, "vmap": 1.0}, "eval_speedup": 2.0,
+                "agreement": {"data_images_equal": True, "data_targets_max_abs": 0.0, "eval_prob_max_abs": 0.0,
+                              "eval_acc_max_abs": 0.0}}
     monkeypatch.setattr(gc, "speed_row", row)
+    monkeypatch.setattr(gc, "lever_row", lever)
     res = gc.measure_speed("d", "cpu", gc.FULL, {"precision": "tf32", "step_impl": "eager"}, gc.Log(tmp_path / "log"))
     assert calls == [(1, "tf32", "eager"), (3, "tf32", "eager")] and len(res["rows"]) == 3
     assert res["rows"][1] is res["rows"][0]
+    # the pack levers, old beside new, on the chosen path for both packs
+    assert levers == [(1, "tf32", "eager"), (3, "tf32", "eager")] and len(res["levers"]) == 2
+    assert "levers, pack of 27: epoch data path 2.000 s per member -> 1.000 s batched" in (tmp_path / "log").read_text()
 
 
 def test_study_refuses_an_unknown_step_impl(refuse):
@@ -100,6 +112,12 @@ def test_smoke_campaign_brings_back_records_that_rebuild_table2(tmp_path, new_st
     assert doc["rc"] == 0 and doc["correctness"]["step_impl"] == "eager" and doc["correctness"]["precision"] == "fp32"
     assert [r["members"] for r in doc["speed"]["rows"]] == [2, 2, 4]
     assert all(r["images_per_s"] > 0 and 0 <= r["data_share"] < 1 for r in doc["speed"]["rows"])
+    # the pack levers ran old beside new on both packs, and agreed before they were timed
+    assert [r["members"] for r in doc["speed"]["levers"]] == [2]
+    for r in doc["speed"]["levers"]:
+        assert min(r["data_s"].values()) > 0 and min(r["eval_s"].values()) > 0
+        a = r["agreement"]
+        assert a["data_images_equal"] is True and a["data_targets_max_abs"] == 0.0 and a["eval_prob_max_abs"] < 1e-5
     assert doc["plan"]["rung"] == "smoke" and doc["study"]["rc"] == 0 and not doc["study"]["stopped_at_cap"]
     log = (back / "campaign.log").read_text()
     assert "correctness: eager vs eager" in log and "study: exit code 0" in log and "| Table 2, study rehearsal" in log

@@ -159,3 +159,113 @@ def test_bf16_pack_matches_its_members_alone_within_bf16_rounding():
             assert g["loss"] == pytest.approx(r["loss"], rel=2e-2)
     with pytest.raises(PackError, match="precision differs"):
         run_packed([tiny(), tiny(precision="bf16")])
+
+
+# ------------------------------------------------------------------ the speed levers of issue 18
+TIMES = ("epoch_time", "images_per_s", "data_time", "data_share")  # clocks: the only fields that may differ
+
+
+def test_batched_epoch_data_is_each_members_own_draw_bit_for_bit():
+    from trainables.prep import epoch_data, pack_epoch_data, prepare_data, trial_bank
+
+    # every kind of group: banked blur/JPEG, noise, another metric, score pooling, no bank, pristine
+    cfgs = [tiny(seed=0, subset=150), tiny(seed=1, subset=150, train_set="mix_noise", score_pooling="level"),
+            tiny(seed=2, subset=150, iqa_metric="gmsm", subset_seed=2),
+            tiny(seed=3, subset=150, precompute=False, score_pooling="level"),
+            tiny(seed=4, subset=150, train_set="pristine", regularization="onehot"),
+            tiny(seed=5, subset=150, train_set="mix_jpeg", score_pooling="level", iqa_metric="psnr")]
+    dev = torch.device("cpu")
+    ds = [prepare_data(c, dev) for c in cfgs]
+    banks = [trial_bank(c, d) for c, d in zip(cfgs, ds)]
+    for epoch in (0, 5):
+        xs, parts = pack_epoch_data(cfgs, epoch, [d["train_x"] for d in ds], dev, banks)
+        assert xs.shape == (6, 150, 3, 32, 32)
+        for k, c in enumerate(cfgs):
+            want = epoch_data(c, epoch, ds[k]["train_x"], dev, banks[k])
+            got = (xs[k], *parts[k])
+            for a, b in zip(want[:4], got[:4]):  # images, scores, level, kind: equal, not close
+                assert torch.equal(a, b), (k, epoch)
+            # the draw's generator goes on to the batch order in the same state
+            assert torch.equal(torch.randperm(150, generator=want[4]), torch.randperm(150, generator=got[4]))
+        assert bool((parts[1][0] < 1).any()) and bool((parts[4][0] == 1).all())  # noise scored; pristine 1
+
+
+def test_batched_pack_trains_bit_for_bit_as_the_per_member_pack(tmp_path):
+    cfgs = [tiny(**m) for m in MEMBERS]
+    runs = {}
+    for path in ("per_member", "batched"):
+        reports: dict[int, list] = {0: [], 1: [], 2: []}
+        run_packed([c.replace(pack_data=path) for c in cfgs], lambda k, m: reports[k].append(m),
+                   checkpoint_dirs=[tmp_path / path / str(k) for k in range(3)])
+        runs[path] = [[{key: v for key, v in r.items() if key not in TIMES + ("checkpoint",)} for r in reports[k]]
+                      for k in range(3)]
+    assert runs["batched"] == runs["per_member"]  # losses, accuracies, targets: ==
+    for k in range(3):
+        a, b = (torch.load(tmp_path / path / str(k) / "final_weights.pt") for path in ("per_member", "batched"))
+        assert all(torch.equal(a[n], b[n]) for n in a)
+        assert (tmp_path / "batched" / str(k) / "scores_hist.json").read_text() == \
+            (tmp_path / "per_member" / str(k) / "scores_hist.json").read_text()
+
+
+def test_batched_pack_reproduces_the_loop_pins():
+    from test_loop_pin import PACK, pick
+    from test_loop_pin import tiny as pin_tiny
+
+    reports = {0: [], 1: []}
+    run_packed([pin_tiny(seed=0, regularization="onehot", pack_data="batched"),
+                pin_tiny(seed=1, subset_seed=1, pack_data="batched")], lambda k, m: reports[k].append(m))
+    assert [[pick(r) for r in reports[k]] for k in (0, 1)] == PACK
+
+
+# vmapped evaluation: the grouped convolution sums in another order than one model's convolution,
+# so the logits move by float32 rounding; over 20 images a probability-based metric moves by far
+# less than EVAL_ATOL, and an accuracy by at most one image whose top two logits tie to rounding.
+EVAL_ATOL = 1e-5
+
+
+def _eval_metric(name: str) -> bool:
+    return name.startswith(("acc_", "nll_", "ece_", "brier_", "conf_", "ptrue_", "val_", "c10c_"))
+
+
+@pytest.mark.parametrize("norm", ["per_image", "dataset"])
+def test_vmapped_evaluation_matches_each_members_own_within_rounding(tmp_path, norm):
+    # member 2 evaluates other test images (test_subset): its own group, through a sliced forward;
+    # members 0 and 1 CIFAR-10-C too (two corruptions of 20 test images), member 2 not
+    c10c = dict(cifar10c="regenerate", cifar10c_subset=20, cifar10c_corruptions=("gaussian_noise", "contrast"))
+    cfgs = [tiny(seed=0, input_norm=norm, eval_every=1, **c10c),
+            tiny(seed=1, subset_seed=1, input_norm=norm, eval_every=1, **c10c),
+            tiny(seed=2, subset_seed=2, test_subset=30, input_norm=norm, train_set="mix_noise")]
+    runs = {}
+    for path in ("per_member", "vmap"):
+        reports: dict[int, list] = {0: [], 1: [], 2: []}
+        run_packed([c.replace(pack_eval=path) for c in cfgs], lambda k, m: reports[k].append(m),
+                   checkpoint_dirs=[tmp_path / path / str(k) for k in range(3)])
+        runs[path] = reports
+    for k in range(3):
+        for r, g in zip(runs["per_member"][k], runs["vmap"][k]):
+            assert sorted(r) == sorted(g)  # the same evaluations on the same epochs
+            for key in r:
+                if key in TIMES + ("checkpoint", "c10c_seconds"):
+                    continue
+                if not _eval_metric(key):
+                    assert g[key] == r[key], key  # training is untouched: ==
+                elif "acc_" in key or "ece_" in key:
+                    n = 30 if k == 2 and not key.startswith("val_") else 20  # CIFAR-10-C: 20 images
+                    assert abs(g[key] - r[key]) <= 1 / n + 1e-12, key  # at most one image flips
+                else:
+                    assert g[key] == pytest.approx(r[key], abs=EVAL_ATOL), key
+        a, b = (json.loads((tmp_path / path / str(k) / "calibration.json").read_text())
+                for path in ("per_member", "vmap"))
+        assert a.keys() == b.keys() and a["test"]["reliability"].keys() == b["test"]["reliability"].keys()
+        for s in a["test"]["reliability"]:
+            assert sum(a["test"]["reliability"][s]["count"]) == sum(b["test"]["reliability"][s]["count"])
+        assert (tmp_path / "vmap" / str(k) / "final_weights.pt").is_file()
+        assert (tmp_path / "vmap" / str(k) / "cifar10c.json").is_file() == (k < 2)
+        assert ("c10c_acc_contrast_5" in runs["vmap"][k][-1]) == (k < 2)
+
+
+def test_pack_levers_are_shared_config_fields():
+    with pytest.raises(PackError, match="pack_data differs"):
+        run_packed([tiny(), tiny(pack_data="batched")])
+    with pytest.raises(Exception, match="pack_eval='fast' is not allowed; allowed: \\['per_member', 'vmap'\\]"):
+        tiny(pack_eval="fast")

@@ -168,7 +168,8 @@ def test_a_checkpoint_resumes_with_other_threads_cadence_and_device_spelling(tmp
     with pytest.raises(TrialError, match=r"another config \(seed 0 there, 4 here"):
         run_trial(cfg.replace(seed=4), checkpoint_dir=tmp_path / "moved")
     from trainables.config import RUN_FIELDS
-    assert set(RUN_FIELDS) == {"device", "threads", "eval_every", "checkpoint_every", "step_impl"}
+    assert set(RUN_FIELDS) == {"device", "threads", "eval_every", "checkpoint_every", "step_impl",
+                               "pack_data", "pack_eval"}
 
 
 def test_resume_with_other_schedule_flags_is_refused_naming_flag_and_both_values():

@@ -54,6 +54,8 @@ TARGET_FIELDS = ("strategy", "regularization", "iqa_metric", "tmap", "tmap_param
 FINETUNE_FIELDS = ("protocol", "finetune_from", "finetune_epochs", "finetune_lr", "finetune_lr_decay_every")
 PRECISIONS = ("fp32", "tf32", "bf16")  # TrialConfig.precision; trainables.device.numerics applies it
 STEP_IMPLS = ("auto", "eager", "cuda_graph")  # TrialConfig.step_impl; trainables/fast.py (same tuple)
+PACK_DATA = ("per_member", "batched")  # TrialConfig.pack_data; trainables/loop.py train_epoch
+PACK_EVAL = ("per_member", "vmap")  # TrialConfig.pack_eval; trainables/packed.py Pack.evaluate
 
 
 # Evaluation-only fields (see TrialConfig): they define what a finished trial is also evaluated on,
@@ -142,6 +144,12 @@ class TrialConfig:
     # how a training step is launched (trainables/fast.py): "auto" = one CUDA graph per step on CUDA,
     # eager on a CPU; "eager"; "cuda_graph". The replayed kernels are the eager ones: it only runs a trial
     step_impl: str = "auto"
+    # speed levers of a pack (issue 18; docs/paper-mapping.md): "batched" draws every member's epoch in
+    # one pass (one IQA call for all members' noise images, one gather of the stacked images), bit for
+    # bit what "per_member" draws on a CPU; "vmap" evaluates all members in one vmapped forward pass
+    # (grouped convolutions: the logits differ from a lone model's by float32 summation order)
+    pack_data: str = "per_member"
+    pack_eval: str = "per_member"
     # --- evaluation only (issue 14): what the FINAL model is also evaluated on, after its last
     # epoch. They change no training step, weight or draw: resume and packing need not compare them
     # (EVAL_FIELDS); they do change what the trial records, so they stay MLflow params.
@@ -300,6 +308,10 @@ class TrialConfig:
             bad("step_impl", self.step_impl, list(STEP_IMPLS))
         if self.precision not in PRECISIONS:
             bad("precision", self.precision, list(PRECISIONS))
+        if self.pack_data not in PACK_DATA:
+            bad("pack_data", self.pack_data, list(PACK_DATA))
+        if self.pack_eval not in PACK_EVAL:
+            bad("pack_eval", self.pack_eval, list(PACK_EVAL))
         if self.lrn_impl not in ("fast", "torch"):
             bad("lrn_impl", self.lrn_impl, ["fast", "torch"])
         if not (self.blur_truncate > 0):
@@ -389,11 +401,16 @@ class TrialConfig:
 # - checkpoint_every: how often the state is written; the state at every epoch is the same, only what
 #   a restart recomputes changes;
 # - step_impl: how a step is launched (eager or one CUDA graph replaying the eager kernels,
-#   trainables/fast.py): the same kernels either way.
+#   trainables/fast.py): the same kernels either way;
+# - pack_data: how a pack's epoch is drawn (per member, or all members in one pass): the same draws,
+#   bit for bit on a CPU; on CUDA the SSIM of the noise images to its reductions' rounding (~1e-7);
+# - pack_eval: how a pack is evaluated (per member's model, or all members in one vmapped pass): no
+#   training step changes; the metrics move by the grouped convolution's float32 rounding, as
+#   across devices and thread counts.
 # Everything else (seeds, schedule, data, targets, model choices, distortion options, precision: fp32
 # and bf16 train different numbers) defines the trial, and so does `precompute`: the bank's scores
 # match the on-the-fly ones to float rounding
 # (tests/test_train.py), not bit for bit, and a resumed trial should stay on one code path. A field
 # added later defines the trial unless it is listed here.
-RUN_FIELDS = ("device", "threads", "eval_every", "checkpoint_every", "step_impl")
+RUN_FIELDS = ("device", "threads", "eval_every", "checkpoint_every", "step_impl", "pack_data", "pack_eval")
 

@@ -47,30 +47,62 @@ def evaluate(model, test_sets: dict[str, torch.Tensor], test_y: torch.Tensor, no
     (prefix "" for the test sets, "val_" for the validation sets). With `record`, the reliability bins
     of each set and, for the sets in `quality`, accuracy and confidence per quality bin go into
     record["reliability"][set] and record["quality"][set] (the calibration artifact)."""
-    amp = amp or contextlib.nullcontext  # the trial's numerics (device.numerics): evaluate as it trained
     model.eval()
-    out: dict[str, float] = {}
+    try:
+        return _evaluate(lambda x: model(norm(x)).unsqueeze(0), 1, test_sets, test_y, quality, prefix,
+                         None if record is None else [record], amp)[0]
+    finally:
+        model.train()
+
+
+@torch.no_grad()
+def evaluate_pack(forward, norms: list, same_norm: bool, test_sets: dict[str, torch.Tensor], test_y: torch.Tensor,
+                  quality: dict[str, torch.Tensor] | None = None, prefix: str = "",
+                  records: list[dict] | None = None, amp=None) -> list[dict[str, float]]:
+    """`evaluate` of K models at once (config `pack_eval="vmap"`): `forward(K x B x 3 x 32 x 32) -> K x B x
+    classes` (a pack's vmapped forward), `norms` the K members' normalisations (`same_norm`: they are
+    one function of the batch, so it is normalised once). Each member's metrics and record are what
+    `evaluate` makes of its logits; the logits differ from its own model's by the grouped
+    convolution's float32 summation order (tests/test_packed.py)."""
+    k = len(norms)
+    if same_norm:
+        def logits_of(x):
+            xb = norms[0](x)
+            return forward(xb.unsqueeze(0).expand(k, *xb.shape))
+    else:
+        def logits_of(x):
+            return forward(torch.stack([n(x) for n in norms]))
+    return _evaluate(logits_of, k, test_sets, test_y, quality, prefix, records, amp)
+
+
+def _evaluate(logits_of, k: int, test_sets, test_y, quality, prefix, records, amp) -> list[dict[str, float]]:
+    """The sets through `logits_of(uint8 batch) -> k x B x classes`, each of the k models' logits into
+    its own calibration.Summary; per model its metrics (and its record, see `evaluate`)."""
+    amp = amp or contextlib.nullcontext  # the trial's numerics (device.numerics): evaluate as it trained
+    outs: list[dict[str, float]] = [{} for _ in range(k)]
     for name, x in test_sets.items():
-        summ = calibration.Summary()
+        summs = [calibration.Summary() for _ in range(k)]
         q = (quality or {}).get(name)
         for i in range(0, x.shape[0], EVAL_BATCH):
             with amp():
-                logits = model(norm(x[i:i + EVAL_BATCH]))
-            summ.add(logits, test_y[i:i + EVAL_BATCH], None if q is None else q[i:i + EVAL_BATCH])
-        for what, v in summ.metrics().items():
-            out[f"{prefix}{what}_{name}"] = v
-        if record is not None:
-            record.setdefault("reliability", {})[name] = summ.reliability()
-            if summ.by_quality() is not None:
-                record.setdefault("quality", {})[name] = summ.by_quality()
-    model.train()
-    for what in EVAL_WHATS:
-        distorted = [out[f"{prefix}{what}_{n}"] for n in TEST_SETS[1:] if f"{prefix}{what}_{n}" in out]
-        every = [out[f"{prefix}{what}_{n}"] for n in TEST_SETS if f"{prefix}{what}_{n}" in out]
-        if len(every) == len(TEST_SETS):
-            out[f"{prefix}{what}_mean_distorted"] = sum(distorted) / len(distorted)
-            out[f"{prefix}{what}_mean_all"] = sum(every) / len(every)
-    return out
+                logits = logits_of(x[i:i + EVAL_BATCH])
+            for j, summ in enumerate(summs):
+                summ.add(logits[j], test_y[i:i + EVAL_BATCH], None if q is None else q[i:i + EVAL_BATCH])
+        for j, summ in enumerate(summs):
+            for what, v in summ.metrics().items():
+                outs[j][f"{prefix}{what}_{name}"] = v
+            if records is not None:
+                records[j].setdefault("reliability", {})[name] = summ.reliability()
+                if summ.by_quality() is not None:
+                    records[j].setdefault("quality", {})[name] = summ.by_quality()
+    for out in outs:
+        for what in EVAL_WHATS:
+            distorted = [out[f"{prefix}{what}_{n}"] for n in TEST_SETS[1:] if f"{prefix}{what}_{n}" in out]
+            every = [out[f"{prefix}{what}_{n}"] for n in TEST_SETS if f"{prefix}{what}_{n}" in out]
+            if len(every) == len(TEST_SETS):
+                out[f"{prefix}{what}_mean_distorted"] = sum(distorted) / len(distorted)
+                out[f"{prefix}{what}_mean_all"] = sum(every) / len(every)
+    return outs
 
 
 def evaluate_all(model, d: dict, norm, test: bool, val: bool, record: dict | None = None,
@@ -84,6 +116,21 @@ def evaluate_all(model, d: dict, norm, test: bool, val: bool, record: dict | Non
             sub = None if record is None else record.setdefault(group, {})
             out.update(evaluate(model, e["sets"], e["y"], norm, e["quality"], prefix, sub, amp))
     return out
+
+
+def evaluate_all_pack(forward, d: dict, norms: list, same_norm: bool, test: bool, val: bool,
+                      records: list[dict] | None = None, amp=None) -> list[dict[str, float]]:
+    """`evaluate_all` of K models that share the evaluation sets of `d` (prep's eval_key), in one
+    pass per batch (evaluate_pack); `records`: one calibration record per model, or None."""
+    outs: list[dict[str, float]] = [{} for _ in norms]
+    for group, prefix, wanted in (("test", "", test), ("val", VAL_PREFIX, val)):
+        e = d["evals"].get(group)
+        if wanted and e is not None:
+            subs = None if records is None else [r.setdefault(group, {}) for r in records]
+            for out, part in zip(outs, evaluate_pack(forward, norms, same_norm, e["sets"], e["y"], e["quality"],
+                                                     prefix, subs, amp)):
+                out.update(part)
+    return outs
 
 
 def eval_due(cfg: TrialConfig, epoch: int) -> tuple[bool, bool]:

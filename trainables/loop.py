@@ -29,8 +29,8 @@ from trainables.evaluation import eval_due, evaluate_all, write_calibration
 from trainables.fast import CapturedStep
 from trainables.files import atomic_write_text
 from trainables.model import build_model, build_optimizer
-from trainables.prep import (SCORE_HIST_FILE, batch_norm_fn, epoch_data, prepare_data, score_histogram, target_map,
-                             trial_bank, true_class_t)
+from trainables.prep import (SCORE_HIST_FILE, batch_norm_fn, epoch_data, pack_epoch_data, prepare_data,
+                             score_histogram, target_map, trial_bank, true_class_t)
 
 
 def sync(device: torch.device) -> None:
@@ -132,12 +132,12 @@ class Member:
         if last_epoch:  # the final artifacts: weights alone and the config that made them
             save_final(self.ckpt_dir, self.cfg, self.model.state_dict())
 
-    def draw(self, epoch: int, device: torch.device) -> "Drawn":
+    def draw(self, epoch: int, device: torch.device, drawn: tuple | None = None) -> "Drawn":
         """This member's epoch `epoch` (0-based): images, T, soft targets and batch order, from its own
-        seed (prep.epoch_data); its first epoch's score histogram goes to its checkpoint folder, before
-        the first checkpoint, so a resume keeps it."""
+        seed (prep.epoch_data, or `drawn`: its part of prep.pack_epoch_data); its first epoch's score
+        histogram goes to its checkpoint folder, before the first checkpoint, so a resume keeps it."""
         cfg = self.cfg
-        xs, scores, level, kind, g = epoch_data(cfg, epoch, self.d["train_x"], device, self.bank)
+        xs, scores, level, kind, g = drawn or epoch_data(cfg, epoch, self.d["train_x"], device, self.bank)
         t = true_class_t(cfg, self.tmap, scores)
         targets = labels.targets_from_t(self.d["train_y"], t, NUM_CLASSES)
         if epoch == cfg.first_epoch and self.ckpt_dir:
@@ -147,23 +147,33 @@ class Member:
         return Drawn(xs, self.d["train_y"], t, targets, order)
 
     def finish_epoch(self, epoch: int, metrics: dict, amp, device: torch.device,
-                     sync_model: Callable[[], None] | None = None) -> dict:
+                     sync_model: Callable[[], None] | None = None, evaluated: tuple | None = None) -> dict:
         """After epoch `epoch` (0-based) trained: the due evaluations, the final artifacts, the history
         and the checkpoint; returns the epoch's report. `sync_model` copies a pack's weights into
-        `self.model` (called only when they are needed)."""
+        `self.model` (called only when they are needed). `evaluated`: (metrics, calibration record,
+        CIFAR-10-C (metrics, seconds) or None) of this epoch's due evaluations done already (a pack's
+        vmapped pass, Pack.evaluate)."""
         cfg, done = self.cfg, epoch + 1
         last_epoch = done == cfg.total_epochs
         test_due, val_due = eval_due(cfg, done)
         due_ckpt = bool(self.ckpt_dir) and (last_epoch or done % cfg.checkpoint_every == 0)
-        if sync_model is not None and (test_due or val_due or due_ckpt):
+        c10c_done = None if evaluated is None else evaluated[2]
+        needs_model = (due_ckpt or (evaluated is None and (test_due or val_due))
+                       or (last_epoch and bool(cfg.cifar10c) and c10c_done is None))
+        if sync_model is not None and needs_model:
             sync_model()
         record = {} if last_epoch else None
-        metrics.update(evaluate_all(self.model, self.d, self.norm, test_due, val_due, record, amp))
+        if evaluated is None:
+            metrics.update(evaluate_all(self.model, self.d, self.norm, test_due, val_due, record, amp))
+        else:
+            metrics.update(evaluated[0])
+            if record is not None and evaluated[1]:
+                record.update(evaluated[1])
         if last_epoch:  # before the checkpoint that marks the trial finished, so a resume keeps them
             write_calibration(self.ckpt_dir, cfg, done, record)
             if cfg.cifar10c:  # issue 14: the final model on CIFAR-10-C (trainables/robustness.py)
                 metrics.update(robustness.final_evaluation(self.model, cfg, self.norm, device, self.ckpt_dir,
-                                                           self.cache_dir, done))
+                                                           self.cache_dir, done, c10c_done))
         # The metrics of every epoch so far travel with the checkpoint: a driver that died (or a
         # node lost) between a checkpoint and the report reaching MLflow can fill that gap from it.
         self.history.append(dict(metrics))
@@ -191,12 +201,14 @@ class Batches:
     pack (each member's own images in its own order; input_norm "dataset" by each member's own
     statistics). A pack's epoch is stacked here, at once (it is part of the epoch's data time)."""
 
-    def __init__(self, members: list[Member], drawn: list[Drawn], stacked: bool, batch_size: int):
+    def __init__(self, members: list[Member], drawn: list[Drawn], stacked: bool, batch_size: int,
+                 xs: torch.Tensor | None = None):
         self.members, self.drawn, self.stacked, self.bs = members, drawn, stacked, batch_size
         self.n = drawn[0].order.shape[0]
-        if stacked:
-            self.xs, self.ys, self.qs, self.orders = (torch.stack([getattr(e, f) for e in drawn])
-                                                      for f in ("xs", "y", "targets", "order"))
+        if stacked:  # `xs`: the images stacked already (prep.pack_epoch_data)
+            self.ys, self.qs, self.orders = (torch.stack([getattr(e, f) for e in drawn])
+                                             for f in ("y", "targets", "order"))
+            self.xs = xs if xs is not None else torch.stack([e.xs for e in drawn])
             self.rows = torch.arange(len(members), device=self.orders.device)[:, None]
 
     def __iter__(self):
@@ -215,6 +227,21 @@ class Batches:
             else:
                 xb = self.members[0].norm(self.xs[rows, idx].flatten(0, 1)).unflatten(0, (k, idx.shape[1]))
             yield xb, self.qs[rows, idx], self.ys[rows, idx]
+
+
+def epoch_batches(members: list[Member], epoch: int, device: torch.device, stacked: bool,
+                  batched: bool) -> tuple[list[Drawn], Batches]:
+    """Every member's epoch `epoch` drawn and its batches: one member at a time, or (`batched`, the
+    config's pack_data="batched", shared by a pack) all in one pass (prep.pack_epoch_data), bit for
+    bit the same on a CPU. bench.gpu_check.lever_times times the two side by side."""
+    xs = None
+    if batched:
+        xs, parts = pack_epoch_data([m.cfg for m in members], epoch, [m.d["train_x"] for m in members], device,
+                                    [m.bank for m in members])
+        drawn = [m.draw(epoch, device, (xs[k], *parts[k])) for k, m in enumerate(members)]
+    else:
+        drawn = [m.draw(epoch, device) for m in members]
+    return drawn, Batches(members, drawn, stacked, members[0].cfg.batch_size, xs)
 
 
 def epoch_metrics(cfg: TrialConfig, epoch: int, lr: float, loss: float, correct: int, e: Drawn,
@@ -240,15 +267,15 @@ def loss_error(metrics: dict) -> str | None:
 
 def train_epoch(members: list[Member], step: Step, epoch: int, device: torch.device) -> list[dict]:
     """Epoch `epoch` (0-based) of `members` (one, or a pack's K) with `step` (whose optimiser gets the
-    epoch's lr): each member's data drawn (timed: the data_time figure), the steps, and per member
-    `epoch_metrics`. A non-finite loss is reported, not raised (loss_error)."""
+    epoch's lr): each member's data drawn (timed: the data_time figure; one member at a time, or with
+    the config's `pack_data="batched"` all in one pass, prep.pack_epoch_data), the steps, and per
+    member `epoch_metrics`. A non-finite loss is reported, not raised (loss_error)."""
     t0 = time.perf_counter()
     cfg = members[0].cfg  # the schedule is shared by a pack
     lr = cfg.lr_at(epoch)
     for group in step.opt.param_groups:
         group["lr"] = lr
-    drawn = [m.draw(epoch, device) for m in members]
-    data = Batches(members, drawn, step.stacked, cfg.batch_size)
+    drawn, data = epoch_batches(members, epoch, device, step.stacked, cfg.pack_data == "batched")
     sync(device)
     t_data = time.perf_counter() - t0
     loss_sum = torch.zeros(len(members), device=device)

@@ -22,18 +22,25 @@ test sets, evaluation and checkpoint cadence. `pack_key(cfg)` groups a study's c
 
 Numerics: the grouped convolution sums in another order than K separate ones, so a member's losses
 and weights match its separate run to float32 rounding (tests/test_packed.py), not bit for bit.
+
+Speed levers (issue 18; config fields, shared by a pack): `pack_data="batched"` draws all members'
+epoch in one pass (prep.pack_epoch_data: bit for bit the per-member draws on a CPU);
+`pack_eval="vmap"` evaluates all members in one vmapped pass (`Pack.evaluate`) instead of each
+member's own model: its metrics differ from the per-member ones by float32 summation order.
 """
 from __future__ import annotations
 
 import copy
+import time
 from typing import Callable
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from trainables import labels
+from trainables import labels, robustness
 from trainables.config import TrialConfig
 from trainables.device import numerics, setup, step_impl_for
+from trainables.evaluation import eval_due, evaluate_all_pack, evaluate_pack
 from trainables.loop import Member, Step, loss_error, train_epoch
 from trainables.model import build_optimizer
 
@@ -42,7 +49,7 @@ from trainables.model import build_optimizer
 # The training subset's seed may differ (members then train on their own subsets of one size).
 PACK_SHARED = ("epochs", "batch_size", "lr", "lr_decay", "lr_decay_every", "momentum", "fc_weight_decay",
                "data", "subset", "val_size", "lrn_impl", "channels_last", "input_norm", "precision",
-               "device", "threads", "step_impl")
+               "device", "threads", "step_impl", "pack_data", "pack_eval")
 
 
 class PackError(ValueError):
@@ -125,6 +132,53 @@ class Pack:
         as one CUDA graph; `step_impl` already resolved for the device)."""
         return Step(lambda x, q: self.loss(x, q, amp), self.opt, self.params.values(), step_impl, stacked=True)
 
+    def forward_of(self, ks: list[int]) -> Callable:
+        """The vmapped forward of members `ks` only (all of them: `forward`)."""
+        if list(ks) == list(range(len(self.members))):
+            return self.forward
+        rows = torch.tensor(ks, device=next(iter(self.params.values())).device)
+        params = {n: p.index_select(0, rows) for n, p in self.params.items()}
+        buffers = {n: b.index_select(0, rows) for n, b in self.buffers.items()}
+        return lambda xb: vmap(lambda p, b, x: functional_call(self.base, (p, b), (x,)))(params, buffers, xb)
+
+    @torch.no_grad()
+    def evaluate(self, epoch: int, amp, ks: list[int]) -> dict[int, tuple[dict, dict | None, tuple | None]]:
+        """The due evaluations after epoch `epoch` (0-based) of members `ks`, in one vmapped pass per
+        group of members that share their evaluation sets and what is due (config `pack_eval="vmap"`),
+        and after the last epoch CIFAR-10-C likewise (per group of members on the same CIFAR-10-C
+        data): member index -> (metrics, calibration record or None, CIFAR-10-C (metrics, seconds of
+        the group's pass) or None), for Member.finish_epoch."""
+        done, groups, c10c_groups = epoch + 1, {}, {}
+        same_norm = self.members[0].cfg.input_norm != "dataset"  # else each member's own mean and std
+        for k in ks:
+            m = self.members[k]
+            test, val = eval_due(m.cfg, done)
+            if test or val:
+                groups.setdefault((m.d["eval_key"], test, val), []).append(k)
+            if done == m.cfg.total_epochs and m.cfg.cifar10c:
+                c10c_groups.setdefault(robustness.data_key_fields(m.cfg), []).append(k)
+        out = {}
+        for (_, test, val), idx in groups.items():
+            ms = [self.members[k] for k in idx]
+            records = [{} for _ in idx] if done == ms[0].cfg.total_epochs else None
+            metrics = evaluate_all_pack(self.forward_of(idx), ms[0].d, [m.norm for m in ms], same_norm, test, val,
+                                        records, amp)
+            for j, k in enumerate(idx):
+                out[k] = (metrics[j], None if records is None else records[j], None)
+        for idx in c10c_groups.values():
+            ms = [self.members[k] for k in idx]
+            t0 = time.perf_counter()
+            ev = robustness.load(ms[0].cfg, ms[0].cache_dir)
+            forward, norms = self.forward_of(idx), [m.norm for m in ms]
+            # as robustness.evaluate: in float32, without the trial's autocast
+            metrics = robustness.evaluate_many(
+                lambda sets, y: evaluate_pack(forward, norms, same_norm, sets, y, prefix=robustness.PREFIX), ev,
+                next(iter(self.params.values())).device)
+            seconds = time.perf_counter() - t0
+            for j, k in enumerate(idx):
+                out[k] = out[k][:2] + ((metrics[j], seconds),)
+        return out
+
     @torch.no_grad()
     def sync_member(self, k: int) -> None:
         """Copy member k's slice of the pack into its own model and optimiser (checkpoint, eval)."""
@@ -180,13 +234,18 @@ def run_packed(configs: list[TrialConfig | dict], report: Callable[[int, dict], 
     step = pack.stepper(impl, amp)
     for epoch in range(start, cfg0.epochs):
         failed = set()
-        for k, (m, metrics) in enumerate(zip(pack.members, train_epoch(pack.members, step, epoch, device))):
-            error = loss_error(metrics)
+        reports = train_epoch(pack.members, step, epoch, device)
+        errors = [loss_error(metrics) for metrics in reports]
+        evaluated = {}
+        if cfg0.pack_eval == "vmap":  # pack_eval is shared by a pack (PACK_SHARED)
+            evaluated = pack.evaluate(epoch, amp, [k for k, e in enumerate(errors) if not e])
+        for k, (m, metrics) in enumerate(zip(pack.members, reports)):
+            error = errors[k]
             if error:
                 results[m.index] = {"error": error, "failed_epoch": epoch + 1}
                 failed.add(k)
                 continue
-            metrics = m.finish_epoch(epoch, metrics, amp, device, lambda k=k: pack.sync_member(k))
+            metrics = m.finish_epoch(epoch, metrics, amp, device, lambda k=k: pack.sync_member(k), evaluated.get(k))
             report(m.index, metrics)
             results[m.index] = metrics
         if failed:

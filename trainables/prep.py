@@ -16,6 +16,7 @@ import torch
 
 from trainables import data as data_mod
 from trainables import labels
+from trainables import distortions, iqa
 from trainables.config import LEVELS, NUM_CLASSES, TrialConfig, TrialError
 from trainables.device import pick_device
 from trainables.evaluation import eval_sets
@@ -64,6 +65,10 @@ def prepare_data(cfg: TrialConfig, device: torch.device, cache_dir=None):
             "train_x": x.to(device), "train_y": y.to(device),
             "test_sets": evals["test"]["sets"], "test_y": evals["test"]["y"], "evals": evals,
             "checksum": train.checksum, "test_checksum": test.checksum,
+            # what makes the evaluation sets: members with equal keys are evaluated on the same images
+            # (Pack.evaluate runs them in one pass)
+            "eval_key": (train.checksum, test.checksum, cfg.test_subset, cfg.test_seed, cfg.val_size, cfg.val_seed,
+                         json.dumps(distortion_options(cfg), sort_keys=True), str(device)),
             "subset_key": subset_key(cfg, train.checksum),
             "banks": {},
         }
@@ -171,6 +176,89 @@ def epoch_data(cfg: TrialConfig, epoch: int, x_train: torch.Tensor, device: torc
     else:
         xs, scores = x_train, torch.ones(n, device=device)
     return xs, scores, level, kind, g
+
+
+# The static sources of a pack's batched epoch: its members' pristine images and bank entries in one
+# tensor, built once and kept for the last pack only (it holds the tensors it was built from, so
+# their ids stay theirs while it is kept).
+_POOL: dict = {}
+
+
+def _source_pool(images: list[torch.Tensor], scores: list[torch.Tensor], key: tuple):
+    if _POOL.get("key") != key:
+        _POOL.clear()
+        _POOL.update(key=key, images=torch.cat(images), scores=torch.cat(scores), held=(images, scores))
+    return _POOL["images"], _POOL["scores"]
+
+
+def pack_epoch_data(cfgs: list[TrialConfig], epoch: int, x_trains: list[torch.Tensor], device: torch.device,
+                    banks: list[DistortionBank | None]):
+    """Epoch `epoch` (0-based) of a pack's K members in one pass (config `pack_data="batched"`): what
+    `epoch_data` gives each member, bit for bit on a CPU (tests/test_packed.py), with the images
+    stacked K x N. Each member's draws (mixture, noise) come from its own generators in epoch_data's
+    order; then every member's noise (and unbanked) images are scored by one IQA call per metric, and
+    the stacked images are one gather from a pool of the members' pristine images and bank entries
+    (built once per pack; memory: one more copy of the bank) plus one scatter of the noise images.
+    Returns (xs K x N uint8, per member (scores, level, kind, generator))."""
+    n, k_all = x_trains[0].shape[0], len(cfgs)
+    src_images, src_scores, img_ids, score_ids, offsets = [], [], {}, {}, []
+
+    def add(store, ids, key, tensor):  # the offset of a source in its pool, added once
+        if key not in ids:
+            ids[key] = sum(t.shape[0] for t in store)
+            store.append(tensor)
+        return ids[key]
+
+    ones = torch.ones(n, device=device)
+    parts, tables, fresh = [], [], {}  # fresh: metric -> [(member, idx, distorted, reference, pooled)]
+    for k, (cfg, x, bank) in enumerate(zip(cfgs, x_trains, banks)):
+        if x.shape[0] != n:
+            raise TrialError(f"members train on {x.shape[0]} and {n} images; allowed: one training-set size per pack")
+        g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))
+        g_noise = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, 1))
+        level, kind = draw_epoch(n, cfg.effective_mix, len(cfg.types), g, cfg.all3_draw)
+        pooled = cfg.score_pooling == "level"
+        base = (add(src_images, img_ids, id(x), x), add(src_scores, score_ids, "ones", ones))
+        table = {(0, 0): base}  # (level, type index) -> (image offset, score offset); pristine
+        for ti, t in enumerate(cfg.types):
+            deterministic = distortions.DISTORTIONS[t].deterministic
+            for lv in LEVELS:
+                table[(lv, ti)] = base  # noise and unbanked groups: overwritten by the scatter below
+                idx = torch.nonzero((level == lv) & (kind == ti)).flatten()  # on the CPU: no device sync
+                if idx.numel() == 0:
+                    continue
+                if deterministic and bank is not None:
+                    x_all, s_all = bank.get(t, lv)
+                    s_src = s_all.mean().expand(n) if pooled else s_all
+                    table[(lv, ti)] = (add(src_images, img_ids, id(x_all), x_all),
+                                       add(src_scores, score_ids, (id(s_all), pooled), s_src))
+                else:
+                    idx = idx.to(device)
+                    ref = x[idx]
+                    xd = distortions.distort(ref, t, lv, generator=g_noise, **distortion_options(cfg).get(t, {}))
+                    fresh.setdefault(cfg.iqa_metric, []).append((k, idx, xd, ref, pooled))
+        code = level * max(len(cfg.types), 1) + kind
+        lut = torch.zeros(4 * max(len(cfg.types), 1), 2, dtype=torch.long)
+        for (lv, ti), offs in table.items():
+            lut[lv * max(len(cfg.types), 1) + ti] = torch.tensor(offs)
+        tables.append(lut[code] + torch.arange(n)[:, None])
+        parts.append((level, kind, g))
+    pool, spool = _source_pool(src_images, src_scores, tuple(img_ids) + tuple(score_ids))
+    src = torch.cat(tables).to(device)
+    xs = pool[src[:, 0]].view(k_all, n, *x_trains[0].shape[1:])  # the one gather
+    scores = spool[src[:, 1]].view(k_all, n)
+    where, images, values = [], [], []
+    for metric, groups in fresh.items():  # one IQA call per metric for every member's fresh images
+        s_all = iqa.score(metric, torch.cat([gr[2] for gr in groups]), torch.cat([gr[3] for gr in groups]))
+        for (k, idx, xd, _, pooled), s in zip(groups, s_all.split([gr[2].shape[0] for gr in groups])):
+            where.append(idx + k * n)
+            images.append(xd)
+            values.append(s.clone().mean().expand(s.shape[0]) if pooled else s)
+    if where:  # the one scatter
+        flat = torch.cat(where)
+        xs.view(k_all * n, *xs.shape[2:])[flat] = torch.cat(images)
+        scores.view(-1)[flat] = torch.cat(values)
+    return xs, [(scores[k], *parts[k]) for k in range(k_all)]
 
 
 def true_class_t(cfg: TrialConfig, tmap: labels.TMap, scores: torch.Tensor) -> torch.Tensor:

@@ -153,21 +153,29 @@ def _mean(values: list[float]) -> float:
 def evaluate(model, ev: EvalData, norm: Callable, device) -> dict[str, float]:
     """`c10c_<what>_<set>` for the clean set and every corruption x severity, and the means (module
     docstring). One corruption's five sets are on the device at a time."""
+    return evaluate_many(lambda sets, y: [evaluate_sets(model, sets, y, norm, prefix=PREFIX)], ev, device)[0]
+
+
+def evaluate_many(run: Callable, ev: EvalData, device) -> list[dict[str, float]]:
+    """`evaluate` of the models that `run(sets, y) -> one metrics dict per model` evaluates (one model,
+    or a pack's members in one vmapped pass: trainables.packed.Pack.evaluate)."""
     y = ev.data.labels.to(device)
-    out = evaluate_sets(model, {CLEAN: ev.clean.to(device)}, y, norm, prefix=PREFIX)
+    outs = run({CLEAN: ev.clean.to(device)}, y)
     for corruption, severities in ev.data.images.items():
         sets = {set_name(corruption, s): severities[s].to(device) for s in SEVERITIES}
-        out.update(evaluate_sets(model, sets, y, norm, prefix=PREFIX))
+        for out, part in zip(outs, run(sets, y)):
+            out.update(part)
     present = list(ev.data.images)
     groups = {"mean_corrupted": present, "mean_benchmark": [c for c in present if c in BENCHMARK],
               "mean_seen": [c for c in present if is_seen(c)],
               "mean_unseen": [c for c in present if not is_seen(c)]}
-    for what in EVAL_WHATS:
-        for mean, members in groups.items():
-            if members:  # an empty group (e.g. only seen corruptions asked for) has no mean
-                out[f"{PREFIX}{what}_{mean}"] = _mean([out[f"{PREFIX}{what}_{set_name(c, s)}"]
-                                                       for c in members for s in SEVERITIES])
-    return out
+    for out in outs:
+        for what in EVAL_WHATS:
+            for mean, members in groups.items():
+                if members:  # an empty group (e.g. only seen corruptions asked for) has no mean
+                    out[f"{PREFIX}{what}_{mean}"] = _mean([out[f"{PREFIX}{what}_{set_name(c, s)}"]
+                                                           for c in members for s in SEVERITIES])
+    return outs
 
 
 def robustbench_block(metrics: dict[str, float], corruptions, n_images: int) -> dict:
@@ -210,14 +218,18 @@ def write_artifact(ckpt_dir: Path | None, doc: dict) -> None:
     atomic_write_text(Path(ckpt_dir) / ARTIFACT, json.dumps(doc, sort_keys=True))  # old file or whole new
 
 
-def final_evaluation(model, cfg: TrialConfig, norm: Callable, device, ckpt_dir, cache_dir, epoch: int
-                     ) -> dict[str, float]:
+def final_evaluation(model, cfg: TrialConfig, norm: Callable, device, ckpt_dir, cache_dir, epoch: int,
+                     done: tuple[dict, float] | None = None) -> dict[str, float]:
     """The trial-time hook: evaluate the final model on CIFAR-10-C, write `cifar10c.json` into the
     checkpoint folder (before the checkpoint that marks the trial finished, so a resume keeps it),
-    return the metrics (+ `c10c_seconds`: loading and evaluating, wall time)."""
+    return the metrics (+ `c10c_seconds`: loading and evaluating, wall time). `done`: (metrics,
+    seconds) evaluated already (a pack's vmapped pass; its seconds are the whole pass's)."""
     t0 = time.perf_counter()
     ev = load(cfg, cache_dir)
-    metrics = evaluate(model, ev, norm, device)
+    if done is not None:
+        metrics, t0 = dict(done[0]), t0 - done[1]
+    else:
+        metrics = evaluate(model, ev, norm, device)
     write_artifact(Path(ckpt_dir) if ckpt_dir else None, artifact(metrics, ev, cfg, epoch))
     metrics[f"{PREFIX}seconds"] = time.perf_counter() - t0
     return metrics
