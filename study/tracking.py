@@ -75,7 +75,8 @@ HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 ARTIFACT_DIR = "mlartifacts"  # beside a SQLite store: the experiment's artifact root (open_parent)
 OPEN_TRIES = 4  # a store that cannot be opened at once (a restarting server): try again
-LOCK_SUFFIX = ".lock"  # beside a SQLite store: held while a process opens it (and maybe creates its tables)
+LOCK_PREFIX = "iqa-ls-mlflow-"  # <temp dir>/iqa-ls-mlflow-<hash of the store's path>.lock: held while a
+# process opens a SQLite store (and maybe creates its tables)
 
 
 def set_http_env() -> None:
@@ -89,12 +90,24 @@ def artifact_location_for(uri: str) -> str:
     return (db.resolve().parent / ARTIFACT_DIR).as_uri() if db else "the tracking server's artifact store"
 
 
+def creation_lock_path(db: Path) -> Path:
+    """The lock file of SQLite store `db`: in the system's temp folder, named by the store's resolved
+    path, so it is never left in the user's folder (where `git status` would show it)."""
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(Path(db).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"{LOCK_PREFIX}{digest}.lock"
+
+
 def _creation_lock(uri: str):
     """Only one process at a time opens a SQLite store: the first opening of a new file runs MLflow's
     alembic migrations, and two processes migrating one file at once break it for good (a
-    half-made `alembic_tmp_*` table that every later opening trips over). A server needs no lock."""
+    half-made `alembic_tmp_*` table that every later opening trips over). The lock holds between
+    the processes of one machine (a SQLite store is written by one machine's drivers; trials never
+    open it). A server needs no lock."""
     db = sqlite_path(uri)
-    return FileLock(str(db) + LOCK_SUFFIX) if db and db.parent.is_dir() else contextlib.nullcontext()
+    return FileLock(str(creation_lock_path(db))) if db and db.parent.is_dir() else contextlib.nullcontext()
 
 
 class StudyRecorder:
