@@ -60,3 +60,29 @@ def test_a_finished_checkpoint_without_its_weights_is_set_aside_not_trusted(tmp_
     (d / FINAL_WEIGHTS_FILE).unlink()
     state, note = recover_checkpoint(d)
     assert state is None and FINAL_WEIGHTS_FILE in note and note.endswith("the trial restarts from scratch")
+
+
+# ------------------------------------------------------------------ the MLflow page a study opens with
+def test_the_parent_note_starts_with_results_and_keeps_the_plan_and_links_open_model_training(tmp_path):
+    import json
+
+    from study import tracking as T
+    rec = T.StudyRecorder(f"sqlite:///{tmp_path}/mlflow.db", "st", "table2")
+    rec.open_parent(False, {}, {}, description="Started with:\n\n    python -m study.table2\n\nPlan:\n\n    9 trials")
+    for s, acc in ((1, 0.1), (9, 0.2)):
+        key = f"s{s}-seed0"
+        rec.open_child(key, {}, {"strategy": s, "regularization": "onehot", "train_set": "pristine"})
+        rec.client.log_metric(rec.child_ids[key], "acc_mean_all", acc)
+        rec.finish_child(key, [])
+    rec.close_parent()
+    rec.close_parent()  # a second close (a resume) replaces the table, never stacks it
+    note = rec.client.get_run(rec.parent_id).data.tags["mlflow.note.content"]
+    assert note.startswith(T.RESULTS_HEAD) and note.count(T.RESULTS_HEAD) == 1
+    assert "no interval can be given" in note and "| s9 onehot pristine | 1/1 | - | - | 0.200 |" in note
+    assert note.index("0.200") < note.index("Plan:") and note.endswith("    9 trials")
+    tags = rec.client.get_experiment(rec.experiment_id).tags
+    assert json.loads(tags[T.VIEW_TAG])["selectedColumns"] == ["metrics.`acc_pristine`",
+                                                               "metrics.`acc_mean_distorted`", "metrics.`acc_mean_all`"]
+    line = T.ui_command(rec.uri, rec.experiment_id, rec.parent_id)
+    assert line.count("workflowType=machine_learning") == 2 and f"viewStateShareKey={T.VIEW_KEY}" in line
+    assert f"/runs/{rec.parent_id}?workflowType=machine_learning" in line
