@@ -151,6 +151,8 @@ def test_checkpoints_of_the_same_name_without_resume_are_refused(tmp_path, refus
     line = refuse()  # a fresh tracking store: no parent run
     assert "already holds 1 trial checkpoint folder(s) of a study named 'table2'" in line
     assert "--resume" in line and "--name" in line and "--storage" in line
+    assert "--storage ray_results (the default) already holds" in line  # not passed: named as the default
+    assert "delete that folder and the study's runs in MLflow" in line  # starting again needs both gone
 
 
 # ------------------------------------------------------------------ 3. what defines a trial vs what runs it
