@@ -395,7 +395,7 @@ def report(run: StudyRun, analyse, status: str, failed: dict[str, str]) -> int:
         print(SMOKE_NOTE)
     if run.first_config.cifar10c:  # issue 14: the CIFAR-10-C tables beside the study's own (analysis.cifar10c)
         cifar10c_tables(run)
-    print(f"open these runs: {tracking.ui_command(spec.tracking_uri, run.rec.experiment_id)}  (experiment "
+    print(f"open these runs: {tracking.ui_command(spec.tracking_uri, run.rec.experiment_id, run.rec.parent_id)}  (experiment "
           f"{spec.experiment}, parent run {spec.name})")
     if failed:
         shown = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))

@@ -171,6 +171,9 @@ def check_no_checkpoints(spec: StudySpec, storage: str) -> None:
     manifest = Folder(study_folder(storage, spec.name)).read_text(MANIFEST_FILE)
     if found or manifest is not None:
         what = f"{len(found)} trial checkpoint folder(s)" if found else f"the study's {MANIFEST_FILE}"
-        raise StudyError(f"--storage {spec.storage} already holds {what} of a study named {spec.name!r} "
+        from study.flags import DEFAULT_STORAGE
+        given = f"--storage {spec.storage}" + (" (the default)" if spec.storage == DEFAULT_STORAGE else "")
+        raise StudyError(f"{given} already holds {what} of a study named {spec.name!r} "
                          f"({study_folder(storage, spec.name)}); pass --resume to continue that study, or "
-                         "choose another --name or --storage (or delete that folder to start it again)")
+                         "choose another --name (to start it again under this name, delete that folder and "
+                         "the study's runs in MLflow: its parent run and trial runs)")

@@ -75,7 +75,8 @@ HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 ARTIFACT_DIR = "mlartifacts"  # beside a SQLite store: the experiment's artifact root (open_parent)
 OPEN_TRIES = 4  # a store that cannot be opened at once (a restarting server): try again
-LOCK_SUFFIX = ".lock"  # beside a SQLite store: held while a process opens it (and maybe creates its tables)
+LOCK_PREFIX = "iqa-ls-mlflow-"  # <temp dir>/iqa-ls-mlflow-<hash of the store's path>.lock: held while a
+# process opens a SQLite store (and maybe creates its tables)
 
 
 def set_http_env() -> None:
@@ -89,12 +90,24 @@ def artifact_location_for(uri: str) -> str:
     return (db.resolve().parent / ARTIFACT_DIR).as_uri() if db else "the tracking server's artifact store"
 
 
+def creation_lock_path(db: Path) -> Path:
+    """The lock file of SQLite store `db`: in the system's temp folder, named by the store's resolved
+    path, so it is never left in the user's folder (where `git status` would show it)."""
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(Path(db).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"{LOCK_PREFIX}{digest}.lock"
+
+
 def _creation_lock(uri: str):
     """Only one process at a time opens a SQLite store: the first opening of a new file runs MLflow's
     alembic migrations, and two processes migrating one file at once break it for good (a
-    half-made `alembic_tmp_*` table that every later opening trips over). A server needs no lock."""
+    half-made `alembic_tmp_*` table that every later opening trips over). The lock holds between
+    the processes of one machine (a SQLite store is written by one machine's drivers; trials never
+    open it). A server needs no lock."""
     db = sqlite_path(uri)
-    return FileLock(str(db) + LOCK_SUFFIX) if db and db.parent.is_dir() else contextlib.nullcontext()
+    return FileLock(str(creation_lock_path(db))) if db and db.parent.is_dir() else contextlib.nullcontext()
 
 
 class StudyRecorder:
@@ -203,6 +216,7 @@ class StudyRecorder:
             self.parent_id = run.info.run_id
             self.client.log_batch(self.parent_id, params=[Param(k, value_text(v)) for k, v in sorted(params.items())])
             self._check_single_parent()
+            self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, json.dumps(view_state()))
         for key, run in self.children().items():
             self.child_ids[key] = run.info.run_id
         return self.parent_id
@@ -229,6 +243,12 @@ class StudyRecorder:
                                                        if isinstance(v, (int, float))])
 
     def close_parent(self, status: str = FINISHED) -> None:
+        """End the parent run; its description then starts with the results table (results_table),
+        the command and plan below it (a resumed study's table replaces the one before)."""
+        table = results_table(list(self.children().values()))
+        if table:
+            old = self.client.get_run(self.parent_id).data.tags.get(TAG_NOTE, "")
+            self.client.set_tag(self.parent_id, TAG_NOTE, _note(old, results=table))
         self.client.set_terminated(self.parent_id, status=status)
 
     def finished_keys(self) -> set[str]:
@@ -327,32 +347,99 @@ class StudyRecorder:
 UI_PORT = 5000  # mlflow ui's default
 
 
+# MLflow 3.17's UI picks its view (GenAI or "Model training") from the page address's `workflowType`,
+# else from the browser's last choice (GenAI at first); the experiment tag mlflow.experimentKind is not
+# read while the sidebar's switch exists (checked in its JS bundle, docs/mlflow-schema.md). So every
+# link a study prints carries `workflowType=machine_learning`.
+ML_VIEW = "workflowType=machine_learning"
+VIEW_KEY = "iqa-ls"  # the experiment's shared view: tag mlflow.sharedViewState.<key>, link ?viewStateShareKey=<key>
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_METRICS = ("acc_pristine", "acc_mean_distorted", "acc_mean_all")  # the runs list's columns
+
+
+def view_state() -> dict:
+    """The runs list as the study's link opens it (MLflow's "share view" state, stored on the
+    experiment): the accuracy columns shown (checked with headless Chromium, docs/mlflow-schema.md)."""
+    return {"selectedColumns": [f"metrics.`{m}`" for m in VIEW_METRICS]}
+
+
 def runs_url(base: str, experiment_id: str | None) -> str:
-    """The UI page of the experiment's runs. MLflow 3 opens an experiment on its GenAI view (traces,
-    "Evaluation runs"); `workflowType=machine_learning` selects the classic view, whose "runs" tab
-    lists the parent and child runs (checked in the MLflow 3.17 UI, docs/mlflow-schema.md)."""
+    """The UI page of the experiment's runs, in the "Model training" view, with the accuracy columns
+    (view_state; docs/mlflow-schema.md)."""
     base = base.rstrip("/")
     if experiment_id is None:
-        return f"{base}/#/experiments?workflowType=machine_learning"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        return f"{base}/#/experiments?{ML_VIEW}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{ML_VIEW}&viewStateShareKey={VIEW_KEY}"
 
 
-def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
-    """How to open this study's runs in the MLflow UI: the command to start it, and the page."""
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """The UI page of one run, in the "Model training" view."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+
+
+def ui_command(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """How to open this study's runs in the MLflow UI: the command to start it, and the page (the
+    runs list; with `run_id`, that run's page too)."""
     db = sqlite_path(tracking_uri)
+    base = f"http://127.0.0.1:{UI_PORT}" if db is not None else tracking_uri
+    pages = runs_url(base, experiment_id)
+    if run_id and experiment_id is not None:
+        pages += f" (the study's own page: {run_url(base, experiment_id, run_id)})"
     if db is not None:
-        uri = f"sqlite:///{db.resolve()}"
-        return (f"mlflow ui --backend-store-uri {uri} --port {UI_PORT}, then open "
-                f"{runs_url(f'http://127.0.0.1:{UI_PORT}', experiment_id)}")
-    return f"open {runs_url(tracking_uri, experiment_id)}"
+        return f"mlflow ui --backend-store-uri sqlite:///{db.resolve()} --port {UI_PORT}, then open {pages}"
+    return f"open {pages}"
 
 
 NOTE_MAX = 5000  # characters kept (MLflow caps a tag value at 8000)
+RESULTS_HEAD = "**Results**"  # the first line of a note that starts with the results table
+RESULTS_END = "\n\n---\n\n"  # between the results table and the command and plan
 
 
-def _note(text: str) -> str:
+def _note(text: str, results: str = "") -> str:
+    """A run's description: `results` (a table) first, then `text` (the command and plan; a results
+    table it starts with is replaced), its oldest part cut to fit NOTE_MAX."""
     text = text.strip()
-    return text if len(text) <= NOTE_MAX else "...\n" + text[-NOTE_MAX:]
+    if text.startswith(RESULTS_HEAD) and RESULTS_END in text:
+        text = text.split(RESULTS_END, 1)[1].strip()
+    head = f"{results.strip()}{RESULTS_END}" if results else ""
+    room = max(0, NOTE_MAX - len(head))
+    return head + (text if len(text) <= room else "...\n" + text[-room:])
+
+
+def results_table(children: list) -> str:
+    """The short results table a study's page opens with: per arm (a Table 2 row, or an ablation's
+    setting; the seeds pooled) its finished runs and the mean test accuracies over them; with one run
+    no interval can be given, and the table says so."""
+    from analysis.stats import mean_ci
+
+    arms: dict[str, list] = {}
+    for r in sorted(children, key=lambda r: (int(r.data.tags.get(tag("strategy"), 0) or 0),
+                                              r.data.tags.get(tag("setting_order"), ""), r.info.run_name or "")):
+        t = r.data.tags
+        if t.get(tag("strategy"), "0") != "0":
+            arm = " ".join(x for x in (f"s{t[tag('strategy')]}", t.get(tag("regularization"), ""),
+                                       t.get(tag("train_set"), ""),
+                                       "fine-tuned" if t.get(tag("protocol")) == "finetune" else "") if x)
+        else:
+            arm = " ".join(x for x in (t.get(tag("ablation"), ""), t.get(tag("setting"), "")) if x) or \
+                (r.info.run_name or t.get(TAG_TRIAL_KEY, ""))
+        arms.setdefault(arm, []).append(r)
+    if not arms:
+        return ""
+    lines = ["| arm | finished | " + " | ".join(VIEW_METRICS) + " |", "|---|---|" + "---|" * len(VIEW_METRICS)]
+    most = 0
+    for arm, runs in arms.items():
+        done = [r for r in runs if r.info.status == FINISHED]
+        cells = []
+        for m in VIEW_METRICS:
+            c = mean_ci([r.data.metrics[m] for r in done if m in r.data.metrics])
+            most = max(most, c["n"])
+            cells.append("-" if not c["n"] else f"{c['mean']:.3f}" if c["n"] < 2 else
+                         f"{c['mean']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]")
+        lines.append(f"| {arm} | {len(done)}/{len(runs)} | " + " | ".join(cells) + " |")
+    caveat = ("one run per arm: no interval can be given" if most < 2 else
+              "mean over seeds [95 % t interval]")
+    return f"{RESULTS_HEAD} (test accuracy; {caveat}; the full tables: the artifacts)\n\n" + "\n".join(lines)
 
 
 

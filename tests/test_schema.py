@@ -36,8 +36,8 @@ def test_a_study_written_by_the_recorder_is_found_and_read_by_the_analysis(tmp_p
     client, parent, trials = read_study(uri, DEFAULT_EXPERIMENT, "names", None)
     tags = parent.data.tags
     assert parent.info.run_id == parent_id and tags[TAG_ROLE] == ROLE_PARENT
-    assert (tags[TAG_STUDY], tags[TAG_KIND], tags[TAG_STRATEGIES], tags[TAG_STORAGE], tags[TAG_NOTE]) == \
-        ("names", "table2", "3", "/s", "the plan")
+    assert (tags[TAG_STUDY], tags[TAG_KIND], tags[TAG_STRATEGIES], tags[TAG_STORAGE]) == ("names", "table2", "3", "/s")
+    assert tags[TAG_NOTE].startswith(tracking.RESULTS_HEAD) and tags[TAG_NOTE].endswith("---\n\nthe plan")
     assert planned_seeds(tags[TAG_SEEDS]) == [0, 1]
     by_key = {t.tags[TAG_TRIAL_KEY]: t for t in trials}
     assert sorted(by_key) == ["s3-seed0", "s3-seed1"]

@@ -151,6 +151,8 @@ def test_checkpoints_of_the_same_name_without_resume_are_refused(tmp_path, refus
     line = refuse()  # a fresh tracking store: no parent run
     assert "already holds 1 trial checkpoint folder(s) of a study named 'table2'" in line
     assert "--resume" in line and "--name" in line and "--storage" in line
+    assert "--storage ray_results (the default) already holds" in line  # not passed: named as the default
+    assert "delete that folder and the study's runs in MLflow" in line  # starting again needs both gone
 
 
 # ------------------------------------------------------------------ 3. what defines a trial vs what runs it
@@ -414,12 +416,12 @@ def test_studies_creating_one_new_store_at_once_all_start(tmp_path):
     assert [o[0].strip() for o in outs] == ["ok"] * len(names)
 
 
-def test_opening_a_sqlite_store_waits_for_the_lock_beside_it(tmp_path):
+def test_opening_a_sqlite_store_waits_for_its_lock(tmp_path):
     import threading
     from filelock import FileLock
-    from study.tracking import LOCK_SUFFIX, StudyRecorder
+    from study.tracking import StudyRecorder, creation_lock_path
     db = tmp_path / "mlflow.db"
-    held = FileLock(str(db) + LOCK_SUFFIX)
+    held = FileLock(str(creation_lock_path(db)))
     held.acquire()
     opened = threading.Thread(target=StudyRecorder, args=(f"sqlite:///{db}", "s", "table2"))
     opened.start()
@@ -428,6 +430,7 @@ def test_opening_a_sqlite_store_waits_for_the_lock_beside_it(tmp_path):
     held.release()
     opened.join(120)
     assert waited and not made_while_held and not opened.is_alive() and db.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no lock file beside the store
 
 
 def test_sqlite_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path, monkeypatch):

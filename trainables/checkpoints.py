@@ -1,6 +1,8 @@
 """A trial's files: its checkpoint (model, optimiser, epoch, RNG state, config, metrics; written
 crash-safe, the one before kept as checkpoint.prev.pt, an unreadable one moved aside:
 `recover_checkpoint`), its final weights and config (what a fine-tune starts from: `load_parent`).
+A finished trial keeps one copy of its weights: final_weights.pt, which its last checkpoint names
+instead of holding them again, and no checkpoint.prev.pt (`save_finished`).
 Every write goes through trainables.files.atomic_write."""
 from __future__ import annotations
 
@@ -40,8 +42,22 @@ def save_final(checkpoint_dir: Path, cfg: TrialConfig, weights: dict) -> None:
     atomic_write_text(d / FINAL_CONFIG_FILE, cfg.to_json())
 
 
+def save_finished(checkpoint_dir: Path, cfg: TrialConfig, state: dict) -> None:
+    """The checkpoint after a trial's last epoch, with one copy of its weights: the final artifacts
+    (save_final) first, then CHECKPOINT_FILE holding FINAL_WEIGHTS_FILE's name in place of the
+    weights and the optimiser without its momentum (a finished trial takes no further step; a
+    fine-tune starts a fresh SGD from the weights), then PREVIOUS_CHECKPOINT_FILE removed. A crash
+    between these steps leaves the previous epoch's checkpoint or this one, each readable."""
+    d = Path(checkpoint_dir)
+    save_final(d, cfg, state["model"])
+    optimizer = {**state["optimizer"], "state": {}}
+    atomic_torch_save({**state, "model": FINAL_WEIGHTS_FILE, "optimizer": optimizer}, d / CHECKPOINT_FILE)
+    (d / PREVIOUS_CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
 def read_checkpoint(f: Path) -> tuple[dict | None, str | None]:
-    """(state, None) for a readable checkpoint file, (None, why) for one that is not."""
+    """(state, None) for a readable checkpoint file, (None, why) for one that is not. A finished
+    trial's checkpoint (save_finished) gets its weights back from FINAL_WEIGHTS_FILE beside it."""
     try:
         state = torch.load(f, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated zip, bad pickle, wrong format: whatever torch says
@@ -51,6 +67,12 @@ def read_checkpoint(f: Path) -> tuple[dict | None, str | None]:
         return None, f"not a trial checkpoint (holds {keys}; needs {list(CHECKPOINT_KEYS)})"
     if not isinstance(state["epoch"], int) or state["epoch"] < 0:
         return None, f"epoch {state['epoch']!r} is not an integer >= 0"
+    if state["model"] == FINAL_WEIGHTS_FILE:
+        try:
+            state["model"] = torch.load(Path(f).parent / FINAL_WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - missing or unreadable: whatever torch says
+            return None, (f"its weights {FINAL_WEIGHTS_FILE} are unreadable ("
+                          + " ".join(f"{type(e).__name__}: {e}".split())[:200] + ")")
     return state, None
 
 

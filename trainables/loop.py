@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from trainables import labels, robustness
-from trainables.checkpoints import check_checkpoint_config, recover_checkpoint, save_checkpoint, save_final
+from trainables.checkpoints import check_checkpoint_config, recover_checkpoint, save_checkpoint, save_finished
 from trainables.config import NUM_CLASSES, TrialConfig
 from trainables.evaluation import eval_due, evaluate_all, write_calibration
 from trainables.fast import CapturedStep
@@ -126,11 +126,13 @@ class Member:
     def save(self, epochs_done: int, metrics: dict, last_epoch: bool) -> None:
         """The checkpoint after `epochs_done` epochs and, after the last, the final weights and config."""
         rng = torch.get_rng_state() if self.live_rng else self.rng
-        save_checkpoint(self.ckpt_dir, {"config": self.cfg.to_dict(), "epoch": epochs_done,
-                                        "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                                        "rng": {"torch": rng}, "metrics": metrics, "history": self.history})
-        if last_epoch:  # the final artifacts: weights alone and the config that made them
-            save_final(self.ckpt_dir, self.cfg, self.model.state_dict())
+        state = {"config": self.cfg.to_dict(), "epoch": epochs_done, "model": self.model.state_dict(),
+                 "optimizer": self.opt.state_dict(), "rng": {"torch": rng}, "metrics": metrics,
+                 "history": self.history}
+        if last_epoch:  # the final artifacts (weights alone, the config) and a checkpoint that names them
+            save_finished(self.ckpt_dir, self.cfg, state)
+        else:
+            save_checkpoint(self.ckpt_dir, state)
 
     def draw(self, epoch: int, device: torch.device, drawn: tuple | None = None) -> "Drawn":
         """This member's epoch `epoch` (0-based): images, T, soft targets and batch order, from its own
