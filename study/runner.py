@@ -231,8 +231,13 @@ def start(run: StudyRun, plan: Plan, common_tags: dict) -> tuple[list[Trial], in
                                                "n_trials": run.n_trials},
                     description=description, reopen=not plan.nothing_left)
     if not spec.resume or read_manifest(run.storage, spec.name) is None:  # what a --resume is checked against
-        write_manifest(run.storage, spec.name, {"name": spec.name, "kind": run.kind, "created": time.time(),
-                                                **run.settings, **data_checksums(run)})
+        try:
+            write_manifest(run.storage, spec.name, {"name": spec.name, "kind": run.kind, "created": time.time(),
+                                                    **run.settings, **data_checksums(run)})
+        except OSError:  # a full disk, a read-only mount: no parent run left RUNNING (main_wrapper says why)
+            with shielded("recording the failed start in MLflow"):
+                rec.close_parent("FAILED")
+            raise
     done = rec.finished_keys() if spec.resume else set()
     todo = [t for t in run.trials if t.key not in done]
     if done:
@@ -476,6 +481,15 @@ def main_wrapper(fn) -> int:
         return 2
     except TrackingLost as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        from trainables.files import CAUSES, WriteError, describe_os_error
+        if not isinstance(e, WriteError) and (e.errno not in CAUSES or not e.filename):
+            raise
+        # a full disk, a read-only mount, no permission (a manifest, a lock, a table): the file and the
+        # cause in one line, not a traceback; the checkpoints written so far are kept
+        print(f"error: {e if isinstance(e, WriteError) else f'{e.filename}: {describe_os_error(e)}'}; "
+              "fix it and run the same command with --resume", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         print(f"{'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}: the unfinished "
