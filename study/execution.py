@@ -129,10 +129,15 @@ def run_spec(spec: dict, emit, node: str) -> None:
         raise RuntimeError(f"fault injected by {FAULT_ENV}=raise@{spec['key']}")
     if fault == "nan":
         cfg = cfg.replace(lr=FAULT_KINDS["nan"])
+    why = data_changed(cfg, spec)
+    if why:  # not retried: the same files would be read again
+        emit({"trial_error": why})
+        return
     store = TrialStore(spec["store"])
     ckpt_dir = store.pull()
-    # an unreadable checkpoint is moved aside here, before training: `note` says so in the first report
-    state, note = recover_checkpoint(ckpt_dir)
+    # read only: the trial (trainables.loop.Member) recovers an unreadable checkpoint itself, once, and
+    # its note goes out with its first report (a second recovery here would call the file "missing")
+    state = load_checkpoint(ckpt_dir)
     start_epoch = int(state["epoch"]) if state else 0  # 0: from scratch; else resumed from there
     del state
     parent_dir = None
@@ -160,8 +165,6 @@ def run_spec(spec: dict, emit, node: str) -> None:
             store.push()
         if first:  # who ran this attempt, and from where: tags and a metric of the MLflow run
             metrics.update(device_name=device_name(cfg.device), node=node, start_epoch=start_epoch)
-            if note:
-                metrics.setdefault("checkpoint_note", note)
             first = False
         emit(metrics)
 
@@ -177,6 +180,23 @@ def run_spec(spec: dict, emit, node: str) -> None:
         return  # a newer copy owns the folder and reports for the trial: this one says nothing more
     if first and last:  # resumed after its last epoch: hand the final metrics back once more
         report({k: v for k, v in last.items() if k != "checkpoint"})
+
+
+def data_changed(cfg: TrialConfig, spec: dict) -> str | None:
+    """Why the trial must not train (its data's checksums are not the ones the study recorded: a file
+    replaced while the study ran), or None. So every run's recorded checksum is the one its epochs
+    trained on. The splits are loaded as the trial loads them (memoised per process)."""
+    from study.resume import DATA_CHECKSUM_KEYS
+    from trainables import data as data_mod
+
+    expected = spec.get("data_checksums") or {}
+    for split, name in DATA_CHECKSUM_KEYS.items():
+        if expected.get(name):
+            now = data_mod.load_split(cfg.data, split, spec.get("cache_dir")).checksum
+            if now != expected[name]:
+                return (f"the {split} split of {cfg.data} has checksum {now}, but the study recorded "
+                        f"{expected[name]} (a data file was replaced while the study ran); not trained")
+    return None
 
 
 def run_pack(spec: dict, emit, node: str) -> None:
@@ -198,11 +218,19 @@ def run_pack(spec: dict, emit, node: str) -> None:
     cfgs = [TrialConfig.from_dict(m["config"]) for m in members]
     stores = [TrialStore(m["store"]) for m in members]
     dirs = [s.pull() for s in stores]
-    recovered = [recover_checkpoint(d) for d in dirs]  # (state, note): see trainable
-    starts = [int(st["epoch"]) if st else 0 for st, _ in recovered]
-    lasts = [dict(st["metrics"]) if st else {} for st, _ in recovered]
-    notes = [note for _, note in recovered]
-    del recovered
+    for m, cfg in zip(members, cfgs):
+        why = data_changed(cfg, m)
+        if why:  # a pack shares its data: no member trains
+            for k in members:
+                emit({"member": k["key"], "trial_error": why})
+            return
+    # read only, as in run_spec: a member that trains recovers its checkpoint itself (Member); one
+    # finished before is recovered here, the only reading of its folder
+    states = [load_checkpoint(d) for d in dirs]
+    starts = [int(st["epoch"]) if st else 0 for st in states]
+    notes = [recover_checkpoint(d)[1] if starts[k] >= cfgs[k].epochs else None for k, d in enumerate(dirs)]
+    lasts = [dict(st["metrics"]) if st else {} for st in states]
+    del states
     tokens = [s.claim({"node": node, "pid": os.getpid(), "since": time.time(), "start_epoch": starts[k],
                        "pack": spec["key"]}) for k, s in enumerate(stores)]
     first = [True] * len(members)

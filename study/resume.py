@@ -1,16 +1,18 @@
 """--resume continues a study only as it was recorded, and the plan counts what it has left.
 
 What defines a study is recorded in its manifest (<storage>/<name>/study.json, study.storage): the
-flags that are not RUN_FLAGS and each trial's defining config (TrialConfig.defining). A --resume
-is compared with it (with the parent run's params for a study recorded before manifests) and a
-difference is refused in one line naming the flag, or the trial and field, with both values.
+flags that are not RUN_FLAGS, each trial's defining config (TrialConfig.defining) and the content
+checksums of its data (`data_checksums`). A --resume is compared with it (with the parent run's
+params and tags for a study recorded before manifests) and a difference is refused in one line naming
+the flag, the trial and field, or the data split, with both values: a data file replaced at the same
+path is refused like a changed --data.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from analysis.schema import RESUME_SCHEDULE_PARAMS, TAG_STORAGE, value_text
+from analysis.schema import RESUME_SCHEDULE_PARAMS, TAG_DATA_CHECKSUM, TAG_STORAGE, value_text
 from study.spec import StudyError, StudyRun, StudySpec, Trial
 from study.storage import is_local, read_manifest, trial_folder
 from trainables.config import TrialConfig
@@ -43,8 +45,41 @@ def check_records(run: StudyRun, recorded: tuple | None) -> None:
         raise StudyError(f"--resume: --storage {run.storage} holds no study {spec.name!r}, which was recorded "
                          f"with --storage {rec_storage}; resume with --storage {rec_storage}")
     check_resume_matches(spec, run.settings, manifest or None, recorded[0])
+    check_resume_data(run, manifest or {}, recorded[1])
     if run.trials:
         check_resume_evaluation(run.rec.recorded_trial_params(), run.trials[0].config)
+
+
+# what the manifest calls each split's checksum (the train split's is also every run's
+# iqa_ls.data_checksum tag, analysis.schema.TAG_DATA_CHECKSUM)
+DATA_CHECKSUM_KEYS = {"train": "data_checksum", "test": "test_data_checksum"}
+
+
+def data_checksums(run: StudyRun) -> dict:
+    """The content checksums ("sha256:<hex>", trainables.data.Split.checksum) of the study's train and
+    test split, as the manifest records them. The splits were loaded by the preflight: this reads
+    them from the process's memo (only the files' size and mtime are looked at again)."""
+    from trainables import data as data_mod
+
+    source = run.first_config.data
+    return {name: (run.train.checksum if split == "train" else data_mod.load_split(source, split).checksum)
+            for split, name in DATA_CHECKSUM_KEYS.items()}
+
+
+def check_resume_data(run: StudyRun, manifest: dict, parent_tags: dict) -> None:
+    """--resume trains on the data the study was started on: the data's checksums now against the
+    manifest's (a study recorded before they were: the train split's against the parent run's
+    data_checksum tag). A file replaced at the same path is refused in one line naming both checksums."""
+    now = data_checksums(run)
+    recorded = {name: manifest[name] for name in DATA_CHECKSUM_KEYS.values() if manifest.get(name)}
+    if not recorded and parent_tags.get(TAG_DATA_CHECKSUM):
+        recorded = {DATA_CHECKSUM_KEYS["train"]: parent_tags[TAG_DATA_CHECKSUM]}
+    for split, name in DATA_CHECKSUM_KEYS.items():
+        if name in recorded and recorded[name] != now[name]:
+            raise StudyError(f"--resume: the {split} split of --data {run.first_config.data} has checksum "
+                             f"{now[name]} but study {run.spec.name!r} was recorded with {recorded[name]} (a "
+                             "data file was replaced or changed); resume with the recorded data, or start a "
+                             "new study under another --name")
 
 
 def study_settings(spec: StudySpec, trials: list[Trial], search) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from analysis.schema import one_line, sqlite_path
 from study.plan import SMOKE_NOTE, Plan, make_packs, make_plan
-from study.resume import check_records, resume_schedule_params, study_settings
+from study.resume import check_records, data_checksums, resume_schedule_params, study_settings
 from study.spec import SpecError, StudyError, StudyRun, StudySpec, TrackingLost, Trial
 from study.storage import (
     check_no_checkpoints,
@@ -152,7 +152,7 @@ def check_parents(trials: list[Trial]) -> None:
 def take_lock(run: StudyRun, held: contextlib.ExitStack) -> None:
     """The study's driver lock (study.lock), or a StudyError naming its holder. The lock first: a
     second driver is refused before it writes anything (not even a new store); it is released on
-    return, exception, Ctrl-C and SIGTERM (Ray's handler exits)."""
+    return, exception, Ctrl-C and SIGTERM (both a KeyboardInterrupt: `Terminated`)."""
     from study.lock import LockHeld, StudyLock
 
     lock = StudyLock(study_folder(run.storage, run.spec.name))
@@ -231,8 +231,13 @@ def start(run: StudyRun, plan: Plan, common_tags: dict) -> tuple[list[Trial], in
                                                "n_trials": run.n_trials},
                     description=description, reopen=not plan.nothing_left)
     if not spec.resume or read_manifest(run.storage, spec.name) is None:  # what a --resume is checked against
-        write_manifest(run.storage, spec.name, {"name": spec.name, "kind": run.kind, "created": time.time(),
-                                                **run.settings})
+        try:
+            write_manifest(run.storage, spec.name, {"name": spec.name, "kind": run.kind, "created": time.time(),
+                                                    **run.settings, **data_checksums(run)})
+        except OSError:  # a full disk, a read-only mount: no parent run left RUNNING (main_wrapper says why)
+            with shielded("recording the failed start in MLflow"):
+                rec.close_parent("FAILED")
+            raise
     done = rec.finished_keys() if spec.resume else set()
     todo = [t for t in run.trials if t.key not in done]
     if done:
@@ -250,11 +255,14 @@ def grid_tags(trials: list[Trial]) -> dict:
 
 
 def trial_spec(storage: str, study: str, faults: dict, key: str, config: TrialConfig, tags: dict,
-               title: str = "") -> dict:
-    """What an executor runs for one trial (study.execution.run_spec): plain data, as Ray pickles it."""
+               title: str = "", data_checksums: dict | None = None) -> dict:
+    """What an executor runs for one trial (study.execution.run_spec): plain data, as Ray pickles it.
+    `data_checksums`: what the study recorded its data as (study.resume.data_checksums); the trial
+    refuses to train on anything else."""
     out = {"key": key, "config": config.to_dict(), "tags": tags, "run_name": title or key,
            "store": trial_folder(storage, study, key),
-           "cache_dir": str(data_mod.default_cache_dir()), "fault": faults.get(key)}
+           "cache_dir": str(data_mod.default_cache_dir()), "fault": faults.get(key),
+           "data_checksums": data_checksums}
     if config.finetune:  # where its parent's final weights are: only runs it (never compared)
         out.update(parent=config.finetune_from, parent_store=trial_folder(storage, study, config.finetune_from))
     return out
@@ -267,7 +275,7 @@ def execute(run: StudyRun, plan: Plan, todo: list[Trial], kept: int, tags_of_con
     from study import execution
 
     spec, search = run.spec, run.search
-    spec_of = functools.partial(trial_spec, run.storage, spec.name, run.faults)
+    spec_of = functools.partial(trial_spec, run.storage, spec.name, run.faults, data_checksums=data_checksums(run))
     specs = [spec_of(t.key, t.config, t.tags, t.title) for t in todo]
     if not specs and search is None:
         return "FINISHED", {}
@@ -418,10 +426,20 @@ def cifar10c_tables(run: StudyRun) -> None:
 
 
 # ------------------------------------------------------------------ shutdown and interruption
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread (`main_wrapper`'s handler): a KeyboardInterrupt, so every
+    path that stops a study on Ctrl-C (the runs marked KILLED, no retry, the lock released) stops it
+    on SIGTERM too; `main_wrapper` exits 143 (128 + 15) for it, 130 for Ctrl-C."""
+
+
+def _terminate(sig, frame):
+    raise Terminated
+
+
 @contextlib.contextmanager
 def shielded(what: str):
-    """Hold Ctrl-C while `what` (the MLflow writes that close a study) runs, then raise it: a second
-    Ctrl-C must not leave runs RUNNING. One line says why the command did not stop at once."""
+    """Hold Ctrl-C and SIGTERM while `what` (the MLflow writes that close a study) runs, then raise
+    them: a second signal must not leave runs RUNNING. One line says why the command did not stop at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -429,16 +447,19 @@ def shielded(what: str):
 
     def hold(sig, frame):
         if not hits:
-            print(f"  Ctrl-C: {what} first (a few seconds)", file=sys.stderr, flush=True)
+            print(f"  {'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'}: {what} first (a few seconds)",
+                  file=sys.stderr, flush=True)
         hits.append(sig)
 
     old = signal.signal(signal.SIGINT, hold)
+    old_term = signal.signal(signal.SIGTERM, hold)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old_term)
     if hits:
-        raise KeyboardInterrupt
+        raise Terminated if signal.SIGTERM in hits else KeyboardInterrupt
 
 
 def main_wrapper(fn) -> int:
@@ -450,8 +471,9 @@ def main_wrapper(fn) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        # SIGTERM ends the command through Python's `finally` (the study lock is released, runs KILLED)
-        signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
+        # SIGTERM ends the command as Ctrl-C does (Terminated): runs KILLED, the study lock released;
+        # the Ray executor puts this handler back after ray.init replaced it (study.tuning)
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn()
     except (StudyError, SpecError, ConfigError, data_mod.DataError, TrackingError) as e:
@@ -460,7 +482,17 @@ def main_wrapper(fn) -> int:
     except TrackingLost as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: the unfinished trials' runs are KILLED and their checkpoints kept; run the same "
-              "command with --resume to continue", file=sys.stderr)
-        return 130
+    except OSError as e:
+        from trainables.files import CAUSES, WriteError, describe_os_error
+        if not isinstance(e, WriteError) and (e.errno not in CAUSES or not e.filename):
+            raise
+        # a full disk, a read-only mount, no permission (a manifest, a lock, a table): the file and the
+        # cause in one line, not a traceback; the checkpoints written so far are kept
+        print(f"error: {e if isinstance(e, WriteError) else f'{e.filename}: {describe_os_error(e)}'}; "
+              "fix it and run the same command with --resume", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"{'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}: the unfinished "
+              "trials' runs are KILLED and their checkpoints kept; run the same command with --resume to "
+              "continue", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130

@@ -12,6 +12,8 @@ with `--executor local`, study/local.py); this module only adapts it to Ray Tune
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +25,11 @@ from study.execution import Progress, Recording, members_of, phases, run_spec, w
 from study.storage import absolute
 
 STRICT_METRICS_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+# Tune's own Ctrl-C handler stops the experiment and returns from fit() as if it had ended, so the
+# command could not tell a Ctrl-C from an end; without it the KeyboardInterrupt reaches study.runner,
+# which marks the runs KILLED and exits 130 as under --executor local (our checkpoints, not Tune's
+# experiment state, are what a --resume continues from)
+SIGINT_HANDLER_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
 # ------------------------------------------------------------------ the trainable
@@ -112,11 +119,20 @@ def execute(study, runs: list[dict], search, spec_of, recording: Recording, prog
     if study.visible_gpu is not None:  # --device cuda:N: the local Ray sees only GPU N
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[study.visible_gpu] if visible else str(study.visible_gpu)
+    main = threading.current_thread() is threading.main_thread()
+    on_term = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(address=study.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              **({} if study.address else {"object_store_memory": 256 * 2**20}))
+    if callable(on_term):
+        # ray.init replaced the command's SIGTERM handler (with sys.exit, and its core worker with a
+        # C++ handler that prints a stack dump and aborts, exit 134): put the command's back, so
+        # SIGTERM stops the study as study.runner says (runs KILLED, lock released, exit 143)
+        signal.signal(signal.SIGTERM, on_term)
     callbacks = [MlflowCallback(recording), ProgressPrinter(progress)]
     stop = StopWhenLost(recording)
     resources = {"cpu": study.cpus_per_trial, "gpu": study.gpus_per_trial}
+    old_sigint = os.environ.get(SIGINT_HANDLER_ENV)
+    os.environ[SIGINT_HANDLER_ENV] = "1"
     try:
         for n, phase in enumerate(phases(runs)):  # the from-scratch trials, then the fine-tunes
             phase = without_orphans(phase, recording, progress) if n else phase
@@ -128,7 +144,15 @@ def execute(study, runs: list[dict], search, spec_of, recording: Recording, prog
             run_search(search, spec_of, name=study.name, storage=study.storage, resources=resources,
                        callbacks=callbacks, max_failures=study.max_failures, stop=stop)
     finally:
+        _restore_env(SIGINT_HANDLER_ENV, old_sigint)
         ray.shutdown()
+
+
+def _restore_env(name: str, old: str | None) -> None:
+    if old is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = old
 
 
 # ------------------------------------------------------------------ the Tuner call
@@ -213,7 +237,4 @@ def run_search(search, spec_of, *, name: str, storage: str, resources: dict, cal
                          callbacks=callbacks, max_failures=max_failures, search_alg=searcher,
                          scheduler=scheduler, param_space={}, num_samples=search.n_trials, stop=stop)
     finally:
-        if old is None:
-            os.environ.pop(STRICT_METRICS_ENV, None)
-        else:
-            os.environ[STRICT_METRICS_ENV] = old
+        _restore_env(STRICT_METRICS_ENV, old)

@@ -11,7 +11,9 @@ attempt records) are checked here without Ray; tests/test_multinode.py kills rea
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -355,3 +357,200 @@ def test_an_interrupted_study_leaves_no_run_running(tmp_path):
     again.open_parent(True, {}, {})
     again.open_child("mid", {"seed": 0}, {})
     assert again.children()["mid"].info.status == "RUNNING" and again.finished_keys() == {"done"}
+
+
+# ------------------------------------------------------------------ a write the file system refuses (issue 21)
+class _FailingFile(io.FileIO):
+    """A file whose writes fail as a full disk (or a read-only mount, no permission) makes them fail."""
+    code = errno.ENOSPC
+
+    def write(self, b):
+        raise OSError(self.code, os.strerror(self.code))
+
+
+class _OsWithAFullDisk:
+    """trainables.files' `os`, but fdopen of a temp file for a name in `names` gives a _FailingFile
+    (the real write path: torch.save and np.savez write into it and hide its OSError)."""
+
+    def __init__(self, names, code=errno.ENOSPC, after=0):
+        self.names, self.code, self.after, self.failed = names, code, after, []
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def fdopen(self, fd, mode="r", *args, **kwargs):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        hit = next((n for n in self.names if Path(path).name.startswith(n)), None)
+        if hit is not None:
+            if self.after > 0:
+                self.after -= 1
+            else:
+                self.failed.append(hit)
+                f = _FailingFile(fd, "wb")
+                f.code = self.code
+                return f
+        return os.fdopen(fd, mode, *args, **kwargs)
+
+
+@pytest.mark.parametrize("code,cause", [
+    (errno.ENOSPC, "the disk is full (no space left on device) [ENOSPC]"),
+    (errno.EROFS, "the file system is read-only [EROFS]"),
+    (errno.EACCES, "permission denied [EACCES]"),
+])
+def test_a_refused_write_names_the_file_and_the_cause_and_keeps_the_file_before(tmp_path, monkeypatch, code, cause):
+    from trainables import files
+    from trainables.checkpoints import atomic_torch_save
+    f = tmp_path / "checkpoint.pt"
+    atomic_torch_save({"epoch": 1}, f)
+    before = f.read_bytes()
+    monkeypatch.setattr(files, "os", _OsWithAFullDisk(["checkpoint.pt", "a.txt"], code))
+    with pytest.raises(files.WriteError) as e:
+        atomic_torch_save({"epoch": 2, "w": torch.zeros(1000)}, f)
+    assert str(e.value) == f"cannot write {f}: {cause}" and e.value.errno == code
+    assert "enforce fail" not in str(e.value)
+    with pytest.raises(OSError, match=re.escape(f"cannot write {tmp_path / 'a.txt'}: {cause}")):
+        files.atomic_write_text(tmp_path / "a.txt", "x")
+    assert f.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_one_before_and_the_trial_resumes_from_it(tmp_path, monkeypatch):
+    from trainables import files
+    cfg = tiny()
+    straight: list[dict] = []
+    run_trial(cfg, straight.append, checkpoint_dir=tmp_path / "straight")
+    d = tmp_path / "full"
+    full = _OsWithAFullDisk(["checkpoint.pt"], after=1)  # the first checkpoint is written, the second is not
+    monkeypatch.setattr(files, "os", full)
+    with pytest.raises(files.WriteError, match=re.escape(f"cannot write {d / 'checkpoint.pt'}: the disk is full")):
+        run_trial(cfg, checkpoint_dir=d)
+    assert full.failed == ["checkpoint.pt"] and load_checkpoint(d)["epoch"] == 1
+    monkeypatch.undo()
+    seen: list[dict] = []
+    run_trial(cfg, seen.append, checkpoint_dir=d)
+    assert [m["epoch"] for m in seen] == [2, 3]
+    a, b = torch.load(tmp_path / "straight" / "final_weights.pt"), torch.load(d / "final_weights.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _study(tmp_path, capsys, *flags, data_dir=FIXTURE) -> tuple[int, list[str], str]:
+    """study.table2 in this process (--executor local: the trial runs here, so a patch reaches it),
+    in tmp_path/run; (exit code, stderr lines, stdout)."""
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(run)
+    try:
+        capsys.readouterr()
+        rc = table2.main(["--preset", "smoke", "--data", str(data_dir), "--epochs", "3", "--subset", "100",
+                          "--test-subset", "50", "--strategies", "1", "--executor", "local",
+                          "--max-failures", "0", "--progress-every", "60",
+                          # absolute: MLflow keeps one store per URI in a process, a relative one included
+                          "--tracking-uri", f"sqlite:///{run}/mlflow.db", *flags])
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr()
+    return rc, out.err.strip().splitlines(), out.out
+
+
+def _statuses(tmp_path) -> dict:
+    from mlflow.tracking import MlflowClient
+    c = MlflowClient(f"sqlite:///{tmp_path}/run/mlflow.db")
+    exp = c.get_experiment_by_name("iqa-ls")
+    return {r.data.tags.get("iqa_ls.trial_key") or "parent": r.info.status for r in c.search_runs([exp.experiment_id])}
+
+
+@pytest.mark.slow
+def test_a_study_on_a_full_disk_says_so_in_one_line_and_resume_finishes_it(tmp_path, monkeypatch, capsys, new_store):
+    from trainables import files
+    new_store(tmp_path / "run" / "mlflow.db")
+    full = _OsWithAFullDisk(["checkpoint.pt"], after=1)
+    monkeypatch.setattr(files, "os", full)
+    rc, err, out = _study(tmp_path, capsys)
+    ckpt = tmp_path / "run" / "ray_results" / "table2" / "trials" / "s1-seed0" / "checkpoint.pt"
+    assert rc == 1 and full.failed == ["checkpoint.pt"]
+    assert f"s1-seed0: trainables.files.WriteError: cannot write {ckpt}: the disk is full" in err[-1], err
+    assert "enforce fail" not in "\n".join(err) + out
+    assert load_checkpoint(ckpt.parent)["epoch"] == 1 and _statuses(tmp_path)["s1-seed0"] == "FAILED"
+    monkeypatch.setattr(files, "os", os)
+    rc, err, out = _study(tmp_path, capsys, "--resume")
+    assert rc == 0, err
+    assert _statuses(tmp_path) == {"parent": "FINISHED", "s1-seed0": "FINISHED"}
+
+
+def test_a_manifest_that_cannot_be_written_is_one_line_and_leaves_no_run_running(tmp_path, monkeypatch, capsys,
+                                                                                    new_store):
+    from trainables import files
+    new_store(tmp_path / "run" / "mlflow.db")
+    monkeypatch.setattr(files, "os", _OsWithAFullDisk(["study.json"], errno.EROFS))
+    rc, err, _ = _study(tmp_path, capsys)
+    manifest = tmp_path / "run" / "ray_results" / "table2" / "study.json"
+    assert rc == 1 and err == [f"error: cannot write {manifest}: the file system is read-only [EROFS]; fix it "
+                               "and run the same command with --resume"], err
+    assert _statuses(tmp_path) == {"parent": "FAILED"}
+    assert not (tmp_path / "run" / "ray_results" / "table2" / "driver.lock").exists()
+
+
+# ------------------------------------------------------------------ the data a study trains on (issue 21)
+@pytest.mark.slow
+def test_resume_on_data_replaced_at_the_same_path_is_refused_naming_both_checksums(copy, tmp_path, monkeypatch,
+                                                                                   capsys, new_store):
+    import pyarrow.parquet as pq
+    new_store(tmp_path / "run" / "mlflow.db")
+    monkeypatch.setenv("IQA_LS_FAULT", "raise@s1-seed0")  # the study stops with its trial unfinished
+    rc, err, _ = _study(tmp_path, capsys, data_dir=copy)
+    assert rc == 1 and _statuses(tmp_path)["s1-seed0"] == "FAILED"
+    monkeypatch.delenv("IQA_LS_FAULT")
+    manifest = json.loads((tmp_path / "run" / "ray_results" / "table2" / "study.json").read_text())
+    old = "sha256:" + sha256(copy / "train.parquet")
+    assert manifest["data_checksum"] == old and manifest["test_data_checksum"] == "sha256:" + sha256(copy / "test.parquet")
+    original = (copy / "train.parquet").read_bytes()
+    t = pq.read_table(copy / "train.parquet")  # the same images in another order: other content, same path
+    pq.write_table(t.take(list(range(t.num_rows))[::-1]), copy / "train.parquet")
+    new = "sha256:" + sha256(copy / "train.parquet")
+    assert new != old
+    rc, err, _ = _study(tmp_path, capsys, "--resume", data_dir=copy)
+    assert rc == 2 and len(err) == 1, err
+    assert old in err[0] and new in err[0] and "--resume: the train split of --data" in err[0]
+    assert _statuses(tmp_path)["s1-seed0"] == "FAILED"  # not run again
+    (copy / "train.parquet").write_bytes(original)  # the recorded data back: the resume goes on
+    rc, err, _ = _study(tmp_path, capsys, "--resume", data_dir=copy)
+    assert rc == 0, err
+    assert _statuses(tmp_path) == {"parent": "FINISHED", "s1-seed0": "FINISHED"}
+
+
+def test_a_trial_refuses_data_other_than_the_study_recorded(tmp_path):
+    from study import execution
+    good = data.load_split(str(FIXTURE), "train").checksum
+    reports: list[dict] = []
+    spec = {"key": "k", "config": tiny().to_dict(), "tags": {}, "store": str(tmp_path / "k"),
+            "cache_dir": os.environ["IQA_LS_CACHE"], "data_checksums": {"data_checksum": "sha256:" + "0" * 64}}
+    execution.run_spec(spec, reports.append, "here/local")
+    assert reports == [{"trial_error": f"the train split of {FIXTURE} has checksum {good}, but the study recorded "
+                                       f"sha256:{'0' * 64} (a data file was replaced while the study ran); not trained"}]
+    assert not (tmp_path / "k").exists()
+
+
+def test_a_truncated_checkpoint_with_a_readable_previous_is_reported_once_as_unreadable(tmp_path):
+    from study import execution
+    from trainables.checkpoints import CHECKPOINT_FILE
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(m):
+        if m["epoch"] == 2:
+            raise Stop
+    store = tmp_path / "k"
+    with pytest.raises(Stop):
+        run_trial(tiny(), stop_after_2, checkpoint_dir=store)
+    f = store / CHECKPOINT_FILE
+    f.write_bytes(f.read_bytes()[:200])
+    reports: list[dict] = []
+    spec = {"key": "k", "config": tiny().to_dict(), "tags": {}, "store": str(store),
+            "cache_dir": os.environ["IQA_LS_CACHE"]}
+    execution.run_spec(spec, reports.append, "here/local")
+    notes = [r["checkpoint_note"] for r in reports if "checkpoint_note" in r]
+    assert len(notes) == 1 and reports[0]["start_epoch"] == 1 and [r["epoch"] for r in reports] == [2, 3]
+    assert notes[0].startswith(f"{f} is unreadable (") and "is missing" not in notes[0]
+    assert notes[0].endswith("the trial resumes from checkpoint.prev.pt (epoch 1)")
+    assert len([p for p in store.iterdir() if ".unreadable-" in p.name]) == 1
