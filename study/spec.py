@@ -149,6 +149,8 @@ class StudySpec:
         name, executor, device, address = args.name, getattr(args, "executor", "ray"), args.device, args.address
         _check_where(name, executor, device, address, cuda_available)
         _check_numbers(args)
+        if not address:  # this machine runs the trials: a request it can never hold would wait forever
+            _check_machine(args.cpus_per_trial, args.gpus_per_trial, cuda_available)
         cuda = device.startswith("cuda") or (device == "auto" and cuda_available)
         # packing (trainables.packed): the grid's trials that share a schedule train as one model; worth
         # it on a GPU (one small model leaves it idle), not on a CPU (no idle units to fill)
@@ -165,13 +167,15 @@ class StudySpec:
             precision = "bf16" if run_device == "cuda" else "fp32"
         flags = {k: v for k, v in vars(args).items() if v is not None}
         command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *_command_argv()])
-        return cls(name=name, preset=args.preset, seeds=args.seeds, tracking_uri=args.tracking_uri,
+        spec = cls(name=name, preset=args.preset, seeds=args.seeds, tracking_uri=args.tracking_uri,
                    experiment=args.experiment, storage=args.storage, out=args.out, resume=bool(args.resume),
                    executor=executor, device=device, cpus_per_trial=cpus, gpus_per_trial=gpus, pack=args.pack,
                    packing=packing, pack_size=args.pack_size, precision=precision,
                    step_impl=getattr(args, "step_impl", "auto"), address=address,
                    max_failures=args.max_failures, progress_every=args.progress_every,
                    estimate_only=bool(getattr(args, "estimate_only", False)), flags=flags, command=command)
+        _check_places(spec)
+        return spec
 
 
 def _check_where(name, executor, device, address, cuda_available: bool) -> None:
@@ -179,6 +183,9 @@ def _check_where(name, executor, device, address, cuda_available: bool) -> None:
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise SpecError(f"--name {name!r} is not allowed; allowed: 1-100 characters of A-Z a-z 0-9 . _ -, "
                         "starting with a letter or digit")
+    if address is not None and not address.strip():
+        raise SpecError(f"--address {address!r} is not allowed (empty); allowed: HOST:PORT, auto or ray://HOST:PORT "
+                        "(or no --address: a Ray of this machine)")
     if executor not in EXECUTORS:
         raise SpecError(f"--executor {executor} is not allowed; allowed: {', '.join(EXECUTORS)}")
     if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
@@ -218,6 +225,77 @@ def _check_numbers(args) -> None:
             raise SpecError(f"{flag} {v} is not allowed; allowed: {allowed}")
 
 
+def _check_machine(cpus: float | None, gpus: float | None, cuda_available: bool) -> None:
+    """Without --address the trials run on this machine: a trial asking for more CPUs or GPUs than it
+    has would never be scheduled (Ray waits for it forever), and a GPU share without CUDA is refused
+    rather than planned for cuda/bf16."""
+    n_cpus = os.cpu_count() or 1
+    if cpus is not None and cpus > n_cpus:
+        raise SpecError(f"--cpus-per-trial {cpus:g} is more than this machine's {n_cpus} CPUs; allowed: a number "
+                        f"> 0 and <= {n_cpus} (or --address of a cluster whose nodes have more)")
+    if gpus:
+        n_gpus = 0
+        if cuda_available:
+            import torch
+            n_gpus = torch.cuda.device_count()
+        if not n_gpus:
+            raise SpecError(f"--gpus-per-trial {gpus:g}: CUDA is not available on this machine; allowed here: 0 "
+                            "(or --address of a cluster with GPUs)")
+        if gpus > n_gpus:
+            raise SpecError(f"--gpus-per-trial {gpus:g} is more than this machine's {n_gpus} GPU(s); allowed: "
+                            f"a number >= 0 and <= {n_gpus}")
+
+
+def _check_places(spec: "StudySpec") -> None:
+    """Where the study writes and records, checked before any data is read (cheap, writes nothing):
+    the experiment's name, the tracking URI (study.tracking.check_tracking_uri), the --storage and
+    --out folders (study.storage.writable_folder), and the cluster of --address."""
+    from study.storage import check_storage, writable_folder
+    from study.tracking import TrackingError, check_tracking_uri
+
+    if not isinstance(spec.experiment, str) or not spec.experiment.strip():
+        raise SpecError(f"--experiment {spec.experiment!r} is not allowed (empty); allowed: an MLflow experiment "
+                        "name, e.g. iqa-ls")
+    try:
+        check_tracking_uri(spec.tracking_uri)
+    except TrackingError as e:
+        raise SpecError(f"--tracking-uri: {e}") from None
+    check_storage(spec.storage)
+    writable_folder("--out", spec.out if spec.out is not None else str(Path("results") / spec.name))
+    if spec.address:
+        _check_cluster(spec.address)
+
+
+CLUSTER_TIMEOUT_S = 10.0  # how long --address's head may take to accept a connection
+
+
+def _check_cluster(address: str, timeout: float = CLUSTER_TIMEOUT_S) -> None:
+    """--address names a Ray cluster that answers: its head's port accepts a connection within
+    `timeout`. Ray's own connect retries for minutes (`garbage:99999` waits forever) and fails after
+    the study's parent run and manifest are written; this check fails first, writing nothing."""
+    import socket
+
+    allowed = "allowed: the HOST:PORT of a running Ray head (ray start --head), auto on one of its nodes, or " \
+              "ray://HOST:PORT"
+    if address.startswith("ray://"):
+        target = address[len("ray://"):].rstrip("/")
+    else:
+        try:  # Ray's own reading of the address: auto -> the cluster this node runs, if any
+            from ray._private.services import canonicalize_bootstrap_address
+            target = canonicalize_bootstrap_address(address)
+        except Exception as e:
+            raise SpecError(f"--address {address}: no Ray cluster found ({' '.join(str(e).split())}); "
+                            f"{allowed}") from None
+        if target is None:  # "local": Ray starts one on this machine
+            return
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError, OverflowError) as e:
+        raise SpecError(f"--address {address}: the Ray head at {target} does not answer "
+                        f"({' '.join(str(e).split()) or type(e).__name__}); {allowed}") from None
+
+
 def _command_argv() -> list[str]:
     """The command line as typed: `-m module` for a module run (sys.argv[0] is then its file path)."""
     main = sys.modules.get("__main__")
@@ -243,6 +321,7 @@ class StudyRun:
     started: float  # time.time() when this command started
     lock: Any = None  # the driver lock (study.lock.StudyLock); None with --estimate-only
     rec: Any = None  # the records (study.tracking.StudyRecorder); None: an estimate with no store yet
+    notes: list = field(default_factory=list)  # what the plan must say about the inputs (study.runner.check_sizes)
 
     @property
     def n_search(self) -> int:
