@@ -68,9 +68,6 @@ def check(spec: StudySpec, kind: str, trials: list[Trial], search) -> StudyRun:
     """Every check that needs no lock and writes nothing, the cheap ones first: those of the flags
     and the folders before the data is read (a refusal in seconds), then those of the data
     (`preflight`). The trials (and the search) set to the run's device, threads and precision."""
-    from study import execution, tracking
-
-    tracking.set_http_env()
     started = time.time()
     if search is not None and spec.resume:
         # Optuna's sampler state is not recorded, so a search cannot be continued where it stopped
@@ -79,17 +76,17 @@ def check(spec: StudySpec, kind: str, trials: list[Trial], search) -> StudyRun:
     if search is not None and spec.executor == "local":
         raise StudyError("--search is not allowed with --executor local (Optuna's trials and ASHA's stops are "
                          "scheduled by Ray Tune); allowed: --executor ray")
-    storage = check_storage(spec.storage)  # checked by the spec too (StudySpec.from_args); here made absolute
-    try:  # the fault-injection test hook (docs/fault-tolerance.md); refused like any bad value
-        faults = execution.parse_faults(os.environ.get(execution.FAULT_ENV), {t.key for t in trials})
-    except ValueError as e:
-        raise StudyError(str(e)) from None
-    db = sqlite_path(spec.tracking_uri)
-    if spec.resume and db is not None and not db.is_file():  # refused before the store is created
-        raise StudyError(f"--resume: no tracking store at {db} (--tracking-uri {spec.tracking_uri}), so no "
-                         f"study named {spec.name!r} to resume")
-    check_no_checkpoints(spec, storage)  # read-only; again under the lock
+    storage = check_start(spec)
+    faults = {}
+    if os.environ.get("IQA_LS_FAULT"):  # study.execution.FAULT_ENV, read without importing the trainer (seconds)
+        from study import execution
+        try:  # the fault-injection test hook (docs/fault-tolerance.md); refused like any bad value
+            faults = execution.parse_faults(os.environ.get(execution.FAULT_ENV), {t.key for t in trials})
+        except ValueError as e:
+            raise StudyError(str(e)) from None
     facts = preflight(spec, trials, search)
+    from study import tracking
+    tracking.set_http_env()  # before the store is opened (open_records)
     run_fields = {"device": spec.run_device, "threads": spec.threads, "precision": spec.precision,
                   "step_impl": spec.step_impl}
     trials = [Trial(t.key, t.config.replace(**run_fields), t.tags, t.title) for t in trials]
@@ -98,6 +95,19 @@ def check(spec: StudySpec, kind: str, trials: list[Trial], search) -> StudyRun:
     return StudyRun(spec, kind, trials, search, storage, train=facts["train"], n_test=facts["n_test"],
                     faults=faults, settings=study_settings(spec, trials, search),
                     out=Path(spec.out or Path("results") / spec.name), started=started, notes=facts["notes"])
+
+
+def check_start(spec: StudySpec) -> str:
+    """Whether the study may start (or resume) under its name, from what the storage and the store
+    hold (read-only, cheap: a command calls it before it builds trials that need the data, and `check`
+    again). Returns --storage checked (a local folder made absolute)."""
+    storage = check_storage(spec.storage)  # checked by the spec too (StudySpec.from_args); here made absolute
+    db = sqlite_path(spec.tracking_uri)
+    if spec.resume and db is not None and not db.is_file():  # refused before the store is created
+        raise StudyError(f"--resume: no tracking store at {db} (--tracking-uri {spec.tracking_uri}), so no "
+                         f"study named {spec.name!r} to resume")
+    check_no_checkpoints(spec, storage)  # read-only; again under the lock
+    return storage
 
 
 def preflight(spec: StudySpec, trials: list[Trial], search=None) -> dict:
@@ -123,14 +133,14 @@ def preflight(spec: StudySpec, trials: list[Trial], search=None) -> dict:
     try:
         sizes = (data_mod.split_rows(source, "train"), data_mod.split_rows(source, "test"))
         if None not in sizes:  # known from the files' metadata: refused before anything is decoded
-            notes = check_sizes(spec, configs, *sizes)
+            notes = check_sizes(spec, size_values(configs), *sizes)
         train = data_mod.load_split(source, "train")
         test = data_mod.load_split(source, "test")
     except data_mod.DataError as e:
         raise StudyError(f"--data: {e}") from None
     n_train, n_test = train.images.shape[0], test.images.shape[0]
     if (n_train, n_test) != sizes:  # pickled batches (or a download): checked on the decoded data
-        notes = check_sizes(spec, configs, n_train, n_test)
+        notes = check_sizes(spec, size_values(configs), n_train, n_test)
     from trainables import robustness
     try:  # an official folder is read and checked here (every file, labels against the test split)
         robustness.check(configs[0])
@@ -139,14 +149,18 @@ def preflight(spec: StudySpec, trials: list[Trial], search=None) -> dict:
     return {"train": train, "n_test": n_test, "notes": notes}
 
 
-def check_sizes(spec: StudySpec, configs: list[TrialConfig], n_train: int, n_test: int) -> list[str]:
-    """The values that depend on the data's size, against it (docs/commands.md): --val-size must
-    leave training images, and a subset flag above what the data holds is refused, never clipped
-    silently. A preset's subset above the data is used whole and said in the plan (the returned
-    notes): the presets are sized for CIFAR-10, not for a smaller data set."""
+def size_values(configs: list[TrialConfig]) -> set[tuple[int, int, int, int]]:
+    """The values `check_sizes` checks, of every config: (val_size, subset, test_subset, cifar10c_subset)."""
+    return {(c.val_size, c.subset, c.test_subset, c.cifar10c_subset) for c in configs}
+
+
+def check_sizes(spec: StudySpec, values: set[tuple[int, int, int, int]], n_train: int, n_test: int) -> list[str]:
+    """The values that depend on the data's size (`size_values`), against it (docs/commands.md):
+    --val-size must leave training images, and a subset flag above what the data holds is refused,
+    never clipped silently. A preset's subset above the data is used whole and said in the plan (the
+    returned notes): the presets are sized for CIFAR-10, not for a smaller data set."""
     notes = []
-    for val, subset, test_subset, c10c in sorted({(c.val_size, c.subset, c.test_subset, c.cifar10c_subset)
-                                                 for c in configs}):
+    for val, subset, test_subset, c10c in sorted(values):
         if val and val >= n_train:
             raise StudyError(f"--val-size {val} is not allowed for the data's {n_train} training images; allowed: "
                              f"0..{n_train - 1} (it must leave images to train on)")
@@ -483,7 +497,7 @@ def main_wrapper(fn) -> int:
     """Run a study main; a refusal is one line on stderr and exit code 2."""
     import logging
 
-    from study.tracking import TrackingError
+    from study.spec import TrackingError  # not study.tracking: a refusal never waits for MLflow's import
     for name in ("mlflow", "alembic"):  # store-creation INFO lines would bury the one-line messages
         logging.getLogger(name).setLevel(logging.WARNING)
     if threading.current_thread() is threading.main_thread() and \

@@ -1,6 +1,6 @@
 """The study's data types: its settings (`StudySpec`), its trials (`Trial`), its search (`Search`), the
 state its steps hand on (`StudyRun`) and its one-line refusals (`StudyError`, `SpecError`,
-`TrackingLost`).
+`TrackingError`, `TrackingLost`).
 
 The study's own settings, as a trial's are a TrialConfig: one frozen, validated spec built once from
 the command's flags (`StudySpec.from_args`), the argparse Namespace stopping at the command's edge.
@@ -17,10 +17,13 @@ import os
 import re
 import shlex
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from analysis.schema import sqlite_path
 from trainables.config import STEP_IMPLS, TrialConfig
 
 EXECUTORS = ("ray", "local")
@@ -38,6 +41,98 @@ class SpecError(ValueError):
 
 class StudyError(RuntimeError):
     """Refused before any trial starts; the message is the one line the user sees."""
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which URI and why."""
+
+
+# The tracking URIs a study can use (docs/commands.md). A database URI (postgresql://, mysql://, ...)
+# is left out on purpose: MLflow gives its runs' artifacts ./mlruns of whatever folder the command runs
+# in (a SQLite store gets mlartifacts/ beside its file, study.tracking.ARTIFACT_DIR), and no driver for
+# one is installed here; an mlflow server in front of that database is the way to use it.
+TRACKING_SCHEMES = ("sqlite:///PATH", "http(s)://HOST:PORT")
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Refuse, in one line, a tracking URI this install cannot keep records in: a scheme outside
+    TRACKING_SCHEMES, a SQLite URI that names no file (`sqlite:///` alone, a folder) or lies in a
+    folder that does not exist or cannot be written, an unreachable server. Writes nothing."""
+    allowed = f"allowed: {' or '.join(TRACKING_SCHEMES)} (PATH: a file, new or an MLflow store)"
+    if not isinstance(uri, str) or not uri.strip():
+        raise TrackingError(f"tracking URI {uri!r} is not allowed (empty); {allowed}")
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ("databricks" if uri == "databricks" else "")
+    if scheme in ("http", "https"):
+        if not uri.split("://", 1)[-1].strip("/") or "://" not in uri:
+            raise TrackingError(f"tracking URI {uri!r} names no host; {allowed}")
+        _check_server(uri, timeout)
+    elif scheme == "sqlite":
+        _check_sqlite(uri, allowed)
+    else:
+        raise TrackingError(f"tracking URI {uri!r} is not allowed ({_why_not(uri, scheme)}); {allowed}")
+
+
+DB_DRIVERS = {"postgresql": ("psycopg2",), "postgres": ("psycopg2",), "mysql": ("MySQLdb", "pymysql"),
+              "mssql": ("pyodbc", "pymssql")}  # SQLAlchemy's default driver modules of MLflow's database stores
+
+
+def _why_not(uri: str, scheme: str) -> str:
+    """Why a tracking URI outside TRACKING_SCHEMES is refused, in the user's words."""
+    import importlib.util
+
+    base = scheme.split("+", 1)[0]
+    if base in DB_DRIVERS:
+        drivers = DB_DRIVERS[base]
+        installed = any(importlib.util.find_spec(m) for m in drivers)
+        return (f"a {base} database store{'' if installed else ' (and no driver for it, ' + ' or '.join(drivers)}"
+                f"{'' if installed else ', is installed)'}: MLflow would put its artifacts in ./mlruns of the "
+                f"working folder; serve it with `mlflow server --backend-store-uri {uri}` and pass http://HOST:PORT")
+    return {"": "not a URI: a bare path", "file": "MLflow's folder store; this project records into a SQLite file",
+            "databricks": "Databricks needs a workspace and credentials this project does not set up"}.get(
+        scheme, f"scheme {scheme}: is not a tracking store this project can open")
+
+
+def _check_sqlite(uri: str, allowed: str) -> None:
+    """A SQLite URI names a file (new or an MLflow store) in a writable folder: `sqlite:///` alone
+    would be no file at all (MLflow loses the records), a folder makes SQLite retry for minutes."""
+    db = sqlite_path(uri)
+    if db is None:  # sqlite:// (an in-memory store: gone when the command ends) or sqlite:x
+        raise TrackingError(f"tracking URI {uri!r} is not allowed (no file: sqlite:/// then a path); {allowed}")
+    text = uri[len("sqlite:///"):]  # as typed: Path drops a trailing slash
+    if not text.strip() or text.endswith("/") or db.name in ("", ".", ".."):
+        raise TrackingError(f"tracking URI {uri!r} names no file; {allowed}")
+    if db.is_dir():
+        raise TrackingError(f"tracking URI {uri!r} names a folder, not a file; {allowed}")
+    if db.exists() and not db.is_file():
+        raise TrackingError(f"tracking URI {uri!r} names {db}, which is not a regular file; {allowed}")
+    parent = db.parent if str(db.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise TrackingError(f"tracking URI {uri}: folder {parent} does not exist or is not writable")
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    """A tracking server answers /health and lets this client use its API (read-only requests)."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status != 200:
+                raise TrackingError(f"tracking URI {uri} answered HTTP {r.status} at /health")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise TrackingError(f"tracking URI {uri} does not answer ({getattr(e, 'reason', e)}); "
+                            "start the server or pass another --tracking-uri") from None
+    # /health answers whatever the client; the API may still refuse it (MLflow 3 rejects Host
+    # headers outside --allowed-hosts, a proxy may want credentials): ask it once, read-only
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                    timeout=timeout):
+            pass
+    except urllib.error.HTTPError as e:
+        body = " ".join(e.read(300).decode(errors="replace").split())
+        raise TrackingError(f"tracking URI {uri} answers /health but refuses its API (HTTP {e.code}: "
+                            f"{body}); allowed: a server that accepts this client (for MLflow 3: "
+                            "mlflow server --allowed-hosts HOST:PORT)") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise TrackingError(f"tracking URI {uri} does not answer its API ({getattr(e, 'reason', e)}); "
+                            "start the server or pass another --tracking-uri") from None
 
 
 @dataclass
@@ -251,7 +346,6 @@ def _check_places(spec: "StudySpec") -> None:
     the experiment's name, the tracking URI (study.tracking.check_tracking_uri), the --storage and
     --out folders (study.storage.writable_folder), and the cluster of --address."""
     from study.storage import check_storage, writable_folder
-    from study.tracking import TrackingError, check_tracking_uri
 
     if not isinstance(spec.experiment, str) or not spec.experiment.strip():
         raise SpecError(f"--experiment {spec.experiment!r} is not allowed (empty); allowed: an MLflow experiment "

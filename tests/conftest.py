@@ -65,7 +65,7 @@ def new_store(tmp_path_factory):
 
 @pytest.fixture
 def refuse(tmp_path, monkeypatch, capsys):
-    """`refuse(*flags)`: study.table2's main, run in this process in
+    """`refuse(*flags)`: study.table2's main (or `command="ablate"`: study.ablate's), run in this process in
     `tmp_path/run` on the fixture, must refuse with one line on stderr and exit code 2 (returned or
     raised by argparse), and leave the folder as it was: no store, no storage folder, no results,
     and no decoded data in the cache (the checks of flags, paths and sizes come before the data is
@@ -75,8 +75,9 @@ def refuse(tmp_path, monkeypatch, capsys):
     for var in STUDY_ENV:  # cleared before the test, which may set one (IQA_LS_FAULT) on purpose
         monkeypatch.delenv(var, raising=False)
 
-    def check(*flags, data_dir=CIFAR_MINI, decoded=False) -> str:
-        from study import table2
+    def check(*flags, data_dir=CIFAR_MINI, decoded=False, command="table2") -> str:
+        import importlib
+        main = importlib.import_module(f"study.{command}").main
         cwd = tmp_path / "run"
         cwd.mkdir(parents=True, exist_ok=True)
         monkeypatch.chdir(cwd)
@@ -84,7 +85,7 @@ def refuse(tmp_path, monkeypatch, capsys):
         argv = ["--preset", "smoke", "--data", str(data_dir), "--test-subset", "50", *flags]
         capsys.readouterr()
         try:
-            rc = table2.main(argv)
+            rc = main(argv)
         except SystemExit as e:
             rc = e.code
         err = capsys.readouterr().err.strip().splitlines()
