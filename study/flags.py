@@ -18,8 +18,9 @@ DEFAULT_PRESET = "smoke"  # the pipeline check: minutes, not the hour of quick (
 DEFAULT_PACK_SIZE = 16  # members per pack: Table 2 (9) or one ablation grid fits in one
 # Bounds that keep a typo from becoming a study (docs/paper-mapping.md, Choice): the grid is built in the
 # driver's memory before anything runs (--seeds 1000000000 grew it to 24 GB) and the plan's estimate
-# must stay a number a person can read. Each is far above what the paper needs (5 seeds at most in
-# any table, 2000 epochs, Table 2's 9 trials per seed).
+# must stay a number a person can read. Each is far above what the paper's schedule needs (2000
+# epochs; Table 2 is 9 trials per seed). Constants, not flags: a flag to lift a bound would be the
+# typo's way around it; a larger study is several studies.
 MAX_SEEDS = 1000
 MAX_EPOCHS = 100_000  # 50 x the paper's 2000
 MAX_TRIALS = 10_000  # the grid's trials and the search's, in one study
