@@ -343,8 +343,8 @@ def _check_machine(cpus: float | None, gpus: float | None, cuda_available: bool)
 
 def _check_places(spec: "StudySpec") -> None:
     """Where the study writes and records, checked before any data is read (cheap, writes nothing):
-    the experiment's name, the tracking URI (study.tracking.check_tracking_uri), the --storage and
-    --out folders (study.storage.writable_folder), and the cluster of --address."""
+    the experiment's name, the tracking URI (`check_tracking_uri`), the --storage and --out folders
+    (study.storage.writable_folder), and the cluster of --address."""
     from study.storage import check_storage, writable_folder
 
     if not isinstance(spec.experiment, str) or not spec.experiment.strip():

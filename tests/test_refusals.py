@@ -234,3 +234,27 @@ def test_export_and_import_refusals_leave_no_lock_file(tmp_path, new_store, monk
         assert sorted(p.name for p in tmp_path.iterdir()) == before, argv
     assert main(["import", str(tmp_path), "--tracking-uri", "ftp://host/x"]) == 2
     assert "scheme ftp:" in capsys.readouterr().err
+
+
+def test_a_refusal_imports_neither_mlflow_nor_the_trainer(tmp_path):
+    """What keeps a refusal from the command line in seconds: MLflow's import (~1.5 s) and the
+    trainer's (study.execution pulls in the training loop) wait until the checks have passed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from study import execution
+    from tests.conftest import CIFAR_MINI
+    assert execution.FAULT_ENV == "IQA_LS_FAULT"  # study.runner.check reads it by name, not by importing it
+    repo = Path(__file__).resolve().parents[1]
+    code = ("import sys; from study import table2; "
+            f"rc = table2.main(['--data', {str(CIFAR_MINI)!r}, '--test-subset', '100000']); "
+            "print(rc, 'mlflow' in sys.modules, 'study.execution' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(repo), "IQA_LS_CACHE": str(tmp_path / "cache")}
+    for var in ("IQA_LS_FAULT", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        env.pop(var, None)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.stdout.split() == ["2", "False", "False"], (res.stdout, res.stderr)
+    assert "--test-subset 100000 is more than the data's 200 test images" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
