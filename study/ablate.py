@@ -28,7 +28,7 @@ from search_spaces import (
     ablate_tmap,
 )
 from study.flags import MAX_TRIALS, add_common_flags, make_config, schedule_fields, seed_fields, val_size
-from study.runner import check_start, main_wrapper, run_study
+from study.runner import check_data_sizes, check_start, main_wrapper, run_study
 from study.spec import Search, StudyError, StudySpec, Trial
 from trainables.config import NUM_CLASSES, TRAIN_SETS
 
@@ -256,20 +256,6 @@ def build_search(args, base: dict, fields: dict) -> tuple[Search, list[str]]:
         "each trial's last epoch, and only reported"]
 
 
-def check_grid_sizes(spec, args, data: str) -> None:
-    """The grid's --val-size and subsets against the data's size before `build` (the --iqa grid's
-    matched control trains on them), when the files' metadata says it without decoding; the runner
-    checks them all again (study.runner.check_sizes)."""
-    from study.runner import check_sizes
-    from trainables.data import split_rows
-
-    sizes = split_rows(data, "train"), split_rows(data, "test")
-    if None not in sizes:
-        f = schedule_fields(args)
-        check_sizes(spec, {(val_size(args), f.get("subset", 0), f.get("test_subset", 0),
-                            f.get("cifar10c_subset", 0))}, *sizes)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -302,7 +288,7 @@ def main(argv=None) -> int:
         spec = StudySpec.from_args(args)
         data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
         check_start(spec)  # before build: the --iqa grid's matched control reads the data
-        check_grid_sizes(spec, args, data)
+        check_data_sizes(spec, data, schedule_fields(args), val_size(args))  # the --iqa control trains on them
         trials, search, plan = build(args, data)
 
         def analyse(parent_run_id, out):

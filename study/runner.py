@@ -149,6 +149,17 @@ def preflight(spec: StudySpec, trials: list[Trial], search=None) -> dict:
     return {"train": train, "n_test": n_test, "notes": notes}
 
 
+def check_data_sizes(spec: StudySpec, data: str, fields: dict, val: int) -> None:
+    """The flags' --val-size and subsets (`fields`: study.flags.schedule_fields) against the data's
+    size, when the files' metadata says it without decoding: a command calls it before it builds its
+    trials (whose configs import the trainer's registries, and the --iqa grid's matched control trains
+    on them); `preflight` checks every trial's values again."""
+    sizes = data_mod.split_rows(data, "train"), data_mod.split_rows(data, "test")
+    if None not in sizes:
+        check_sizes(spec, {(val, fields.get("subset", 0), fields.get("test_subset", 0),
+                            fields.get("cifar10c_subset", 0))}, *sizes)
+
+
 def size_values(configs: list[TrialConfig]) -> set[tuple[int, int, int, int]]:
     """The values `check_sizes` checks, of every config: (val_size, subset, test_subset, cifar10c_subset)."""
     return {(c.val_size, c.subset, c.test_subset, c.cifar10c_subset) for c in configs}

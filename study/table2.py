@@ -14,7 +14,7 @@ import sys
 
 from search_spaces import table2 as space
 from study.flags import MAX_EPOCHS, add_common_flags, make_config, schedule_fields, seed_fields, val_size
-from study.runner import main_wrapper, run_study
+from study.runner import check_data_sizes, main_wrapper, run_study
 from study.spec import StudyError, StudySpec, Trial
 from trainables.config import PROTOCOLS
 
@@ -125,6 +125,7 @@ def main(argv=None) -> int:
         # what the study records) and the trials, from the final values; nothing below reads args
         spec = StudySpec.from_args(args)
         data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
+        check_data_sizes(spec, data, schedule_fields(args), val_size(args))  # before the configs' imports
         trials = build_trials(args, data)
 
         def analyse(parent_run_id, out):
