@@ -388,6 +388,33 @@ def _check_cluster(address: str, timeout: float = CLUSTER_TIMEOUT_S) -> None:
     except (OSError, ValueError, OverflowError) as e:
         raise SpecError(f"--address {address}: the Ray head at {target} does not answer "
                         f"({' '.join(str(e).split()) or type(e).__name__}); {allowed}") from None
+    _check_driver_joins(address, target if not address.startswith("ray://") else address, allowed)
+
+
+DRIVER_JOIN_TIMEOUT_S = 30.0  # how long a test driver may take to join --address's cluster
+
+
+def _check_driver_joins(address: str, target: str, allowed: str) -> None:
+    """A port that accepts is not yet a cluster a driver can join (a stale or dying head, another
+    session's GCS that `auto` found): a throw-away driver joins it in a subprocess within
+    DRIVER_JOIN_TIMEOUT_S, so that a failure is this one line, before the parent run and the manifest
+    are written, rather than Ray's minute of retries and a traceback after them."""
+    import subprocess
+
+    code = ("import sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, "
+            "logging_level='ERROR'); ray.shutdown()")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    try:
+        res = subprocess.run([sys.executable, "-c", code, target], capture_output=True, text=True, env=env,
+                             timeout=DRIVER_JOIN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SpecError(f"--address {address}: no Ray driver could join the cluster at {target} within "
+                        f"{DRIVER_JOIN_TIMEOUT_S:.0f} s; {allowed}") from None
+    if res.returncode != 0:
+        lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
+        why = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
+        raise SpecError(f"--address {address}: a Ray driver could not join the cluster at {target} "
+                        f"({why[:300]}); {allowed}")
 
 
 def _command_argv() -> list[str]:
