@@ -27,8 +27,8 @@ from search_spaces import (
     ablate_search,
     ablate_tmap,
 )
-from study.flags import add_common_flags, make_config, schedule_fields, seed_fields, val_size
-from study.runner import main_wrapper, run_study
+from study.flags import MAX_TRIALS, add_common_flags, make_config, schedule_fields, seed_fields, val_size
+from study.runner import check_data_sizes, check_start, main_wrapper, run_study
 from study.spec import Search, StudyError, StudySpec, Trial
 from trainables.config import NUM_CLASSES, TRAIN_SETS
 
@@ -70,6 +70,14 @@ def parse_tmaps(text: str) -> tuple[tuple[str, dict], ...]:
     if not out:
         raise StudyError("--tmaps is empty; allowed: NAME[:PARAM=VALUE...],... e.g. identity,power:gamma=2")
     return tuple(out)
+
+
+def parse_metrics(text: str) -> list[str]:
+    """--metrics 'ssim,gmsm' -> ['ssim', 'gmsm']; the names are checked by search_spaces.ablate_iqa."""
+    items = _items(text)
+    if not items:
+        raise StudyError(f"--metrics {text!r} is empty; allowed: IQA metric names, e.g. ssim,gmsm")
+    return items
 
 
 def parse_shares(text: str) -> tuple[float, ...]:
@@ -115,10 +123,10 @@ def check_flags(args) -> list[str]:
     if args.search is None and (args.trials is not None or args.objective is not None):
         raise StudyError("--trials and --objective belong to --search optuna")
     if args.search is not None:
-        if args.trials is None or args.trials < 1:
-            raise StudyError(f"--trials {args.trials} is not allowed; allowed: an integer >= 1 "
+        if args.trials is None or not 1 <= args.trials <= MAX_TRIALS:
+            raise StudyError(f"--trials {args.trials} is not allowed; allowed: an integer >= 1 and <= {MAX_TRIALS} "
                              "(the number of Optuna trials)")
-        if (args.objective or "mean") not in ablate_search.OBJECTIVES:
+        if (args.objective if args.objective is not None else "mean") not in ablate_search.OBJECTIVES:
             raise StudyError(f"--objective {args.objective} is not allowed; allowed: "
                              f"{', '.join(ablate_search.OBJECTIVES)}")
     allowed_sets = [s for s, types in TRAIN_SETS.items() if types]
@@ -134,12 +142,13 @@ def check_flags(args) -> list[str]:
 
 def grid_settings(args, grid: str) -> list[dict]:
     if grid == "tmap":
-        return ablate_tmap.settings(parse_tmaps(args.tmaps) if args.tmaps else ablate_tmap.TMAPS)
+        return ablate_tmap.settings(parse_tmaps(args.tmaps) if args.tmaps is not None else ablate_tmap.TMAPS)
     if grid == "iqa":
-        return ablate_iqa.settings(_items(args.metrics) if args.metrics else None)
+        return ablate_iqa.settings(parse_metrics(args.metrics) if args.metrics is not None else None)
     if grid == "ratios":
-        shares = parse_shares(args.pristine_shares) if args.pristine_shares else ablate_ratios.PRISTINE_SHARES
-        splits = parse_splits(args.level_splits) if args.level_splits else ablate_ratios.LEVEL_SPLITS
+        shares = (parse_shares(args.pristine_shares) if args.pristine_shares is not None
+                  else ablate_ratios.PRISTINE_SHARES)
+        splits = parse_splits(args.level_splits) if args.level_splits is not None else ablate_ratios.LEVEL_SPLITS
         return ablate_ratios.settings(shares, splits)
     return ablate_levels.settings()
 
@@ -206,11 +215,13 @@ def grid_trials(args, grid_base: dict) -> tuple[list[Trial], list[str]]:
 
 def build_search(args, base: dict, fields: dict) -> tuple[Search, list[str]]:
     """--search optuna: the Search (selecting on a validation split) and its plan lines."""
-    from trainables.data import load_split
+    from trainables.data import load_split, split_rows
 
     objective = args.objective or "mean"
     grace = ablate_search.grace_period(fields["epochs"])
-    pool = load_split(base["data"], "train").images.shape[0]
+    pool = split_rows(base["data"], "train")  # from the parquet footer: nothing decoded before the checks
+    if pool is None:
+        pool = load_split(base["data"], "train").images.shape[0]
     n_val = val_size(args, ablate_search.default_val_size(pool, fields.get("test_subset", 0)))
     if n_val == 0:
         raise StudyError("--val-size 0 is not allowed with --search: the search would select on the test "
@@ -276,6 +287,8 @@ def main(argv=None) -> int:
         # what the study records) and the trials, from the final values; nothing below reads args
         spec = StudySpec.from_args(args)
         data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
+        check_start(spec)  # before build: the --iqa grid's matched control reads the data
+        check_data_sizes(spec, data, schedule_fields(args), val_size(args))  # the --iqa control trains on them
         trials, search, plan = build(args, data)
 
         def analyse(parent_run_id, out):

@@ -16,6 +16,14 @@ from trainables.config import CIFAR10C_REGENERATE, ConfigError, TrialConfig
 DEFAULT_STORAGE = "ray_results"
 DEFAULT_PRESET = "smoke"  # the pipeline check: minutes, not the hour of quick (help says each preset's time)
 DEFAULT_PACK_SIZE = 16  # members per pack: Table 2 (9) or one ablation grid fits in one
+# Bounds that keep a typo from becoming a study (docs/paper-mapping.md, Choice): the grid is built in the
+# driver's memory before anything runs (--seeds 1000000000 grew it to 24 GB) and the plan's estimate
+# must stay a number a person can read. Each is far above what the paper's schedule needs (2000
+# epochs; Table 2 is 9 trials per seed). Constants, not flags: a flag to lift a bound would be the
+# typo's way around it; a larger study is several studies.
+MAX_SEEDS = 1000
+MAX_EPOCHS = 100_000  # 50 x the paper's 2000
+MAX_TRIALS = 10_000  # the grid's trials and the search's, in one study
 # How long each preset takes (the help text; measured on the 2-core CPU, see README "Presets").
 PRESET_TIMES = {"smoke": "pipeline check, ~3 min on 2 CPU cores; accuracies near chance",
                 "demo": "the paper's robustness effect, ~30 min on 2 idle CPU cores",
@@ -69,7 +77,9 @@ def _resource_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=None, help="default 1")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="default 0.25 when CUDA is visible (4 trials share a GPU), else 0")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="join a running Ray cluster")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,  # RAY_ADDRESS='' is unset
+                   help="join a running Ray cluster: HOST:PORT of its head, auto (on one of its nodes) or "
+                   "ray://HOST:PORT (checked before any work)")
     p.add_argument("--out", default=None, help="folder for tables and plots (default results/<name>)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (GPU N of this machine; "
                    "local Ray only)")
@@ -133,12 +143,12 @@ def val_size(args, default: int = 0) -> int:
 
 def schedule_fields(args) -> dict:
     """The preset with the flags that override it (None = not given)."""
-    if args.seeds is None or args.seeds < 1:
-        raise StudyError(f"--seeds {args.seeds} is not allowed; allowed: an integer >= 1")
+    if args.seeds is None or not 1 <= args.seeds <= MAX_SEEDS:
+        raise StudyError(f"--seeds {args.seeds} is not allowed; allowed: an integer >= 1 and <= {MAX_SEEDS}")
     for flag in ("epochs",):
         v = getattr(args, flag)
-        if v is not None and v < 1:
-            raise StudyError(f"--{flag} {v} is not allowed; allowed: an integer >= 1")
+        if v is not None and not 1 <= v <= MAX_EPOCHS:
+            raise StudyError(f"--{flag} {v} is not allowed; allowed: an integer >= 1 and <= {MAX_EPOCHS}")
     for flag in ("subset", "test_subset"):
         v = getattr(args, flag)
         if v is not None and v < 0:

@@ -123,7 +123,7 @@ def _study_lines(run: StudyRun, est: Estimate, extra: tuple) -> list[str]:
              "x 10 sets"]
     if spec.preset == "smoke":
         lines.append(f"  {SMOKE_NOTE}")
-    return lines + [f"  {line}" for line in extra]
+    return lines + [f"  {line}" for line in (*extra, *run.notes)]
 
 
 def _run_lines(run: StudyRun, est: Estimate) -> list[str]:

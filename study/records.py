@@ -14,10 +14,13 @@ The functions live in study/tracking.py (the one module of study/ that speaks ML
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from pathlib import Path
 
-from analysis.schema import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, one_line
-from study.tracking import TrackingError, export_study, import_study
+from analysis.schema import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, one_line, sqlite_path
+from study.spec import StudyError
+from study.tracking import LOCK_SUFFIX, TrackingError, check_tracking_uri, export_study, import_study
 
 
 def main(argv=None) -> int:
@@ -35,19 +38,67 @@ def main(argv=None) -> int:
                        help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})")
     args = p.parse_args(argv)
     try:
-        if args.cmd == "export":
-            m = export_study(args.tracking_uri, args.study, args.out, args.experiment)
-            print(f"exported study {m['study']}: {m['runs']} runs, {m['metric_points']} metric points, "
-                  f"{len(m['files'])} files -> {args.out}")
-        else:
-            pid = import_study(args.folder, args.tracking_uri, args.experiment)
-            print(f"imported {args.folder} into {args.tracking_uri} (experiment {args.experiment}), parent run {pid}; "
-                  f"rebuild its tables with python -m analysis.table2 (or analysis.ablate) --study NAME "
-                  f"--tracking-uri {args.tracking_uri}")
-    except (TrackingError, OSError) as err:
+        check_first(args)
+        with own_lock_file(args.tracking_uri):
+            run(args)
+    except (TrackingError, StudyError, OSError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_first(args) -> None:
+    """What can be refused before the store is opened (opening a SQLite file creates it and its
+    tables, and the lock beside it): the tracking URI, the experiment's name, and for an export a
+    store that exists and an --out that is a new or empty folder that can be written."""
+    from study.storage import writable_folder
+
+    check_tracking_uri(args.tracking_uri)
+    if not args.experiment.strip():
+        raise StudyError(f"--experiment {args.experiment!r} is not allowed (empty); allowed: an MLflow experiment "
+                         "name, e.g. iqa-ls")
+    if args.cmd != "export":
+        return
+    db = sqlite_path(args.tracking_uri)
+    if db is not None and not db.is_file():  # a reader never creates a store
+        raise StudyError(f"no MLflow store at {db} (--tracking-uri {args.tracking_uri})")
+    out = writable_folder("--out", args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise StudyError(f"export folder {args.out} is not empty; allowed: a new or empty folder")
+
+
+@contextlib.contextmanager
+def own_lock_file(tracking_uri: str):
+    """The lock file study.tracking leaves beside a SQLite store it opens (it locks the store's first
+    opening): removed again when this command made it, so a refused or finished export or import
+    leaves the folder as it found it. Removed only while free: a study opening the store at that
+    moment keeps its lock."""
+    from filelock import FileLock, Timeout
+
+    db = sqlite_path(tracking_uri)
+    lock = Path(str(db) + LOCK_SUFFIX) if db is not None else None
+    made = lock is not None and not lock.exists()
+    try:
+        yield
+    finally:
+        if made and lock.exists():
+            try:
+                with FileLock(str(lock), timeout=0):
+                    lock.unlink()
+            except (Timeout, OSError):
+                pass
+
+
+def run(args) -> None:
+    if args.cmd == "export":
+        m = export_study(args.tracking_uri, args.study, args.out, args.experiment)
+        print(f"exported study {m['study']}: {m['runs']} runs, {m['metric_points']} metric points, "
+              f"{len(m['files'])} files -> {args.out}")
+    else:
+        pid = import_study(args.folder, args.tracking_uri, args.experiment)
+        print(f"imported {args.folder} into {args.tracking_uri} (experiment {args.experiment}), parent run {pid}; "
+              f"rebuild its tables with python -m analysis.table2 (or analysis.ablate) --study NAME "
+              f"--tracking-uri {args.tracking_uri}")
 
 
 if __name__ == "__main__":

@@ -65,11 +65,9 @@ def run_study(spec: StudySpec, kind: str, trials: list[Trial], tags_of_config, a
 
 # ------------------------------------------------------------------ check
 def check(spec: StudySpec, kind: str, trials: list[Trial], search) -> StudyRun:
-    """Every check that needs no lock and writes nothing; the trials (and the search) set to the
-    run's device, threads and precision."""
-    from study import execution, tracking
-
-    tracking.set_http_env()
+    """Every check that needs no lock and writes nothing, the cheap ones first: those of the flags
+    and the folders before the data is read (a refusal in seconds), then those of the data
+    (`preflight`). The trials (and the search) set to the run's device, threads and precision."""
     started = time.time()
     if search is not None and spec.resume:
         # Optuna's sampler state is not recorded, so a search cannot be continued where it stopped
@@ -78,54 +76,119 @@ def check(spec: StudySpec, kind: str, trials: list[Trial], search) -> StudyRun:
     if search is not None and spec.executor == "local":
         raise StudyError("--search is not allowed with --executor local (Optuna's trials and ASHA's stops are "
                          "scheduled by Ray Tune); allowed: --executor ray")
-    facts = preflight(spec, trials or ([Trial(search.key(0), search.base)] if search is not None else []))
+    storage = check_start(spec)
+    faults = {}
+    if os.environ.get("IQA_LS_FAULT"):  # study.execution.FAULT_ENV, read without importing the trainer (seconds)
+        from study import execution
+        try:  # the fault-injection test hook (docs/fault-tolerance.md); refused like any bad value
+            faults = execution.parse_faults(os.environ.get(execution.FAULT_ENV), {t.key for t in trials})
+        except ValueError as e:
+            raise StudyError(str(e)) from None
+    facts = preflight(spec, trials, search)
+    from study import tracking
+    tracking.set_http_env()  # before the store is opened (open_records)
     run_fields = {"device": spec.run_device, "threads": spec.threads, "precision": spec.precision,
                   "step_impl": spec.step_impl}
     trials = [Trial(t.key, t.config.replace(**run_fields), t.tags, t.title) for t in trials]
     if search is not None:
         search = dataclasses.replace(search, base=search.base.replace(**run_fields))
-    try:  # the fault-injection test hook (docs/fault-tolerance.md); refused like any bad value
-        faults = execution.parse_faults(os.environ.get(execution.FAULT_ENV), {t.key for t in trials})
-    except ValueError as e:
-        raise StudyError(str(e)) from None
-    storage = facts["storage"]
+    return StudyRun(spec, kind, trials, search, storage, train=facts["train"], n_test=facts["n_test"],
+                    faults=faults, settings=study_settings(spec, trials, search),
+                    out=Path(spec.out or Path("results") / spec.name), started=started, notes=facts["notes"])
+
+
+def check_start(spec: StudySpec) -> str:
+    """Whether the study may start (or resume) under its name, from what the storage and the store
+    hold (read-only, cheap: a command calls it before it builds trials that need the data, and `check`
+    again). Returns --storage checked (a local folder made absolute)."""
+    storage = check_storage(spec.storage)  # checked by the spec too (StudySpec.from_args); here made absolute
     db = sqlite_path(spec.tracking_uri)
     if spec.resume and db is not None and not db.is_file():  # refused before the store is created
         raise StudyError(f"--resume: no tracking store at {db} (--tracking-uri {spec.tracking_uri}), so no "
                          f"study named {spec.name!r} to resume")
     check_no_checkpoints(spec, storage)  # read-only; again under the lock
-    return StudyRun(spec, kind, trials, search, storage, train=facts["train"], n_test=facts["n_test"],
-                    faults=faults, settings=study_settings(spec, trials, search),
-                    out=Path(spec.out or Path("results") / spec.name), started=started)
+    return storage
 
 
-def preflight(spec: StudySpec, trials: list[Trial]) -> dict:
-    """Every check of the inputs that can fail (the spec checked the flags), before anything is
-    written. Returns facts for the plan."""
-    from study.tracking import TrackingError, check_tracking_uri
+def preflight(spec: StudySpec, trials: list[Trial], search=None) -> dict:
+    """Every check of the grid and the data that can fail (the spec checked the flags and folders),
+    before anything is written: the grid's size, the fine-tunes' parents, the data-dependent values
+    against the data's size (read from the files' metadata where it can be, before decoding), then
+    the data itself. Returns facts for the plan: the training split, the test split's size, and
+    notes (a preset's subset above the data)."""
+    from study.flags import MAX_TRIALS
 
-    if not trials:
+    n_search = search.n_trials if search is not None else 0
+    configs = [t.config for t in trials] + ([search.base] if search is not None else [])
+    if not configs:
         raise StudyError("no trials to run (empty grid)")
+    if len(trials) + n_search > MAX_TRIALS:
+        raise StudyError(f"{len(trials) + n_search} trials is more than a study may hold; allowed: at most "
+                         f"{MAX_TRIALS} (fewer --seeds, settings or --trials; or several studies)")
     keys = [t.key for t in trials]
     if len(set(keys)) != len(keys):
         raise StudyError(f"duplicate trial keys in the grid: {sorted({k for k in keys if keys.count(k) > 1})}")
+    check_parents(trials)
+    source = configs[0].data
     try:
-        check_tracking_uri(spec.tracking_uri)
-    except TrackingError as e:
-        raise StudyError(str(e)) from None
-    storage = check_storage(spec.storage)
-    try:
-        train = data_mod.load_split(trials[0].config.data, "train")
-        test = data_mod.load_split(trials[0].config.data, "test")
+        sizes = (data_mod.split_rows(source, "train"), data_mod.split_rows(source, "test"))
+        if None not in sizes:  # known from the files' metadata: refused before anything is decoded
+            notes = check_sizes(spec, size_values(configs), *sizes)
+        train = data_mod.load_split(source, "train")
+        test = data_mod.load_split(source, "test")
     except data_mod.DataError as e:
         raise StudyError(f"--data: {e}") from None
-    check_parents(trials)
+    n_train, n_test = train.images.shape[0], test.images.shape[0]
+    if (n_train, n_test) != sizes:  # pickled batches (or a download): checked on the decoded data
+        notes = check_sizes(spec, size_values(configs), n_train, n_test)
     from trainables import robustness
     try:  # an official folder is read and checked here (every file, labels against the test split)
-        robustness.check(trials[0].config)
+        robustness.check(configs[0])
     except data_mod.DataError as e:
         raise StudyError(f"--cifar10c: {e}") from None
-    return {"storage": storage, "train": train, "n_test": test.images.shape[0]}
+    return {"train": train, "n_test": n_test, "notes": notes}
+
+
+def check_data_sizes(spec: StudySpec, data: str, fields: dict, val: int) -> None:
+    """The flags' --val-size and subsets (`fields`: study.flags.schedule_fields) against the data's
+    size, when the files' metadata says it without decoding: a command calls it before it builds its
+    trials (whose configs import the trainer's registries, and the --iqa grid's matched control trains
+    on them); `preflight` checks every trial's values again."""
+    sizes = data_mod.split_rows(data, "train"), data_mod.split_rows(data, "test")
+    if None not in sizes:
+        check_sizes(spec, {(val, fields.get("subset", 0), fields.get("test_subset", 0),
+                            fields.get("cifar10c_subset", 0))}, *sizes)
+
+
+def size_values(configs: list[TrialConfig]) -> set[tuple[int, int, int, int]]:
+    """The values `check_sizes` checks, of every config: (val_size, subset, test_subset, cifar10c_subset)."""
+    return {(c.val_size, c.subset, c.test_subset, c.cifar10c_subset) for c in configs}
+
+
+def check_sizes(spec: StudySpec, values: set[tuple[int, int, int, int]], n_train: int, n_test: int) -> list[str]:
+    """The values that depend on the data's size (`size_values`), against it (docs/commands.md):
+    --val-size must leave training images, and a subset flag above what the data holds is refused,
+    never clipped silently. A preset's subset above the data is used whole and said in the plan (the
+    returned notes): the presets are sized for CIFAR-10, not for a smaller data set."""
+    notes = []
+    for val, subset, test_subset, c10c in sorted(values):
+        if val and val >= n_train:
+            raise StudyError(f"--val-size {val} is not allowed for the data's {n_train} training images; allowed: "
+                             f"0..{n_train - 1} (it must leave images to train on)")
+        pool = n_train - val
+        held = f" ({n_train} minus the {val}-image validation split)" if val else ""
+        for flag, v, n, what in (("subset", subset, pool, f"{pool} training images{held}"),
+                                 ("test_subset", test_subset, n_test, f"{n_test} test images"),
+                                 ("cifar10c_subset", c10c, n_test, f"{n_test} test images")):
+            if v <= n:
+                continue
+            name = "--" + flag.replace("_", "-")
+            if flag in spec.flags or flag == "cifar10c_subset":
+                raise StudyError(f"{name} {v} is more than the data's {what}; allowed: 0..{n} (0 = all)")
+            note = f"the preset's {flag} of {v} is more than the data's {what}: all {n} are used"
+            if note not in notes:
+                notes.append(note)
+    return notes
 
 
 def check_parents(trials: list[Trial]) -> None:
@@ -466,7 +529,7 @@ def main_wrapper(fn) -> int:
     """Run a study main; a refusal is one line on stderr and exit code 2."""
     import logging
 
-    from study.tracking import TrackingError
+    from study.spec import TrackingError  # not study.tracking: a refusal never waits for MLflow's import
     for name in ("mlflow", "alembic"):  # store-creation INFO lines would bury the one-line messages
         logging.getLogger(name).setLevel(logging.WARNING)
     if threading.current_thread() is threading.main_thread() and \

@@ -1,6 +1,6 @@
 """The study's data types: its settings (`StudySpec`), its trials (`Trial`), its search (`Search`), the
 state its steps hand on (`StudyRun`) and its one-line refusals (`StudyError`, `SpecError`,
-`TrackingLost`).
+`TrackingError`, `TrackingLost`).
 
 The study's own settings, as a trial's are a TrialConfig: one frozen, validated spec built once from
 the command's flags (`StudySpec.from_args`), the argparse Namespace stopping at the command's edge.
@@ -17,10 +17,13 @@ import os
 import re
 import shlex
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from analysis.schema import sqlite_path
 from trainables.config import STEP_IMPLS, TrialConfig
 
 EXECUTORS = ("ray", "local")
@@ -38,6 +41,98 @@ class SpecError(ValueError):
 
 class StudyError(RuntimeError):
     """Refused before any trial starts; the message is the one line the user sees."""
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which URI and why."""
+
+
+# The tracking URIs a study can use (docs/commands.md). A database URI (postgresql://, mysql://, ...)
+# is left out on purpose: MLflow gives its runs' artifacts ./mlruns of whatever folder the command runs
+# in (a SQLite store gets mlartifacts/ beside its file, study.tracking.ARTIFACT_DIR), and no driver for
+# one is installed here; an mlflow server in front of that database is the way to use it.
+TRACKING_SCHEMES = ("sqlite:///PATH", "http(s)://HOST:PORT")
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Refuse, in one line, a tracking URI this install cannot keep records in: a scheme outside
+    TRACKING_SCHEMES, a SQLite URI that names no file (`sqlite:///` alone, a folder) or lies in a
+    folder that does not exist or cannot be written, an unreachable server. Writes nothing."""
+    allowed = f"allowed: {' or '.join(TRACKING_SCHEMES)} (PATH: a file, new or an MLflow store)"
+    if not isinstance(uri, str) or not uri.strip():
+        raise TrackingError(f"tracking URI {uri!r} is not allowed (empty); {allowed}")
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ("databricks" if uri == "databricks" else "")
+    if scheme in ("http", "https"):
+        if not uri.split("://", 1)[-1].strip("/") or "://" not in uri:
+            raise TrackingError(f"tracking URI {uri!r} names no host; {allowed}")
+        _check_server(uri, timeout)
+    elif scheme == "sqlite":
+        _check_sqlite(uri, allowed)
+    else:
+        raise TrackingError(f"tracking URI {uri!r} is not allowed ({_why_not(uri, scheme)}); {allowed}")
+
+
+DB_DRIVERS = {"postgresql": ("psycopg2",), "postgres": ("psycopg2",), "mysql": ("MySQLdb", "pymysql"),
+              "mssql": ("pyodbc", "pymssql")}  # SQLAlchemy's default driver modules of MLflow's database stores
+
+
+def _why_not(uri: str, scheme: str) -> str:
+    """Why a tracking URI outside TRACKING_SCHEMES is refused, in the user's words."""
+    import importlib.util
+
+    base = scheme.split("+", 1)[0]
+    if base in DB_DRIVERS:
+        drivers = DB_DRIVERS[base]
+        installed = any(importlib.util.find_spec(m) for m in drivers)
+        return (f"a {base} database store{'' if installed else ' (and no driver for it, ' + ' or '.join(drivers)}"
+                f"{'' if installed else ', is installed)'}: MLflow would put its artifacts in ./mlruns of the "
+                f"working folder; serve it with `mlflow server --backend-store-uri {uri}` and pass http://HOST:PORT")
+    return {"": "not a URI: a bare path", "file": "MLflow's folder store; this project records into a SQLite file",
+            "databricks": "Databricks needs a workspace and credentials this project does not set up"}.get(
+        scheme, f"scheme {scheme}: is not a tracking store this project can open")
+
+
+def _check_sqlite(uri: str, allowed: str) -> None:
+    """A SQLite URI names a file (new or an MLflow store) in a writable folder: `sqlite:///` alone
+    would be no file at all (MLflow loses the records), a folder makes SQLite retry for minutes."""
+    db = sqlite_path(uri)
+    if db is None:  # sqlite:// (an in-memory store: gone when the command ends) or sqlite:x
+        raise TrackingError(f"tracking URI {uri!r} is not allowed (no file: sqlite:/// then a path); {allowed}")
+    text = uri[len("sqlite:///"):]  # as typed: Path drops a trailing slash
+    if not text.strip() or text.endswith("/") or db.name in ("", ".", ".."):
+        raise TrackingError(f"tracking URI {uri!r} names no file; {allowed}")
+    if db.is_dir():
+        raise TrackingError(f"tracking URI {uri!r} names a folder, not a file; {allowed}")
+    if db.exists() and not db.is_file():
+        raise TrackingError(f"tracking URI {uri!r} names {db}, which is not a regular file; {allowed}")
+    parent = db.parent if str(db.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise TrackingError(f"tracking URI {uri}: folder {parent} does not exist or is not writable")
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    """A tracking server answers /health and lets this client use its API (read-only requests)."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status != 200:
+                raise TrackingError(f"tracking URI {uri} answered HTTP {r.status} at /health")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise TrackingError(f"tracking URI {uri} does not answer ({getattr(e, 'reason', e)}); "
+                            "start the server or pass another --tracking-uri") from None
+    # /health answers whatever the client; the API may still refuse it (MLflow 3 rejects Host
+    # headers outside --allowed-hosts, a proxy may want credentials): ask it once, read-only
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                    timeout=timeout):
+            pass
+    except urllib.error.HTTPError as e:
+        body = " ".join(e.read(300).decode(errors="replace").split())
+        raise TrackingError(f"tracking URI {uri} answers /health but refuses its API (HTTP {e.code}: "
+                            f"{body}); allowed: a server that accepts this client (for MLflow 3: "
+                            "mlflow server --allowed-hosts HOST:PORT)") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise TrackingError(f"tracking URI {uri} does not answer its API ({getattr(e, 'reason', e)}); "
+                            "start the server or pass another --tracking-uri") from None
 
 
 @dataclass
@@ -149,6 +244,8 @@ class StudySpec:
         name, executor, device, address = args.name, getattr(args, "executor", "ray"), args.device, args.address
         _check_where(name, executor, device, address, cuda_available)
         _check_numbers(args)
+        if not address:  # this machine runs the trials: a request it can never hold would wait forever
+            _check_machine(args.cpus_per_trial, args.gpus_per_trial, cuda_available)
         cuda = device.startswith("cuda") or (device == "auto" and cuda_available)
         # packing (trainables.packed): the grid's trials that share a schedule train as one model; worth
         # it on a GPU (one small model leaves it idle), not on a CPU (no idle units to fill)
@@ -165,13 +262,15 @@ class StudySpec:
             precision = "bf16" if run_device == "cuda" else "fp32"
         flags = {k: v for k, v in vars(args).items() if v is not None}
         command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *_command_argv()])
-        return cls(name=name, preset=args.preset, seeds=args.seeds, tracking_uri=args.tracking_uri,
+        spec = cls(name=name, preset=args.preset, seeds=args.seeds, tracking_uri=args.tracking_uri,
                    experiment=args.experiment, storage=args.storage, out=args.out, resume=bool(args.resume),
                    executor=executor, device=device, cpus_per_trial=cpus, gpus_per_trial=gpus, pack=args.pack,
                    packing=packing, pack_size=args.pack_size, precision=precision,
                    step_impl=getattr(args, "step_impl", "auto"), address=address,
                    max_failures=args.max_failures, progress_every=args.progress_every,
                    estimate_only=bool(getattr(args, "estimate_only", False)), flags=flags, command=command)
+        _check_places(spec)
+        return spec
 
 
 def _check_where(name, executor, device, address, cuda_available: bool) -> None:
@@ -179,6 +278,9 @@ def _check_where(name, executor, device, address, cuda_available: bool) -> None:
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise SpecError(f"--name {name!r} is not allowed; allowed: 1-100 characters of A-Z a-z 0-9 . _ -, "
                         "starting with a letter or digit")
+    if address is not None and not address.strip():
+        raise SpecError(f"--address {address!r} is not allowed (empty); allowed: HOST:PORT, auto or ray://HOST:PORT "
+                        "(or no --address: a Ray of this machine)")
     if executor not in EXECUTORS:
         raise SpecError(f"--executor {executor} is not allowed; allowed: {', '.join(EXECUTORS)}")
     if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
@@ -218,6 +320,103 @@ def _check_numbers(args) -> None:
             raise SpecError(f"{flag} {v} is not allowed; allowed: {allowed}")
 
 
+def _check_machine(cpus: float | None, gpus: float | None, cuda_available: bool) -> None:
+    """Without --address the trials run on this machine: a trial asking for more CPUs or GPUs than it
+    has would never be scheduled (Ray waits for it forever), and a GPU share without CUDA is refused
+    rather than planned for cuda/bf16."""
+    n_cpus = os.cpu_count() or 1
+    if cpus is not None and cpus > n_cpus:
+        raise SpecError(f"--cpus-per-trial {cpus:g} is more than this machine's {n_cpus} CPUs; allowed: a number "
+                        f"> 0 and <= {n_cpus} (or --address of a cluster whose nodes have more)")
+    if gpus:
+        n_gpus = 0
+        if cuda_available:
+            import torch
+            n_gpus = torch.cuda.device_count()
+        if not n_gpus:
+            raise SpecError(f"--gpus-per-trial {gpus:g}: CUDA is not available on this machine; allowed here: 0 "
+                            "(or --address of a cluster with GPUs)")
+        if gpus > n_gpus:
+            raise SpecError(f"--gpus-per-trial {gpus:g} is more than this machine's {n_gpus} GPU(s); allowed: "
+                            f"a number >= 0 and <= {n_gpus}")
+
+
+def _check_places(spec: "StudySpec") -> None:
+    """Where the study writes and records, checked before any data is read (cheap, writes nothing):
+    the experiment's name, the tracking URI (`check_tracking_uri`), the --storage and --out folders
+    (study.storage.writable_folder), and the cluster of --address."""
+    from study.storage import check_storage, writable_folder
+
+    if not isinstance(spec.experiment, str) or not spec.experiment.strip():
+        raise SpecError(f"--experiment {spec.experiment!r} is not allowed (empty); allowed: an MLflow experiment "
+                        "name, e.g. iqa-ls")
+    try:
+        check_tracking_uri(spec.tracking_uri)
+    except TrackingError as e:
+        raise SpecError(f"--tracking-uri: {e}") from None
+    check_storage(spec.storage)
+    writable_folder("--out", spec.out if spec.out is not None else str(Path("results") / spec.name))
+    if spec.address:
+        _check_cluster(spec.address)
+
+
+CLUSTER_TIMEOUT_S = 10.0  # how long --address's head may take to accept a connection
+
+
+def _check_cluster(address: str, timeout: float = CLUSTER_TIMEOUT_S) -> None:
+    """--address names a Ray cluster that answers: its head's port accepts a connection within
+    `timeout`. Ray's own connect retries for minutes (`garbage:99999` waits forever) and fails after
+    the study's parent run and manifest are written; this check fails first, writing nothing."""
+    import socket
+
+    allowed = "allowed: the HOST:PORT of a running Ray head (ray start --head), auto on one of its nodes, or " \
+              "ray://HOST:PORT"
+    if address.startswith("ray://"):
+        target = address[len("ray://"):].rstrip("/")
+    else:
+        try:  # Ray's own reading of the address: auto -> the cluster this node runs, if any
+            from ray._private.services import canonicalize_bootstrap_address
+            target = canonicalize_bootstrap_address(address)
+        except Exception as e:
+            raise SpecError(f"--address {address}: no Ray cluster found ({' '.join(str(e).split())}); "
+                            f"{allowed}") from None
+        if target is None:  # "local": Ray starts one on this machine
+            return
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError, OverflowError) as e:
+        raise SpecError(f"--address {address}: the Ray head at {target} does not answer "
+                        f"({' '.join(str(e).split()) or type(e).__name__}); {allowed}") from None
+    _check_driver_joins(address, target if not address.startswith("ray://") else address, allowed)
+
+
+DRIVER_JOIN_TIMEOUT_S = 20.0  # a throw-away driver joins a live cluster in ~4 s; the refusal stays within ~30 s
+
+
+def _check_driver_joins(address: str, target: str, allowed: str) -> None:
+    """A port that accepts is not yet a cluster a driver can join (a stale or dying head, another
+    session's GCS that `auto` found): a throw-away driver joins it in a subprocess within
+    DRIVER_JOIN_TIMEOUT_S, so that a failure is this one line, before the parent run and the manifest
+    are written, rather than Ray's minute of retries and a traceback after them."""
+    import subprocess
+
+    code = ("import sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, "
+            "logging_level='ERROR'); ray.shutdown()")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    try:
+        res = subprocess.run([sys.executable, "-c", code, target], capture_output=True, text=True, env=env,
+                             timeout=DRIVER_JOIN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SpecError(f"--address {address}: no Ray driver could join the cluster at {target} within "
+                        f"{DRIVER_JOIN_TIMEOUT_S:.0f} s; {allowed}") from None
+    if res.returncode != 0:
+        lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
+        why = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
+        raise SpecError(f"--address {address}: a Ray driver could not join the cluster at {target} "
+                        f"({why[:300]}); {allowed}")
+
+
 def _command_argv() -> list[str]:
     """The command line as typed: `-m module` for a module run (sys.argv[0] is then its file path)."""
     main = sys.modules.get("__main__")
@@ -243,6 +442,7 @@ class StudyRun:
     started: float  # time.time() when this command started
     lock: Any = None  # the driver lock (study.lock.StudyLock); None with --estimate-only
     rec: Any = None  # the records (study.tracking.StudyRecorder); None: an estimate with no store yet
+    notes: list = field(default_factory=list)  # what the plan must say about the inputs (study.runner.check_sizes)
 
     @property
     def n_search(self) -> int:

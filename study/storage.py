@@ -146,21 +146,29 @@ def check_storage(storage: str) -> str:
     when it cannot be written)."""
     if not is_local(storage):
         return storage
-    p = Path(storage).resolve()
+    return str(writable_folder("--storage", storage, "or s3://..."))
+
+
+def writable_folder(flag: str, path: str, also: str = "") -> Path:
+    """A local folder flag (--storage, --out) checked before any work: not empty (it would mean the
+    current folder), a folder or one that can be made (no file on the way), writable. Returns it
+    absolute; creates nothing."""
+    allowed = "allowed: a writable folder (or one that can be made in one)" + (f" {also}" if also else "")
+    if not str(path).strip():
+        raise StudyError(f"{flag} {path!r} is not allowed (empty: it would mean the current folder); {allowed}")
+    p = Path(path).expanduser().resolve()
     probe = p
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise StudyError(f"--storage {storage}: {probe} is not a folder; allowed: a writable folder "
-                         "(or one that can be made in one) or s3://...")
+        raise StudyError(f"{flag} {path}: {probe} is not a folder; {allowed}")
     try:  # a real write (and delete) in the nearest existing folder: os.access says yes to root on a
-        # read-only mount; nothing is left behind and the storage folder itself is not created yet
+        # read-only mount; nothing is left behind and the folder itself is not created yet
         with tempfile.TemporaryFile(dir=probe, prefix=".iqa-ls-probe-"):
             pass
     except OSError as e:
-        raise StudyError(f"--storage {storage}: cannot write in {probe} ({e.strerror or e}); allowed: "
-                         "a writable folder (or one that can be made in one) or s3://...") from None
-    return str(p)
+        raise StudyError(f"{flag} {path}: cannot write in {probe} ({e.strerror or e}); {allowed}") from None
+    return p
 
 
 def check_no_checkpoints(spec: StudySpec, storage: str) -> None:

@@ -13,8 +13,8 @@ import argparse
 import sys
 
 from search_spaces import table2 as space
-from study.flags import add_common_flags, make_config, schedule_fields, seed_fields, val_size
-from study.runner import main_wrapper, run_study
+from study.flags import MAX_EPOCHS, add_common_flags, make_config, schedule_fields, seed_fields, val_size
+from study.runner import check_data_sizes, main_wrapper, run_study
 from study.spec import StudyError, StudySpec, Trial
 from trainables.config import PROTOCOLS
 
@@ -55,7 +55,7 @@ def parse_strategies(text: str | None) -> tuple[int, ...]:
 
 def parse_protocols(text: str | None) -> tuple[str, ...]:
     """--protocol scratch | finetune | scratch,finetune (None -> scratch)."""
-    items = [v.strip() for v in (text or "scratch").split(",") if v.strip()]
+    items = [v.strip() for v in ("scratch" if text is None else text).split(",") if v.strip()]
     if not items or any(v not in PROTOCOLS for v in items) or len(set(items)) != len(items):
         raise StudyError(f"--protocol {text!r} is not allowed; allowed: scratch, finetune or "
                          "scratch,finetune")
@@ -77,8 +77,8 @@ def finetune_fields(args, epochs: int, finetune: bool) -> dict:
                              "--strategies")
         return {}
     epochs_, lr, every = (getattr(args, f, None) for f in names[:3])
-    for flag, v, ok, allowed in (("--finetune-epochs", epochs_, epochs_ is None or epochs_ >= 1,
-                                  "an integer >= 1"),
+    for flag, v, ok, allowed in (("--finetune-epochs", epochs_, epochs_ is None or 1 <= epochs_ <= MAX_EPOCHS,
+                                  f"an integer >= 1 and <= {MAX_EPOCHS}"),
                                  ("--finetune-lr", lr, lr is None or lr > 0, "a number > 0"),
                                  ("--finetune-lr-decay-every", every, every is None or every >= 0,
                                   "an integer >= 0 (0 = constant lr)")):
@@ -125,6 +125,7 @@ def main(argv=None) -> int:
         # what the study records) and the trials, from the final values; nothing below reads args
         spec = StudySpec.from_args(args)
         data = resolve_source(args.data)  # absolute: Ray workers do not share our cwd
+        check_data_sizes(spec, data, schedule_fields(args), val_size(args))  # before the configs' imports
         trials = build_trials(args, data)
 
         def analyse(parent_run_id, out):

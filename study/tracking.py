@@ -12,8 +12,6 @@ import contextlib
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from filelock import FileLock
@@ -25,46 +23,14 @@ from analysis.schema import (DEFAULT_EXPERIMENT, EPOCH_METRICS, EVAL_METRICS, FI
                              TAG_RUN_NAME, TAG_STOPPED, TAG_STUDY, TAG_TRIAL_KEY, child_runs, children_filter,
                              find_parent, one_line, open_client, sqlite_path, study_parents, tag,
                              value_text)
+from study.spec import TrackingError, check_tracking_uri  # noqa: F401 - names of this module too
 from trainables.metric_names import EVAL_METRIC_PREFIXES
 
 MAX_NODES = 32  # attempts listed in the iqa_ls.nodes tag (MLflow caps a tag value at 8000 chars)
 
 
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message says which URI and why."""
-
-
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Refuse an unreachable server or an unwritable SQLite path before any work starts."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-                if r.status != 200:
-                    raise TrackingError(f"tracking URI {uri} answered HTTP {r.status} at /health")
-        except (urllib.error.URLError, OSError) as e:
-            raise TrackingError(f"tracking URI {uri} does not answer ({getattr(e, 'reason', e)}); "
-                                "start the server or pass another --tracking-uri") from None
-        # /health answers whatever the client; the API may still refuse it (MLflow 3 rejects Host
-        # headers outside --allowed-hosts, a proxy may want credentials): ask it once, read-only
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
-                                        timeout=timeout):
-                pass
-        except urllib.error.HTTPError as e:
-            body = " ".join(e.read(300).decode(errors="replace").split())
-            raise TrackingError(f"tracking URI {uri} answers /health but refuses its API (HTTP {e.code}: "
-                                f"{body}); allowed: a server that accepts this client (for MLflow 3: "
-                                "mlflow server --allowed-hosts HOST:PORT)") from None
-        except (urllib.error.URLError, OSError) as e:
-            raise TrackingError(f"tracking URI {uri} does not answer its API ({getattr(e, 'reason', e)}); "
-                                "start the server or pass another --tracking-uri") from None
-    elif uri.startswith("sqlite:///"):
-        db = sqlite_path(uri)
-        parent = db.parent if str(db.parent) else Path(".")
-        if not parent.exists() or not os.access(parent, os.W_OK):
-            raise TrackingError(f"tracking URI {uri}: folder {parent} does not exist or is not writable")
-    elif uri.startswith("file:") or "://" not in uri:
-        raise TrackingError(f"tracking URI {uri!r} is not allowed; allowed: sqlite:///PATH or http(s)://HOST:PORT")
+# TrackingError and check_tracking_uri live in study.spec (with the other refusals and checks of a
+# study's values): a refused command then never imports MLflow (~1.5 s); they are this module's names too
 
 
 # A study driver talks to a tracking server for days: MLflow's own HTTP retries (7, with backoff) and

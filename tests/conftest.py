@@ -65,16 +65,19 @@ def new_store(tmp_path_factory):
 
 @pytest.fixture
 def refuse(tmp_path, monkeypatch, capsys):
-    """`refuse(*flags)`: study.table2's main, run in this process in
+    """`refuse(*flags)`: study.table2's main (or `command="ablate"`: study.ablate's), run in this process in
     `tmp_path/run` on the fixture, must refuse with one line on stderr and exit code 2 (returned or
-    raised by argparse), and leave the folder as it was: no store, no storage folder, no results.
+    raised by argparse), and leave the folder as it was: no store, no storage folder, no results,
+    and no decoded data in the cache (the checks of flags, paths and sizes come before the data is
+    decoded; `decoded=True` for a refusal that needs the data or the records: a held lock, a resume).
     Returns the line. In process: a refusal needs no fresh interpreter (its imports cost ~12 s)."""
     monkeypatch.setenv("IQA_LS_CACHE", str(tmp_path / "cache"))
     for var in STUDY_ENV:  # cleared before the test, which may set one (IQA_LS_FAULT) on purpose
         monkeypatch.delenv(var, raising=False)
 
-    def check(*flags, data_dir=CIFAR_MINI) -> str:
-        from study import table2
+    def check(*flags, data_dir=CIFAR_MINI, decoded=False, command="table2") -> str:
+        import importlib
+        main = importlib.import_module(f"study.{command}").main
         cwd = tmp_path / "run"
         cwd.mkdir(parents=True, exist_ok=True)
         monkeypatch.chdir(cwd)
@@ -82,12 +85,13 @@ def refuse(tmp_path, monkeypatch, capsys):
         argv = ["--preset", "smoke", "--data", str(data_dir), "--test-subset", "50", *flags]
         capsys.readouterr()
         try:
-            rc = table2.main(argv)
+            rc = main(argv)
         except SystemExit as e:
             rc = e.code
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1, (rc, err)
         assert listing(cwd) == before
+        assert decoded or not (tmp_path / "cache").exists(), listing(tmp_path / "cache")
         return err[0]
     return check
 

@@ -198,6 +198,17 @@ def _split_files(resolved: str, split: str) -> tuple[str, list[Path]]:
     return "parquet", [p / f"{split}.parquet"]
 
 
+def split_rows(source: str, split: str) -> int | None:
+    """The number of images of `split`, read without decoding (a parquet file's footer); None when it
+    cannot be known so cheaply (pickled batches, or 'cifar10' before its download)."""
+    _check_split(split)
+    resolved = resolve_source(source)
+    if resolved == "cifar10":
+        return None
+    kind, files = _split_files(resolved, split)
+    return pq.ParquetFile(files[0]).metadata.num_rows if kind == "parquet" else None
+
+
 def _download_cifar10(cache_dir: Path) -> Path:
     """Torchvision's CIFAR-10 pickles under cache_dir, downloaded once across processes."""
     from filelock import FileLock
