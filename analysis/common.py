@@ -193,8 +193,7 @@ def seeds_text(ns: Iterable[int]) -> str:
 
 def n_caveat(preset: str | None, ns: Iterable[int]) -> str | None:
     """The words of a table that is no result: a pipeline check (its preset), or cells of fewer than 2
-    seeds (no interval: the seed spread alone moves a small study's accuracies by several points). None
-    for a table of intervals."""
+    seeds (no interval: one seed cannot say how far another would land). None for a table of intervals."""
     ns = [int(n) for n in ns]
     seeds = seeds_text(ns)
     if preset in PIPELINE_CHECK_PRESETS:
@@ -398,7 +397,8 @@ def title_top(fig, top: float) -> float:
 def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     """PNG without the 'Software' text chunk (matplotlib version) so equal figures are equal bytes; its
     'Title' chunk is the drawn title (caveats included), so a search of the files finds them."""
-    fig.savefig(path, dpi=dpi, metadata={"Software": None, "Title": " ".join(figure_title(fig).split())})
+    title = " — ".join(line.strip() for line in figure_title(fig).splitlines() if line.strip())
+    fig.savefig(path, dpi=dpi, metadata={"Software": None, "Title": title})
     return path
 
 
