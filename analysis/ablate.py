@@ -28,7 +28,9 @@ Outputs per ablation A present in the study (in `out_dir`, and logged under `ana
 - search: `ablate_search_trials.csv` (per Optuna trial: number, key, status, epochs, objective, params),
   `ablate_search_importance.csv` + `.png` (fANOVA importances over the trials' params, seed 0),
   `ablate_search_history.png` (objective per trial and the best so far)
-Nothing written depends on the clock, so the same runs give the same bytes.
+Nothing written depends on the clock, so the same runs give the same bytes. Titles and the `caveat`
+column say what the numbers are, per ablation, and a running or other-kind study is handled, as in
+analysis.table2.
 """
 from __future__ import annotations
 
@@ -42,13 +44,15 @@ import pandas as pd
 
 from analysis import calibration as cal
 from analysis import stats
-from analysis.common import (MISSING, TEST_SET_LABELS, TrialRecord, download_json, fmt, interval_text, log_outputs,
-                             new_figure, new_result, plus_minus, provenance_line, provenance_warnings, read_study,
-                             run_cli, save_figure, study_main, write_csv, write_parquet, write_text)
+from analysis.common import (MISSING, NUM_CLASSES, TEST_SET_LABELS, TrialRecord, check_kind, console_caveats,
+                             download_json, fmt, header_lines, interval_text, legend_line, log_outputs, n_caveat,
+                             near_chance, new_figure, new_result, plus_minus, provenance_line, provenance_warnings,
+                             read_study, run_cli, save_figure, study_main, title_top, titled, write_csv, write_parquet,
+                             write_text)
 from analysis.schema import (ACC_METRICS, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG_ABLATED, TAG_ABLATION,
-                             TAG_ERROR, TAG_KIND, TAG_MATCHED, TAG_MATCHED_TO, TAG_ORDER, TAG_REGULARIZATION,
-                             TAG_SEARCH, TAG_SEED, TAG_SEEDS, TAG_SETTING, TAG_STOPPED, TAG_STUDY, TEST_SETS,
-                             AnalysisError, one_line, planned_seeds)
+                             TAG_ERROR, TAG_KIND, TAG_MATCHED, TAG_MATCHED_TO, TAG_ORDER, TAG_PRESET,
+                             TAG_REGULARIZATION, TAG_SEARCH, TAG_SEED, TAG_SEEDS, TAG_SETTING, TAG_STOPPED, TAG_STUDY,
+                             TEST_SETS, AnalysisError, one_line, planned_seeds)
 from trainables.metric_names import VAL_PREFIX
 
 ABLATIONS = ("tmap", "iqa", "ratios", "levels", "search")  # table order
@@ -62,7 +66,6 @@ DESCRIPTIONS = {
     "search": "Optuna (TPE) + ASHA over the T family and parameters and the pristine share.",
 }
 SCORES_HIST = "scores_hist.json"
-NUM_CLASSES = 10  # CIFAR-10 (Sec. 4.1): chance level 1/K in the T plot
 
 METRICS = ACC_METRICS + ("acc_mean_all", "acc_worst", "mean_t")
 # the calibration companion (trainables.calibration): ECE and NLL on pristine, over the 9 distorted
@@ -356,13 +359,13 @@ def format_markdown(result: dict, a: dict) -> str:
     search = a["ablation"] == "search"
     where = ("validation sets (a held-out split of the training pool, what the search selects on)" if search
              else "test sets")
-    out = [f"# Ablation `{a['ablation']}` — study `{result['study']}`", "",
-           f"_{provenance_line(result['provenance'], a['n_text'])}_", "",
+    out = [titled(f"# Ablation `{a['ablation']}` — study `{result['study']}`", a["caveats"]), "",
+           f"_{provenance_line(result['provenance'], a['n_text'])}_", "", *header_lines(result),
            f"{DESCRIPTIONS[a['ablation']]} Parent run `{result['parent_run_id']}` in experiment "
            f"`{result['experiment']}`. Top-1 accuracy on the 10 CIFAR-10 {where} of Sec. 4.2: mean over seeds "
            f"with the {stats.CI_LEVEL:.0%} t interval of the mean in brackets (the value alone when n = 1); "
            "Mean = mean of the 10; Worst = the lowest of the 10 (per run); mean T = the last epoch's mean "
-           "true-class target.", ""]
+           "true-class target.", "", legend_line(), ""]
     notes = provenance_warnings(result["provenance"]) + a["notes"]
     out += [f"- note: {w}" for w in notes] + ([""] if notes else [])
     out += _value_table(cells, METRICS, 4)
@@ -437,6 +440,7 @@ def format_tex(result: dict, a: dict) -> str:
     heads = [_tex_escape(METRIC_LABELS[m]) for m in METRICS]
     out = [f"% Ablation {a['ablation']} regenerated from MLflow study {_tex_escape(result['study'])} "
            f"(parent run {result['parent_run_id']}); requires booktabs.",
+           *[f"% {_tex_escape(c)}" for c in a["caveats"]],
            r"\begin{table*}[t]", r"\centering", r"\scriptsize",
            r"\begin{tabular}{lr" + "r" * len(METRICS) + "}", r"\toprule",
            "Setting & $n$ & " + " & ".join(heads) + r" \\", r"\midrule"]
@@ -445,20 +449,23 @@ def format_tex(result: dict, a: dict) -> str:
         vals = ["--" if c["n"] == 0 else "$" + plus_minus(c, 3).replace("±", r" \pm ") + "$" for c in row]
         out.append(f"{_tex_escape(label)} & {row[0]['n']} & " + " & ".join(vals) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}",
-            r"\caption{Ablation " + _tex_escape(a["ablation"]) + ": " + _tex_escape(DESCRIPTIONS[a["ablation"]])
+            r"\caption{" + "".join(r"\textbf{" + _tex_escape(c[0].upper() + c[1:]) + ".} " for c in a["caveats"])
+            + "Ablation " + _tex_escape(a["ablation"]) + ": " + _tex_escape(DESCRIPTIONS[a["ablation"]])
             + r" Top-1 accuracy, mean over seeds $\pm$ half-width of the 95\,\% t interval of the mean. " + prov + "}",
             r"\label{tab:ablate-" + _tex_escape(a["ablation"]) + "}", r"\end{table*}", ""]
     return "\n".join(out)
 
 
 def format_console(result: dict) -> str:
-    lines = [f"Ablations, study {result['study']} (parent run {result['parent_run_id']})"]
+    lines = [f"Ablations, study {result['study']} (parent run {result['parent_run_id']})",
+             *console_caveats({**result, "caveats": []}, 156)]
     lw = 34
     for a in result["ablations"].values():
         cells = a["cells"]
         ref, diffs = a.get("paired", (None, None))
         diffs = diffs if diffs is not None else pd.DataFrame()
         lines += ["", f"[{a['ablation']}] {DESCRIPTIONS[a['ablation']]}",
+                  *console_caveats({**result, "caveats": a["caveats"], "running": False}, 156),
                   textwrap.fill(provenance_line(result["provenance"], a["n_text"]), 156),
                   f"mean over seeds ± half-width of its {stats.CI_LEVEL:.0%} t interval (value alone when n = 1)"
                   + ("; VALIDATION sets (what the search selects on)" if a["ablation"] == "search" else "")]
@@ -550,10 +557,10 @@ def groups_plot(result: dict, a: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=8)
-    fig.suptitle(f"Ablation {a['ablation']}: accuracy per test group ({a['n_text']}; error bars: 95% t interval of the mean over seeds)",
-                 fontsize=10)
+    fig.suptitle(titled(f"Ablation {a['ablation']}: accuracy per test group ({a['n_text']}; error bars: 95% t interval "
+                        "of the mean over seeds)", a["plot_caveats"], "\n"), fontsize=10)
     _footer(fig, result, a)
-    fig.subplots_adjust(left=0.7 / fig.get_figwidth(), right=0.98, top=0.9, bottom=0.32, wspace=0.25)
+    fig.subplots_adjust(left=0.7 / fig.get_figwidth(), right=0.98, top=title_top(fig, 0.9), bottom=0.32, wspace=0.25)
     return save_figure(fig, path)
 
 
@@ -589,10 +596,11 @@ def curves_plot(result: dict, a: dict, hists: dict[int, dict], path: Path) -> Pa
             if tx.get_legend_handles_labels()[0]:
                 tx.legend(loc="lower right", fontsize=7)
     src = a["settings"][ref_order][0] if ref_order is not None else "no run"
-    fig.suptitle(f"T maps over the training-set scores per level (histogram: run of setting '{src}', "
-                 f"score pooling {ref.get('score_pooling', '?')}; pristine images score 1)", fontsize=10)
+    fig.suptitle(titled(f"T maps over the training-set scores per level (histogram: run of setting '{src}', "
+                        f"score pooling {ref.get('score_pooling', '?')}; pristine images score 1)", a["caveats"], "\n"),
+                 fontsize=10)
     _footer(fig, result, a)
-    fig.subplots_adjust(left=0.05, right=0.95, top=0.9, bottom=0.2, wspace=0.3)
+    fig.subplots_adjust(left=0.05, right=0.95, top=title_top(fig, 0.9), bottom=0.2, wspace=0.3)
     return save_figure(fig, path)
 
 
@@ -613,9 +621,9 @@ def history_plot(result: dict, a: dict, path: Path) -> Path:
     ax.set_ylabel(a["objective_text"])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"Optuna search history ({len(st)} trials)", fontsize=10)
+    ax.set_title(titled(f"Optuna search history ({len(st)} trials)", a["plot_caveats"], "\n"), fontsize=10)
     _footer(fig, result, a)
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.9, bottom=0.25)
+    fig.subplots_adjust(left=0.12, right=0.97, top=title_top(fig, 0.9), bottom=0.25)
     return save_figure(fig, path)
 
 
@@ -629,9 +637,9 @@ def importance_plot(result: dict, a: dict, path: Path) -> Path:
     else:
         ax.barh(imp["param"][::-1], imp["importance"][::-1], color="tab:blue")
         ax.set_xlabel("fANOVA importance (sums to 1)")
-    ax.set_title("Parameter importances of the search", fontsize=10)
+    ax.set_title(titled("Parameter importances of the search", a["caveats"], "\n"), fontsize=10)
     _footer(fig, result, a)
-    fig.subplots_adjust(left=0.2, right=0.97, top=0.9, bottom=0.3)
+    fig.subplots_adjust(left=0.2, right=0.97, top=title_top(fig, 0.9), bottom=0.3)
     return save_figure(fig, path)
 
 
@@ -667,11 +675,13 @@ def calibration_plots(client, result: dict, a: dict, out: Path) -> dict[str, Pat
     panels = {label: ({label: d, ref: docs[ref]} if ref and label != ref else {label: d}) for label, d in docs.items()}
     where = "validation" if group == "val" else "test"
     return {f"{stem}_reliability.png": cal.reliability_plot(
-                docs, styles, f"Ablation {a['ablation']}: reliability per {where} group ({a['n_text']})", footer,
+                docs, styles, titled(f"Ablation {a['ablation']}: reliability per {where} group ({a['n_text']})",
+                                     a["plot_caveats"], "\n"), footer,
                 out / f"{stem}_reliability.png", new_figure, save_figure),
             f"{stem}_confidence_quality.png": cal.quality_plot(
-                panels, styles, f"Ablation {a['ablation']}: confidence (solid) and accuracy (dashed) against the SSIM "
-                f"of the distorted {where} image to its pristine version ({a['n_text']})", footer,
+                panels, styles, titled(f"Ablation {a['ablation']}: confidence (solid) and accuracy (dashed) against the "
+                                       f"SSIM of the distorted {where} image to its pristine version ({a['n_text']})",
+                                       a["plot_caveats"], "\n"), footer,
                 out / f"{stem}_confidence_quality.png", new_figure, save_figure)}
 
 
@@ -682,11 +692,11 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
     """Read the study, write each ablation's files to `out_dir` (default results/<study>) and, with
     `log_to_parent`, log them to the parent run under `analysis/`. Returns the frames and file paths."""
     client, parent, trials = read_study(tracking_uri, experiment, study, parent_run_id)
+    check_kind(parent, "analysis.ablate")
     seeds = planned_seeds(parent.data.tags.get(TAG_SEEDS))
     notes = []
-    kind = parent.data.tags.get(TAG_KIND) or ""
-    if not kind.startswith("ablate"):
-        notes.append(f"the parent run is a {kind!r} study, not an ablation")
+    if TAG_KIND not in parent.data.tags:  # recorded before the tag: read by its runs' ablation tags
+        notes.append(f"the parent run has no {TAG_KIND} tag")
     present = [a for a in ABLATIONS if any(t.tags.get(TAG_ABLATION) == a for t in trials)]
     outside = sum(t.tags.get(TAG_ABLATION) not in ABLATIONS for t in trials)
     if outside:
@@ -698,6 +708,9 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
     for name in present:
         a = compute(trials, name, seeds)
         a["n_text"] = n_text(a["cells"], seeds, name)
+        accs = a["cells"][a["cells"]["metric"].isin(ACC_METRICS)]
+        a["caveats"] = result["caveats"] + [c for c in [n_caveat(parent.data.tags.get(TAG_PRESET), accs["n"])] if c]
+        a["plot_caveats"] = a["caveats"] + [c for c in [near_chance(accs["mean"])] if c]
         a["paired"] = paired_differences(a)
         a["files"] = {}
         if name == "search":
@@ -719,18 +732,19 @@ def build_ablate(study: str | None = None, parent_run_id: str | None = None,
                                   "were recorded (an interrupted search is not resumed)")
             a["importance"], a["importance_note"] = importances(a["search_trials"], spec)
         files = a["files"]
-        files[f"{stem}.csv"] = write_csv(a["cells"], out / f"{stem}.csv")
-        files[f"{stem}.parquet"] = write_parquet(a["cells"], out / f"{stem}.parquet")
+        cav = a["caveats"]
+        files[f"{stem}.csv"] = write_csv(a["cells"], out / f"{stem}.csv", cav)
+        files[f"{stem}.parquet"] = write_parquet(a["cells"], out / f"{stem}.parquet", cav)
         if a["paired"][0] is not None:
-            files[f"{stem}_paired.csv"] = write_csv(a["paired"][1], out / f"{stem}_paired.csv")
+            files[f"{stem}_paired.csv"] = write_csv(a["paired"][1], out / f"{stem}_paired.csv", cav)
         files[f"{stem}_groups.png"] = groups_plot(result, a, out / f"{stem}_groups.png")
         files.update(calibration_plots(client, result, a, out))
         if name == "tmap":
             files[f"{stem}_curves.png"] = curves_plot(result, a, _score_hists(client, a, a["notes"]),
                                                       out / f"{stem}_curves.png")
         if name == "search":
-            files[f"{stem}_trials.csv"] = write_csv(a["search_trials"], out / f"{stem}_trials.csv")
-            files[f"{stem}_importance.csv"] = write_csv(a["importance"], out / f"{stem}_importance.csv")
+            files[f"{stem}_trials.csv"] = write_csv(a["search_trials"], out / f"{stem}_trials.csv", cav)
+            files[f"{stem}_importance.csv"] = write_csv(a["importance"], out / f"{stem}_importance.csv", cav)
             files[f"{stem}_history.png"] = history_plot(result, a, out / f"{stem}_history.png")
             files[f"{stem}_importance.png"] = importance_plot(result, a, out / f"{stem}_importance.png")
         files[f"{stem}.tex"] = write_text(out / f"{stem}.tex", format_tex(result, a))

@@ -86,7 +86,8 @@ def reliability_plot(series: Mapping[str, Sequence[Mapping]], styles: Mapping[st
             ax.legend(fontsize=6, loc="upper left")
     fig.suptitle(title, fontsize=10)
     fig.text(0.01, 0.01, textwrap.fill(footer, 230), fontsize=6.5, va="bottom")
-    fig.subplots_adjust(left=0.04, right=0.99, top=0.88, bottom=0.2, wspace=0.2)
+    fig.subplots_adjust(left=0.04, right=0.99, top=0.88 - title.count("\n") * 14 / 72 / fig.get_figheight(),
+                        bottom=0.2, wspace=0.2)  # a line lower per caveat line of the title
     return save_figure(fig, path)
 
 
@@ -119,6 +120,7 @@ def quality_plot(panels: Mapping[str, Mapping[str, Sequence[Mapping]]], styles: 
         ax.legend(fontsize=6, loc="upper left")
     fig.suptitle(title, fontsize=10)
     fig.text(0.01, 0.005, textwrap.fill(footer, int(fig.get_figwidth() * 15)), fontsize=6.5, va="bottom")
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.92, bottom=0.8 / fig.get_figheight() + 0.06,
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.92 - title.count("\n") * 14 / 72 / fig.get_figheight(),
+                        bottom=0.8 / fig.get_figheight() + 0.06,
                         hspace=0.35, wspace=0.2)
     return save_figure(fig, path)

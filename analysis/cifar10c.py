@@ -44,7 +44,9 @@ Outputs (in `out_dir`, logged under `analysis/` of the parent run):
 - `cifar10c_severity.png`: accuracy against severity (0 = clean) per arm
 - `cifar10c_robustbench.json`: per arm the RobustBench-style block (percent): clean_acc,
   corruptions_acc, corruptions_acc_unaggregated, means over seeds, with n, seeds and the data line
-The same runs give the same bytes.
+The same runs give the same bytes. Titles and the `caveat` column (and the RobustBench file's `caveat`)
+say what the numbers are, and a running or other-kind study is handled, as in analysis.table2; this
+command reads Table 2 and ablation studies.
 """
 from __future__ import annotations
 
@@ -62,10 +64,17 @@ from analysis import table2 as t2
 from analysis.common import (
     MISSING,
     TrialRecord,
+    caveat_text,
+    check_kind,
+    console_caveats,
     download_json,
     fmt,
+    header_lines,
     interval_text,
+    legend_line,
     log_outputs,
+    n_caveat,
+    near_chance,
     new_figure,
     new_result,
     plus_minus,
@@ -76,6 +85,8 @@ from analysis.common import (
     run_cli,
     save_figure,
     study_main,
+    title_top,
+    titled,
     write_csv,
     write_parquet,
     write_text,
@@ -85,6 +96,7 @@ from analysis.schema import (
     DEFAULT_TRACKING_URI,
     TAG_ABLATION,
     TAG_KIND,
+    TAG_PRESET,
     TAG_REGULARIZATION,
     TAG_SEED,
     TAG_SEEDS,
@@ -470,8 +482,8 @@ def pair_text(pairs: pd.DataFrame) -> str:
 
 def format_markdown(result: dict) -> str:
     cells, corr, pairs = result["cells"], result["corruptions"], result["pairs"]
-    out = [f"# CIFAR-10-C — study `{result['study']}`", "",
-           f"_{provenance_line(result['provenance'], result['n_text'])}_", "",
+    out = [titled(f"# CIFAR-10-C — study `{result['study']}`", result["caveats"]), "",
+           f"_{provenance_line(result['provenance'], result['n_text'])}_", "", *header_lines(result),
            f"_{result['data_line']}_", "",
            f"Parent run `{result['parent_run_id']}` in experiment `{result['experiment']}`. Top-1 accuracy of the "
            "final models on CIFAR-10-C (Hendrycks & Dietterich, ICLR 2019): mean over the seeds with the "
@@ -480,7 +492,8 @@ def format_markdown(result: dict) -> str:
            "when all 15 are); All C = every corruption present; Seen = gaussian_noise, jpeg_compression, "
            "gaussian_blur (the kinds our mixtures train on, at other strengths); Unseen = the others; Sev s = "
            "benchmark corruptions at severity s; mCE = mean over the benchmark corruptions of CE_c = Σ_s E_s,c / "
-           "Σ_s E^base_s,c (E = error), rel. mCE with the clean error subtracted (lower is better).", ""]
+           "Σ_s E^base_s,c (E = error), rel. mCE with the clean error subtracted (lower is better).", "",
+           legend_line(), ""]
     notes = provenance_warnings(result["provenance"]) + result["notes"]
     out += [f"- note: {w}" for w in notes] + ([""] if notes else [])
     for g in result["groups"]:
@@ -545,6 +558,7 @@ def format_tex(result: dict) -> str:
                        .replace("·", ";"))
     out = [f"% CIFAR-10-C summary regenerated from MLflow study {_tex_escape(result['study'])} "
            f"(parent run {result['parent_run_id']}); requires booktabs.",
+           *[f"% {_tex_escape(c)}" for c in result["caveats"]],
            r"\begin{table*}[t]", r"\centering", r"\scriptsize",
            r"\begin{tabular}{lr" + "r" * len(ACC_SUMMARY) + "}", r"\toprule",
            "Arm & $n$ & " + " & ".join(_tex_escape(LABELS[m]) for m in ACC_SUMMARY) + r" \\", r"\midrule"]
@@ -557,7 +571,7 @@ def format_tex(result: dict) -> str:
             out.append(f"{_tex_escape(label)} & {row[0]['n']} & " + " & ".join(vals) + r" \\")
         out.append(r"\midrule" if g is not result["groups"][-1] else r"\bottomrule")
     out += [r"\end{tabular}",
-            r"\caption{CIFAR-10-C top-1 accuracy (mean over seeds $\pm$ half-width of the 95\,\% t interval) and "
+            r"\caption{" + t2._tex_caveats(result["caveats"]) + r"CIFAR-10-C top-1 accuracy (mean over seeds $\pm$ half-width of the 95\,\% t interval) and "
             r"mCE against our own baseline (" + _tex_escape("; ".join(_baseline_text(g) for g in result["groups"]))
             + "). " + prov + "}",
             r"\label{tab:cifar10c-" + _tex_escape(result["study"]).replace("\\", "") + "}", r"\end{table*}", ""]
@@ -569,6 +583,7 @@ def format_console(result: dict) -> str:
     cells, pairs = result["cells"], result["pairs"]
     w, lw = 12, 24
     lines = [f"CIFAR-10-C, study {result['study']} (parent run {result['parent_run_id']})",
+             *console_caveats(result, 156),
              *textwrap.wrap(provenance_line(result["provenance"], result["n_text"]), 156),
              *textwrap.wrap(result["data_line"], 156),
              f"mean over seeds ± half-width of its {stats.CI_LEVEL:.0%} t interval (the value alone when n = 1); "
@@ -640,12 +655,12 @@ def severity_plot(result: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle(f"CIFAR-10-C: accuracy against severity ({result['n_text']}; error bars: 95% t interval over seeds)",
-                 fontsize=10)
+    fig.suptitle(titled(f"CIFAR-10-C: accuracy against severity ({result['n_text']}; error bars: 95% t interval over "
+                        "seeds)", result["plot_caveats"], "\n"), fontsize=10)
     width = int(fig.get_figwidth() * 17)
     fig.text(0.01, 0.01, textwrap.fill(provenance_line(result["provenance"], result["n_text"]) + " · "
                                        + result["data_line"], width), fontsize=6.5, va="bottom")
-    fig.subplots_adjust(left=0.7 / fig.get_figwidth(), right=0.98, top=0.9, bottom=0.24, wspace=0.2)
+    fig.subplots_adjust(left=0.7 / fig.get_figwidth(), right=0.98, top=title_top(fig, 0.9), bottom=0.24, wspace=0.2)
     return save_figure(fig, path)
 
 
@@ -656,6 +671,7 @@ def build_cifar10c(study: str | None = None, parent_run_id: str | None = None,
     """Read the study, write the CIFAR-10-C files to `out_dir` (default results/<study>) and, with
     `log_to_parent`, log them to the parent run under `analysis/`. Returns the frames and paths."""
     client, parent, trials = read_study(tracking_uri, experiment, study, parent_run_id)
+    check_kind(parent, "analysis.cifar10c")
     kind = parent.data.tags.get(TAG_KIND) or "table2"
     seeds = planned_seeds(parent.data.tags.get(TAG_SEEDS))
     strategies = t2.planned_strategies(parent.data.tags.get(TAG_STRATEGIES))
@@ -670,16 +686,22 @@ def build_cifar10c(study: str | None = None, parent_run_id: str | None = None,
     result, out = new_result(parent, trials, tracking_uri, experiment, out_dir, groups=groups, cells=cells,
                              corruptions=corr, pairs=pairs, gaps=gaps + not_evaluated, notes=notes,
                              n_text=n_text(cells, seeds), data_line=data_line(doc), artifact=doc)
-    files = {"cifar10c.csv": write_csv(cells, out / "cifar10c.csv"),
-             "cifar10c.parquet": write_parquet(cells, out / "cifar10c.parquet"),
-             "cifar10c_corruptions.csv": write_csv(corr, out / "cifar10c_corruptions.csv"),
-             "cifar10c_corruptions.parquet": write_parquet(corr, out / "cifar10c_corruptions.parquet"),
-             "cifar10c_pairs.csv": write_csv(pairs, out / "cifar10c_pairs.csv")}
-    rb = {"study": result["study"], "provenance": provenance_line(result["provenance"], result["n_text"]),
+    clean = cells[cells["metric"] == "clean"]
+    cav = result["caveats"] = result["caveats"] + [
+        c for c in [n_caveat(parent.data.tags.get(TAG_PRESET), clean["n"])] if c]
+    accs = cells[cells["metric"].isin(("clean", "mean_corrupted"))]["mean"]
+    result["plot_caveats"] = cav + [c for c in [near_chance(accs)] if c]
+    files = {"cifar10c.csv": write_csv(cells, out / "cifar10c.csv", cav),
+             "cifar10c.parquet": write_parquet(cells, out / "cifar10c.parquet", cav),
+             "cifar10c_corruptions.csv": write_csv(corr, out / "cifar10c_corruptions.csv", cav),
+             "cifar10c_corruptions.parquet": write_parquet(corr, out / "cifar10c_corruptions.parquet", cav),
+             "cifar10c_pairs.csv": write_csv(pairs, out / "cifar10c_pairs.csv", cav)}
+    rb = {"study": result["study"], "caveat": caveat_text(cav),
+          "provenance": provenance_line(result["provenance"], result["n_text"]),
           "data": result["data_line"],
           "arms": robustbench(groups, per_arm, result["data_line"])}
     files["cifar10c_robustbench.json"] = write_text(out / "cifar10c_robustbench.json",
-                                                    json.dumps(rb, indent=1, sort_keys=True) + "\n")
+                                                    json.dumps(rb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     files["cifar10c_severity.png"] = severity_plot(result, out / "cifar10c_severity.png")
     files["cifar10c.tex"] = write_text(out / "cifar10c.tex", format_tex(result))
     files["cifar10c.md"] = out / "cifar10c.md"

@@ -11,15 +11,17 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.schema import (ANALYSIS_DIR, DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, FINISHED, PROGRESS_BAR_ENV,
-                             PROVENANCE_TAGS, TABLE_SCHEDULE_PARAMS, TAG_DATA_CHECKSUM, TAG_DATA_SOURCE, TAG_DEVICE,
-                             TAG_GIT_COMMIT, TAG_KIND, TAG_PRESET, TAG_PROTOCOL, TAG_SEEDS, TAG_STUDY, TAG_VERSIONS,
-                             AnalysisError, child_runs, find_parent, one_line, open_client)
+                             PROVENANCE_TAGS, RUNNING, TABLE_SCHEDULE_PARAMS, TAG_DATA_CHECKSUM, TAG_DATA_SOURCE,
+                             TAG_DEVICE, TAG_GIT_COMMIT, TAG_KIND, TAG_PRESET, TAG_PROTOCOL, TAG_SEEDS, TAG_STUDY,
+                             TAG_VERSIONS, AnalysisError, child_runs, find_parent, one_line, open_client)
 
 VERSION_ORDER = ("python", "torch", "torchvision", "ray", "mlflow", "kornia")
 TEST_SET_LABELS = {"pristine": "Pristine",
@@ -98,18 +100,140 @@ def new_result(parent, trials: Sequence[TrialRecord], tracking_uri: str, experim
     prov = provenance(parent, trials)
     out = Path(out_dir) if out_dir is not None else Path("results") / prov["study"]
     out.mkdir(parents=True, exist_ok=True)
+    running = parent.info.status == RUNNING
     return {"study": prov["study"], "parent_run_id": parent.info.run_id, "tracking_uri": tracking_uri,
-            "experiment": experiment, "out_dir": out, "provenance": prov, "logged": False, **fields}, out
+            "experiment": experiment, "out_dir": out, "provenance": prov, "logged": False, "running": running,
+            "caveats": [RUNNING_CAVEAT] if running else [], **fields}, out
+
+
+def running_line(result: dict) -> str | None:
+    """The header line of a study still running (its parent run RUNNING), None otherwise."""
+    if not result.get("running"):
+        return None
+    return (f"study {result['study']!r} is still running (parent run {result['parent_run_id']} is RUNNING, or its "
+            f"command died before closing it): these tables are partial, written to {result['out_dir']} only "
+            "and not logged to the parent run")
+
+
+def header_lines(result: dict) -> list[str]:
+    """The Markdown lines under a table's heading that say the study is still running ([] when not)."""
+    line = running_line(result)
+    return [f"**{line}.**", ""] if line else []
+
+
+def console_caveats(result: dict, width: int) -> list[str]:
+    """The console's lines under its title: the caveats of the tables (the files' words), then the
+    running study's line, each wrapped to `width`."""
+    lines = [f"caveat: {c}" for c in result["caveats"] if c != RUNNING_CAVEAT]
+    if result.get("running"):
+        lines.append(running_line(result))
+    return [w for line in lines for w in textwrap.wrap(line, width)]
 
 
 def log_outputs(client, parent, result: dict, paths: Iterable[Path], log_to_parent: bool) -> dict:
     """With `log_to_parent`, log exactly these files (not the whole folder, which other analyses
-    share) to the parent run's ANALYSIS_DIR and mark `result["logged"]`; returns `result`."""
-    if log_to_parent:
+    share) to the parent run's ANALYSIS_DIR and mark `result["logged"]`; returns `result`. A study
+    still running is never written to: a partial table in its live parent run would pass for its result."""
+    if log_to_parent and not result.get("running"):
         for p in paths:
             client.log_artifact(parent.info.run_id, str(p), ANALYSIS_DIR)
         result["logged"] = True
     return result
+
+
+# --- which study a command reads (issue 21) ----------------------------------------------------------
+# The kind of study (parent tag iqa_ls.kind) by family: "table2", or "ablate" for every "ablate-<what>";
+# the command that reads each family, and the families each command reads.
+KIND_COMMANDS = {"table2": "analysis.table2", "ablate": "analysis.ablate"}
+READS = {"analysis.table2": ("table2",), "analysis.ablate": ("ablate",), "analysis.cifar10c": ("table2", "ablate")}
+
+
+def kind_family(kind: str | None) -> str | None:
+    """"ablate" for every "ablate-<what>" kind, else the kind itself."""
+    return "ablate" if kind is not None and kind.startswith("ablate") else kind
+
+
+def check_kind(parent, command: str) -> None:
+    """Refuse a study of a kind `command` (a key of READS) does not read, in one line naming its kind and
+    the command that reads it: before anything is written, so no table of the wrong kind ever reaches the
+    parent run. A parent without the tag (recorded before it existed) is read as before."""
+    kind = parent.data.tags.get(TAG_KIND)
+    if kind is None or kind_family(kind) in READS[command]:
+        return
+    study = parent.data.tags.get(TAG_STUDY, parent.info.run_name)
+    other = KIND_COMMANDS.get(kind_family(kind))
+    hint = f"use python -m {other} --study {shlex.quote(study)}" if other else "no analysis command reads that kind"
+    raise AnalysisError(f"study {study!r} is a {kind!r} study, which {command} does not read; {hint}")
+
+
+# --- what a table is (issue 20): the words its titles carry -------------------------------------------
+# Every title an analysis writes (the Markdown heading, the LaTeX caption, the figure's title and its PNG
+# "Title" chunk, the `caveat` column of a CSV / Parquet frame and the Parquet file's "caveat" metadata)
+# carries the caveats of its numbers, in these words and no others, so `grep "not a result"` finds every
+# file of a pipeline check or of a single-seed table, and a rebuild by `python -m analysis.*` says the same.
+PIPELINE_CHECK_PRESETS = ("smoke",)  # search_spaces.presets: the preset that checks the pipeline, not the method
+NOT_A_RESULT = "not a result"
+NUM_CLASSES = 10  # CIFAR-10 (Sec. 4.1)
+CHANCE = 1 / NUM_CLASSES
+# A figure whose accuracies average below twice chance says "near chance" in its title (a choice of this
+# module: smoke's heatmap spans 0.10-0.17, where the colour scale alone makes a row look like a winner).
+NEAR_CHANCE = 2 * CHANCE
+RUNNING_CAVEAT = "study still running — partial, not logged to its parent run"
+CAVEAT_COLUMN = "caveat"  # the column of every written CSV / Parquet frame: its caveats ("" for none)
+
+
+def seeds_text(ns: Iterable[int]) -> str:
+    """'n = 1 seed', 'n = 1-3 seeds' over the cells' seed counts (cells without a run left out)."""
+    ns = sorted({int(n) for n in ns if n > 0})
+    if not ns:
+        return "no finished run"
+    n = f"{ns[0]}" if ns[0] == ns[-1] else f"{ns[0]}-{ns[-1]}"
+    return f"n = {n} seed{'' if ns[-1] == 1 else 's'}"
+
+
+def n_caveat(preset: str | None, ns: Iterable[int]) -> str | None:
+    """The words of a table that is no result: a pipeline check (its preset), or cells of fewer than 2
+    seeds (no interval: one seed cannot say how far another would land). None for a table of intervals."""
+    ns = [int(n) for n in ns]
+    seeds = seeds_text(ns)
+    if preset in PIPELINE_CHECK_PRESETS:
+        return f"pipeline check — {NOT_A_RESULT} ({preset} preset, {seeds})"
+    positive = [n for n in ns if n > 0]
+    if not positive:
+        return f"no finished run — {NOT_A_RESULT}"
+    if min(positive) < 2:
+        label = "single seed" if max(positive) < 2 else "single-seed cells"
+        return f"{label} — {NOT_A_RESULT} ({seeds}, no interval)"
+    return None
+
+
+def near_chance(accuracies: Iterable[float]) -> str | None:
+    """'accuracies near chance (mean 0.131, chance 0.10)' when the finite accuracies average below
+    NEAR_CHANCE, else None: the words a figure of such numbers carries in its title."""
+    values = [float(a) for a in accuracies if a is not None and math.isfinite(float(a))]
+    if not values or sum(values) / len(values) >= NEAR_CHANCE:
+        return None
+    return f"accuracies near chance (mean {sum(values) / len(values):.3f}, chance {CHANCE:.2f})"
+
+
+def titled(title: str, caveats: Sequence[str], sep: str = " — ") -> str:
+    """A title with its caveats after it (a figure passes sep="\n": one line each)."""
+    return sep.join([title, *[c for c in caveats if c]])
+
+
+def caveat_text(caveats: Sequence[str]) -> str:
+    """The caveats in one cell: what the `caveat` column of a written frame holds."""
+    return "; ".join(c for c in caveats if c)
+
+
+def legend_line() -> str:
+    """The one-line legend of the words a table uses without defining them."""
+    from analysis.stats import ALPHA, CI_LEVEL
+
+    return (f"Legend: acc_mean_all (Mean) = mean top-1 accuracy over the 10 test sets (pristine + blur, noise, "
+            f"JPEG at 3 levels); * = Holm: p < {ALPHA:g} after Holm's adjustment over the comparisons of that "
+            f"table; resolved = the {CI_LEVEL:.0%} interval of a difference excludes 0 (unresolved: it spans 0, "
+            "whatever the sign).")
 
 
 # --- provenance ------------------------------------------------------------------------------------
@@ -228,17 +352,26 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
-def write_csv(df, path: Path, digits: int = 6) -> Path:
-    df.to_csv(path, index=False, float_format=f"%.{digits}f", lineterminator="\n")
+def with_caveat(df, caveats: Sequence[str]):
+    """The frame with its caveats as the last column, CAVEAT_COLUMN ("" for none), on every row: a
+    CSV has no title, and a column survives any reader."""
+    return df.assign(**{CAVEAT_COLUMN: caveat_text(caveats)})
+
+
+def write_csv(df, path: Path, caveats: Sequence[str], digits: int = 6) -> Path:
+    with_caveat(df, caveats).to_csv(path, index=False, float_format=f"%.{digits}f", lineterminator="\n")
     return path
 
 
-def write_parquet(df, path: Path) -> Path:
-    """Parquet without the pandas index; no timestamps are written, so the bytes depend on the data only."""
+def write_parquet(df, path: Path, caveats: Sequence[str]) -> Path:
+    """Parquet without the pandas index, with the caveat column and the same text as the file's
+    "caveat" metadata; no timestamps are written, so the bytes depend on the data only."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+    table = pa.Table.from_pandas(with_caveat(df, caveats), preserve_index=False)
+    meta = {**(table.schema.metadata or {}), CAVEAT_COLUMN.encode(): caveat_text(caveats).encode("utf-8")}
+    pq.write_table(table.replace_schema_metadata(meta), path)
     return path
 
 
@@ -250,9 +383,22 @@ def new_figure(**kwargs):
     return Figure(**kwargs)
 
 
+def figure_title(fig) -> str:
+    """The figure's title as drawn: its suptitle, else its first axes' title."""
+    return fig.get_suptitle() or (fig.axes[0].get_title() if fig.axes else "")
+
+
+def title_top(fig, top: float) -> float:
+    """The axes' top edge for subplots_adjust, `top` lowered by one line of 10 pt text per title line
+    after the first (the caveats), so a longer title never runs into the panels."""
+    return top - figure_title(fig).count("\n") * 14 / 72 / fig.get_figheight()
+
+
 def save_figure(fig, path: Path, dpi: int = 120) -> Path:
-    """PNG without the 'Software' text chunk (matplotlib version) so equal figures are equal bytes."""
-    fig.savefig(path, dpi=dpi, metadata={"Software": None})
+    """PNG without the 'Software' text chunk (matplotlib version) so equal figures are equal bytes; its
+    'Title' chunk is the drawn title (caveats included), so a search of the files finds them."""
+    title = " — ".join(line.strip() for line in figure_title(fig).splitlines() if line.strip())
+    fig.savefig(path, dpi=dpi, metadata={"Software": None, "Title": title})
     return path
 
 

@@ -76,6 +76,7 @@ TAG_NOTE = "mlflow.note.content"  # the run's description in the UI
 TAG_RUN_NAME = "mlflow.runName"
 
 FINISHED = "FINISHED"
+RUNNING = "RUNNING"  # a parent run still RUNNING: its study is running (or its command died before closing it)
 
 # --- metrics and params ----------------------------------------------------------------------------
 # A trial's per-epoch metrics (step = epoch); its evaluations add <what>_<set> (trainables.metric_names).

@@ -36,6 +36,13 @@ table2_nll:
 - `table2_heatmap.png` (our mean accuracy), `table2_diff_vs_paper.png` (ours − paper),
   `table2_reliability.png`, `table2_confidence_quality.png`
 Nothing written depends on the clock, so the same runs give the same bytes.
+
+What the numbers are (analysis.common, "what a table is"): a pipeline check (preset smoke), cells of fewer
+than 2 seeds and a study still running are said in the title of every file (Markdown heading, LaTeX
+caption, figure title and PNG Title chunk) and in the last column `caveat` of every CSV and Parquet frame
+(empty for a result); figures of accuracies near chance say so too. A study still running (parent run
+RUNNING) is written to `out_dir` only, never logged to its live parent run; a study of another kind
+(parent tag iqa_ls.kind) is refused before anything is written.
 """
 from __future__ import annotations
 
@@ -49,10 +56,12 @@ import pandas as pd
 
 from analysis import calibration as cal
 from analysis import stats
-from analysis.common import (MISSING, TEST_SET_LABELS, TrialRecord, download_json, fmt, interval_text, log_outputs,
-                             new_figure, new_result, plus_minus, protocol_of, provenance_line, provenance_warnings,
-                             read_study, run_cli, save_figure, study_main, write_csv, write_parquet, write_text)
-from analysis.schema import (DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG_ERROR, TAG_KIND, TAG_REGULARIZATION,
+from analysis.common import (MISSING, TEST_SET_LABELS, TrialRecord, check_kind, download_json, fmt, interval_text,
+                             console_caveats, header_lines, legend_line, log_outputs, n_caveat, near_chance, new_figure,
+                             new_result, plus_minus, protocol_of, provenance_line, provenance_warnings, read_study,
+                             run_cli,
+                             save_figure, study_main, titled, write_csv, write_parquet, write_text)
+from analysis.schema import (DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG_ERROR, TAG_PRESET, TAG_REGULARIZATION,
                              TAG_SEED, TAG_SEEDS, TAG_STRATEGIES, TAG_STRATEGY, TAG_TRAIN_SET, TEST_SETS,
                              AnalysisError, planned_seeds)
 
@@ -260,14 +269,14 @@ def finetune_markdown(result: dict) -> str:
     """The fine-tune protocol's page (table2_finetune.md): the fine-tuned arms and their pairs, per family."""
     ft = result["finetune"]
     labels = [TEST_SET_LABELS[x] for x in TEST_SETS]
-    out = [f"# Table 2, fine-tune protocol — study `{result['study']}`", "",
-           f"_{provenance_line(result['provenance'], result['n_text'])}_", "",
+    out = [titled(f"# Table 2, fine-tune protocol — study `{result['study']}`", result["caveats"]), "",
+           f"_{provenance_line(result['provenance'], result['n_text'])}_", "", *header_lines(result),
            f"Parent run `{result['parent_run_id']}`. An arm `Nft` started from the final weights of the "
            "Original of its training set and seed (E epochs) and trained F epochs more "
            "(docs/paper-mapping.md, \"IQA-LS from scratch or as fine-tuning\"): `9ft` = IQA-LS fine-tuned, "
            "`8ft` = the Original continued one-hot as long (the epochs control). Pairs are paired by seed "
            f"with the 95 % t interval; * = Holm-adjusted p < {stats.ALPHA:g} within each table. An interval "
-           "that spans 0 is unresolved.", ""]
+           "that spans 0 is unresolved.", "", legend_line(), ""]
     for what, fam in FAMILIES.items():
         cells, pairs = ft[what]["cells"], ft[what]["pairs"]
         out += [f"## {fam['title'].capitalize()} ({fam['better']} is better)", "",
@@ -323,12 +332,13 @@ def format_markdown(result: dict, what: str = "acc") -> str:
     cells, pairs, gaps = t["cells"], t["pairs"], result["gaps"]
     labels = [TEST_SET_LABELS[x] for x in TEST_SETS]
     title = "ours vs the paper" if fam["paper"] else f"{fam['title']} ({fam['better']} is better)"
-    out = [f"# Table 2{'' if what == 'acc' else ' — ' + what.upper()} — study `{result['study']}`, {title}", "",
-           f"_{provenance_line(result['provenance'], result['n_text'])}_", "",
+    out = [titled(f"# Table 2{'' if what == 'acc' else ' — ' + what.upper()} — study `{result['study']}`, {title}",
+                  result["caveats"]), "",
+           f"_{provenance_line(result['provenance'], result['n_text'])}_", "", *header_lines(result),
            f"Parent run `{result['parent_run_id']}` in experiment `{result['experiment']}`. {fam['title'].capitalize()} "
            f"on the CIFAR-10 test sets (Sec. 4.3, Table 2). ours: mean over the n finished seeds with the "
            f"{CI_LEVEL:.0%} t interval of the mean in brackets (no interval when n = 1)"
-           + ("; paper: Table 2 as published; Δ = ours − paper." if fam["paper"] else "."), ""]
+           + ("; paper: Table 2 as published; Δ = ours − paper." if fam["paper"] else "."), "", legend_line(), ""]
     notes = provenance_warnings(result["provenance"]) + result["notes"]
     out += [f"- note: {w}" for w in notes] + ([""] if notes else [])
     out += ["| Strategy | Regularization | Training set | | " + " | ".join(labels) + " |",
@@ -385,6 +395,11 @@ def _tex_escape(text: str) -> str:
     return "".join(repl.get(ch, ch) for ch in text)
 
 
+def _tex_caveats(caveats) -> str:
+    """The caption's first words: the caveats, bold, each closed by a full stop."""
+    return "".join(r"\textbf{" + _tex_escape(c[0].upper() + c[1:]) + ".} " for c in caveats)
+
+
 def _tex_train(train: str) -> str:
     return train.replace("MIX_", r"MIX$_{") + "}$" if train.startswith("MIX_") else train
 
@@ -399,6 +414,7 @@ def format_tex(result: dict, what: str = "acc") -> str:
     prov = _tex_escape(provenance_line(result["provenance"], result["n_text"]).replace("·", ";"))
     out = [f"% Table 2 ({what}) regenerated from MLflow study {_tex_escape(result['study'])} "
            f"(parent run {result['parent_run_id']}); requires booktabs.",
+           *[f"% {_tex_escape(c)}" for c in result["caveats"]],
            r"\begin{table*}[t]", r"\centering", r"\small",
            r"\begin{tabular}{rlll" + "r" * len(TEST_SETS) + "}",
            r"\toprule",
@@ -417,7 +433,7 @@ def format_tex(result: dict, what: str = "acc") -> str:
             out.append(r" & & & $\Delta$ & " + " & ".join(_tex_num(c["diff"], 3, True) for c in row) + r" \\")
         out.append(r"\midrule" if s != max(STRATEGY_ROWS) else r"\bottomrule")
     out += [r"\end{tabular}",
-            r"\caption{" + _tex_escape(fam["title"].capitalize()) + r" of strategies 1--9 (Table 2): ours (mean "
+            r"\caption{" + _tex_caveats(result["caveats"]) + _tex_escape(fam["title"].capitalize()) + r" of strategies 1--9 (Table 2): ours (mean "
             r"over seeds $\pm$ half-width of the 95\,\% t interval of the mean)"
             + (r", the paper's value, and $\Delta$ = ours $-$ paper. " if fam["paper"] else ". ") + prov + "}",
             r"\label{tab:" + fam["stem"].replace("_", "-") + "-" + _tex_escape(result["study"]).replace("\\", "") + "}",
@@ -433,7 +449,7 @@ def format_console(result: dict) -> str:
     w, lw = 12, 21  # cell width; width of "9 Original MIX_noise "
     head = " " * (lw + 10) + "".join(f"{TEST_SET_LABELS[x]:>{w}}" for x in TEST_SETS)
     lines = [f"Table 2, study {result['study']} (parent run {result['parent_run_id']})",
-             textwrap.fill(provenance_line(result["provenance"], result["n_text"]), 156),
+             *console_caveats(result, 156), textwrap.fill(provenance_line(result["provenance"], result["n_text"]), 156),
              f"ours: mean over seeds ± half-width of its {CI_LEVEL:.0%} t interval (the value alone when n = 1)", head]
     for s in result["strategies"]:
         reg, train = row_labels(s)
@@ -512,7 +528,9 @@ def _heatmap(result: dict, values: np.ndarray, title: str, cmap: str, signed: bo
         finite = values[np.isfinite(values)]
         norm = Normalize(float(finite.min()), float(finite.max())) if finite.size else Normalize(0, 1)
     cm = colormaps[cmap].with_extremes(bad="#d9d9d9")  # gaps in grey
-    fig = new_figure(figsize=(13, 6.5))
+    if not signed and finite.size:  # a narrow span (smoke: 0.10-0.17) would make a row look like a winner
+        title += f"; colours span only {fmt(norm.vmin, 3)}–{fmt(norm.vmax, 3)}"
+    fig = new_figure(figsize=(13, 6.5 + 0.25 * len(result["plot_caveats"])))
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cm, norm=norm, aspect="auto")
     for (i, j), v in np.ndenumerate(values):
@@ -521,11 +539,11 @@ def _heatmap(result: dict, values: np.ndarray, title: str, cmap: str, signed: bo
         ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
     ax.set_xticks(range(len(TEST_SETS)), [TEST_SET_LABELS[t] for t in TEST_SETS])
     ax.set_yticks(range(len(STRATEGY_ROWS)), [f"{s} {' '.join(row_labels(s))}" for s in STRATEGY_ROWS])
-    ax.set_title(title)
+    ax.set_title(titled(title, result["plot_caveats"], "\n"))
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.text(0.01, 0.01, textwrap.fill(provenance_line(result["provenance"], result["n_text"]), 170),
              fontsize=7, va="bottom")
-    fig.subplots_adjust(left=0.17, right=0.97, top=0.92, bottom=0.15)
+    fig.subplots_adjust(left=0.17, right=0.97, top=0.92 - 0.03 * len(result["plot_caveats"]), bottom=0.15)
     return save_figure(fig, path)
 
 
@@ -544,8 +562,9 @@ def calibration_plots(result: dict, docs: dict[int, list[dict]], out: Path) -> d
     from the strategies' calibration artifacts (`docs`: strategy -> the runs' calibration.json)."""
     footer = provenance_line(result["provenance"], result["n_text"])
     series = {_series_label(s): docs.get(s, []) for s in STRATEGY_ROWS}
-    rel = cal.reliability_plot(series, _styles(), f"Reliability per test group (test sets pooled over their levels "
-                               f"and the seeds; {result['n_text']}; solid: IQA-LS, dashed: Original)", footer,
+    rel = cal.reliability_plot(series, _styles(), titled(f"Reliability per test group (test sets pooled over their "
+                               f"levels and the seeds; {result['n_text']}; solid: IQA-LS, dashed: Original)",
+                               result["plot_caveats"], "\n"), footer,
                                out / "table2_reliability.png", new_figure, save_figure)
     panels: dict[str, dict] = {}
     for s, (train, _) in STRATEGY_ROWS.items():
@@ -553,9 +572,9 @@ def calibration_plots(result: dict, docs: dict[int, list[dict]], out: Path) -> d
     # within a training set's panel: Original grey, IQA-LS blue (solid: confidence, dashed: accuracy)
     qstyles = {_series_label(s): {"color": "tab:blue" if reg == "iqa_ls" else "dimgray"}
                for s, (_, reg) in STRATEGY_ROWS.items()}
-    qual = cal.quality_plot(panels, qstyles, "Confidence against quality: mean top-1 confidence (solid) and accuracy "
-                            f"(dashed) per SSIM bin of the 9 distorted test sets ({result['n_text']}; grey: Original, "
-                            "blue: IQA-LS)", footer,
+    qual = cal.quality_plot(panels, qstyles, titled("Confidence against quality: mean top-1 confidence (solid) and "
+                            f"accuracy (dashed) per SSIM bin of the 9 distorted test sets ({result['n_text']}; grey: "
+                            "Original, blue: IQA-LS)", result["plot_caveats"], "\n"), footer,
                             out / "table2_confidence_quality.png", new_figure, save_figure)
     return {"table2_reliability.png": rel, "table2_confidence_quality.png": qual}
 
@@ -568,6 +587,7 @@ def build_table2(study: str | None = None, parent_run_id: str | None = None,
     results/<study>) and, with `log_to_parent`, log them to the parent run under `analysis/`. Returns
     the frames and file paths."""
     client, parent, every = read_study(tracking_uri, experiment, study, parent_run_id)
+    check_kind(parent, "analysis.table2")
     seeds = planned_seeds(parent.data.tags.get(TAG_SEEDS))
     strategies = planned_strategies(parent.data.tags.get(TAG_STRATEGIES))
     trials = [t for t in every if protocol_of(t) == "scratch"]  # Table 2 itself: trained from scratch
@@ -590,13 +610,13 @@ def build_table2(study: str | None = None, parent_run_id: str | None = None,
             c, p = compute_finetune(scratch_sel, tuned_sel, what)
             finetune[what] = {"cells": c, "pairs": p}
     cells = tables["acc"]["cells"]
-    kind = parent.data.tags.get(TAG_KIND)
-    if kind not in (None, "table2"):
-        notes.append(f"the parent run is a {kind!r} study, not 'table2'")
+    planned = cells[cells["strategy"].isin(strategies)]
     result, out = new_result(parent, trials, tracking_uri, experiment, out_dir, tables=tables, cells=cells,
                              pairs=tables["acc"]["pairs"], gaps=gaps, notes=notes,
-                             n_text=n_text(cells[cells["strategy"].isin(strategies)], seeds),
-                             strategies=strategies, finetune=finetune)
+                             n_text=n_text(planned, seeds), strategies=strategies, finetune=finetune)
+    result["caveats"] += [c for c in [n_caveat(parent.data.tags.get(TAG_PRESET), planned["n"])] if c]
+    # a figure of accuracies near chance says so (the tables' caveats, then this)
+    result["plot_caveats"] = result["caveats"] + [c for c in [near_chance(planned["mean"])] if c]
     selected, _, _ = select_trials(trials, seeds)
     found = download_json(client, [t.run_id for runs in selected.values() for t in runs], cal.CALIBRATION_FILE)
     docs = {s: [found[t.run_id] for t in runs if t.run_id in found] for s, runs in selected.items()}
@@ -605,20 +625,21 @@ def build_table2(study: str | None = None, parent_run_id: str | None = None,
                      "calibration plots are empty")
 
     files = {}
+    cav = result["caveats"]
     for what, fam in FAMILIES.items():
         stem, t = fam["stem"], tables[what]
         files[f"{stem}.md"] = write_text(out / f"{stem}.md", format_markdown(result, what))
-        files[f"{stem}.csv"] = write_csv(t["cells"], out / f"{stem}.csv")
+        files[f"{stem}.csv"] = write_csv(t["cells"], out / f"{stem}.csv", cav)
         files[f"{stem}.tex"] = write_text(out / f"{stem}.tex", format_tex(result, what))
-        files[f"{stem}.parquet"] = write_parquet(t["cells"], out / f"{stem}.parquet")
-        files[f"{stem}_pairs.csv"] = write_csv(t["pairs"], out / f"{stem}_pairs.csv")
+        files[f"{stem}.parquet"] = write_parquet(t["cells"], out / f"{stem}.parquet", cav)
+        files[f"{stem}_pairs.csv"] = write_csv(t["pairs"], out / f"{stem}_pairs.csv", cav)
     if finetune is not None:
         files["table2_finetune.md"] = write_text(out / "table2_finetune.md", finetune_markdown(result))
         ft_cells = pd.concat([f["cells"].assign(family=w) for w, f in finetune.items()], ignore_index=True)
-        files["table2_finetune.csv"] = write_csv(ft_cells, out / "table2_finetune.csv")
+        files["table2_finetune.csv"] = write_csv(ft_cells, out / "table2_finetune.csv", cav)
         files["table2_finetune_pairs.csv"] = write_csv(
             pd.concat([f["pairs"].assign(family=w) for w, f in finetune.items()], ignore_index=True),
-            out / "table2_finetune_pairs.csv")
+            out / "table2_finetune_pairs.csv", cav)
     files["table2_heatmap.png"] = _heatmap(result, _matrix(cells, "mean"),
                                            f"Table 2, ours: top-1 accuracy (mean, {result['n_text']})",
                                            "viridis", False, out / "table2_heatmap.png")
