@@ -510,7 +510,7 @@ def format_compact(result: dict) -> str:
     hold every test set, the intervals, the ECE and NLL tables."""
     t = result["tables"]["acc"]
     cells, pairs, gaps = t["cells"], t["pairs"], result["gaps"]
-    lw, gw = 20, 15  # the label's width ("9 IQA-LS MIX_noise "), a group's ("   0.102  0.794")
+    lw, gw = 20, 14  # the label's width ("9 IQA-LS MIX_noise "), a group's ("  0.102  0.794")
     lines = [f"Table 2, study {result['study']}: top-1 accuracy, ours beside the paper ({result['n_text']})",
              f"{'':<{lw}}{'':>3}" + "".join(f"{g:>{gw}}" for g, _ in COMPACT_GROUPS) + "  IQA-LS − Original",
              f"{'Strategy':<{lw}}{'n':>3}" + f"{'ours  paper':>{gw}}" * len(COMPACT_GROUPS) + "  Δ all 10  resolved"]
@@ -527,11 +527,11 @@ def format_compact(result: dict) -> str:
         if prs is not None and not prs.empty:
             tl = stats.tally(prs.to_dict("records"))
             done = tl["total"] - tl["no_ci"] - tl["no_spread"]
-            resolved = (f"{tl['higher']}+ {tl['lower']}- of {tl['total']}" if done else "n<2")
+            resolved = (f"{tl['higher']}+ {tl['lower']}- /{tl['total']}" if done else "n<2")
             row += f"{fmt(prs['diff'].mean(), 3, True):>10}  {resolved}" + (f" {tl['holm']}*" if tl["holm"] else "")
         lines.append(row.rstrip())
-    lines.append(f"all 10 sets = acc_mean_all; Blur/Noise/JPEG L1-3: mean of 3 levels; resolved: 95% t interval "
-                 f"excludes 0; * Holm p<{stats.ALPHA:g}")
+    lines.append(f"all 10 sets = acc_mean_all; L1-3: mean of 3 levels; resolved: 95% t interval excludes 0 (+ higher, "
+                 f"- lower); * Holm p<{stats.ALPHA:g}")
     tl = stats.tally(pairs.to_dict("records"))
     if tl["total"]:
         lines.append(f"verdict (IQA-LS − Original, {tl['total']} paired): {tl['higher']} resolved "

@@ -21,14 +21,12 @@ from trainables.config import CIFAR10C_REGENERATE, TrialConfig
 # The fixed costs around the probed step and evaluation (a Choice, docs/paper-mapping.md "The
 # estimate's fixed costs"): seconds on the 2-core VM (AMD EPYC x2), read off the MLflow timestamps of
 # smoke studies (docs/commands.md "The plan's estimate" has the commands). What scales with a size
-# is a rate (per image, per trial, per epoch); the rest is a constant.
+# is a rate (per image); the rest is a constant.
 FIXED_COSTS = {
     "ray_start": 10.0,  # ray.init to the first trial's start: Ray's processes, the workers' imports (idle machine;
     # it grows with the load: x max(1, (1-min load average + 1) / cores), see ray_start_seconds)
     "local_start": 0.0,  # --executor local: the trials start in this process, which has loaded the data
     "load_per_image": 40e-6,  # a Ray worker reads the decoded data set from the cache (per image of the pool)
-    "trial": 0.5,  # per trial: its child run opened and closed, its first report, its final artifacts
-    "epoch": 0.2,  # per epoch: the checkpoint and the epoch's metrics
     "end": 6.0,  # closing the parent run, the tables and plots
 }
 
@@ -167,7 +165,7 @@ def ray_start_seconds() -> float:
 def fixed_seconds(run: StudyRun, est: Estimate, n_pool: int) -> tuple[dict[str, float], dict[str, float]]:
     """The fixed costs before and after the trials' training and evaluation (FIXED_COSTS): the
     executor's start, each worker's data and test sets (the workers build theirs side by side:
-    counted once); the tables at the end. The per-trial and per-epoch records are in run_seconds."""
+    counted once); the tables at the end."""
     spec, cfg0 = run.spec, run.first_config
     ray = spec.executor == "ray"
     images = 9 * est.n_test + (9 * est.n_train if cfg0.types else 0)  # the 9 distorted test sets, the bank
@@ -178,20 +176,20 @@ def fixed_seconds(run: StudyRun, est: Estimate, n_pool: int) -> tuple[dict[str, 
 
 def run_seconds(run: StudyRun, left: dict[str, int], est: Estimate) -> list[float]:
     """Seconds each run takes alone at the probed rates: its epochs left, then the final evaluation on
-    the 10 test sets (and on CIFAR-10-C)."""
+    the 10 test sets (and on CIFAR-10-C). A trial's records (its MLflow writes, its checkpoints) add
+    no term: on the 2-core VM a smoke trial took less than these rates give (docs/commands.md
+    "The plan's estimate")."""
     c10c_images = est.c10c_sets * est.c10c_n
-    trial_s, epoch_s = FIXED_COSTS["trial"], FIXED_COSTS["epoch"]  # the records of a trial and of an epoch
     if run.spec.packing:  # the probed rate is the pack's, all its members at once: the packs share it
-        total = (sum(left.values()) * (est.n_train / est.train_ips + epoch_s)
-                 + len(left) * ((10 * est.n_test + c10c_images) / est.eval_ips + trial_s))
+        total = (sum(left.values()) * est.n_train / est.train_ips
+                 + len(left) * (10 * est.n_test + c10c_images) / est.eval_ips)
         secs = [total / est.n_runs] * est.n_runs if left else []
     else:
-        secs = [left[t.key] * (est.n_train / est.train_ips + epoch_s) + trial_s
-                + (10 * est.n_test + c10c_images) / est.eval_ips
+        secs = [left[t.key] * est.n_train / est.train_ips + (10 * est.n_test + c10c_images) / est.eval_ips
                 for t in run.trials if t.key in left]
     search = run.search
     if search is not None:  # at most: every search trial runs all its epochs and evaluations
-        secs += [search.base.epochs * (est.n_train / est.train_ips + epoch_s) + trial_s
+        secs += [search.base.epochs * est.n_train / est.train_ips
                  + (search.evals * 10 * est.n_test + c10c_images) / est.eval_ips] * run.n_search
     return secs
 
