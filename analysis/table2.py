@@ -530,7 +530,7 @@ def format_compact(result: dict) -> str:
             resolved = (f"{tl['higher']}+ {tl['lower']}- /{tl['total']}" if done else "n<2")
             row += f"{fmt(prs['diff'].mean(), 3, True):>10}  {resolved}" + (f" {tl['holm']}*" if tl["holm"] else "")
         lines.append(row.rstrip())
-    lines.append(f"all 10 sets = acc_mean_all; L1-3: mean of 3 levels; resolved: 95% t interval excludes 0 (+ higher, "
+    lines.append(f"all 10 sets = acc_mean_all; L1-3: mean of 3 levels; resolved: 95% interval excludes 0 (+ higher, "
                  f"- lower); * Holm p<{stats.ALPHA:g}")
     tl = stats.tally(pairs.to_dict("records"))
     if tl["total"]:

@@ -443,6 +443,7 @@ class Progress:
         self.base: dict[str, int] = {}  # key -> the epoch its attempt started from
         self.ended: dict[str, str] = {}  # key -> "finished" | "FAILED"
         self.best: tuple[float, str] | None = None
+        self.paced: tuple[float, int] | None = None  # (time, epochs trained) at the first report: the pace's start
 
     def say(self, *args, **kwargs) -> None:
         """A progress line (print unless a printer was given)."""
@@ -454,6 +455,8 @@ class Progress:
             self.base[key] = int(result["start_epoch"])
         if "epoch" in result:
             self.epochs[key] = int(result["epoch"])
+            if self.paced is None:
+                self.paced = (time.time(), self._trained())
         if "trial_error" in result:
             self.ended[key] = "FAILED"
         if self.metric in result and (self.best is None or result[self.metric] > self.best[0]):
@@ -476,6 +479,9 @@ class Progress:
     def tick(self, running: set[str]) -> None:
         self.line(running)
 
+    def _trained(self) -> int:
+        return sum(max(0, e - self.base.get(k, 0)) for k, e in self.epochs.items())
+
     def line(self, running_keys: set[str], force=False, note=""):
         from study.plan import wrap_line
 
@@ -488,10 +494,13 @@ class Progress:
             return  # nothing has started yet (the executor says what it is starting)
         self.last_print = now
         failed = sum(v == "FAILED" for v in self.ended.values())
-        trained = sum(max(0, e - self.base.get(k, 0)) for k, e in self.epochs.items())
+        trained = self._trained()
         elapsed = now - self.t0
-        progress = trained / max(1, self.total_epochs)
-        eta = f"{fmt_duration(elapsed * (1 - progress) / progress)}" if progress > 0 else "?"
+        # the pace since the first report: the executor's start and the workers' setup are behind it by then
+        t1, trained1 = self.paced or (now, trained)
+        left = max(0, self.total_epochs - trained)
+        eta = (fmt_duration(0) if not left else fmt_duration((now - t1) * left / (trained - trained1))
+               if trained > trained1 else "?")
         best = f" | best {self.metric} {self.best[0]:.3f} ({self.best[1]})" if self.best else ""
         extra = ", ".join(x for x in (f"{failed} failed" if failed else "",
                                       f"{self.kept} kept from before" if self.kept else "") if x)

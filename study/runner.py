@@ -404,8 +404,7 @@ def report(run: StudyRun, analyse, status: str, failed: dict[str, str], plan: Pl
         say(SMOKE_NOTE)
     if run.first_config.cifar10c:  # issue 14: the CIFAR-10-C tables beside the study's own (analysis.cifar10c)
         cifar10c_tables(run)
-    say(f"open these runs (experiment {spec.experiment}, parent run {spec.name}): "
-        f"{tracking.ui_command(spec.tracking_uri, run.rec.experiment_id)}")
+    say(f"open these runs: {tracking.ui_command(spec.tracking_uri, run.rec.experiment_id)}")
     if failed:
         shown = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
         print(f"error: {len(failed)} of {run.n_trials} trial(s) did not finish ({shown[:1500]}); the "
