@@ -510,6 +510,57 @@ def format_console(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_compact(result: dict) -> str:
+    """The ablations for a person (<= 120 characters a line): per setting its n, the mean accuracy on
+    the pristine set, over each distortion's three levels, over all 10 sets and on the worst set, its
+    mean T, and (a grid with one one-hot setting) its paired difference to that setting over all 10
+    sets with the verdict; a legend, the verdict line per ablation, gaps and notes in one line each,
+    and where the files are. `format_console` (--verbose) and the files hold every test set, the
+    intervals and the calibration tables."""
+    cols = [("Pristine", GROUPS["Pristine"]), *((f"{g} L1-3", GROUPS[g]) for g in ("Blur", "Noise", "JPEG")),
+            ("all 10", ("acc_mean_all",)), ("worst", ("acc_worst",)), ("mean T", ("mean_t",))]
+    lw, w = 32, 10
+    lines = [f"Ablations, study {result['study']}: top-1 accuracy (mean over seeds; Blur/Noise/JPEG L1-3: mean of "
+             "3 levels)"]
+    for a in result["ablations"].values():
+        cells = a["cells"]
+        ref, diffs = a.get("paired", (None, None))
+        d = diffs[diffs["family"] == "accuracy"] if diffs is not None and not diffs.empty else pd.DataFrame()
+        lines += [f"[{a['ablation']}] {DESCRIPTIONS[a['ablation']]}"[:120], f"{'setting':<{lw}}{'n':>3}"
+                  + "".join(f"{c:>{w}}" for c, _ in cols) + (f"  all 10 − {ref}"[:22] if ref else "")]
+        for o, label in _orders(cells):
+            row = f"{label[:lw - 1]:<{lw}}{int(_cell(cells, o, 'acc_mean_all')['n']):>3}"
+            for _, metrics in cols:
+                vals = [_cell(cells, o, m) for m in metrics]
+                mean = float(np.mean([c["mean"] for c in vals])) if all(c["n"] > 0 for c in vals) else math.nan
+                row += f"{fmt(mean, 3):>{w}}"
+            if not d.empty and o in set(d["order"]):
+                c = _cell(d, o, "acc_mean_all")
+                row += f"{fmt(c['diff'], 3, True) + c['mark']:>9}  {stats.verdict(c)}"
+            lines.append(row.rstrip())
+        if not d.empty:
+            tl = stats.tally(d.to_dict("records"))
+            lines.append(f"  verdict ({tl['total']} paired vs {ref}): {tl['higher']} resolved higher, {tl['lower']} "
+                         f"lower, {tl['unresolved']} unresolved" + (f", {tl['no_ci']} n<2" if tl["no_ci"] else "")
+                         + f", {tl['holm']} Holm *")
+        if not a["gaps"].empty:
+            lines.append(("  gaps: " + "; ".join(f"{g['setting']} seed {g['seed']} {g['status']}"
+                                                 for _, g in a["gaps"].iterrows()))[:120])
+    notes = provenance_warnings(result["provenance"]) + result["notes"] + [
+        n for a in result["ablations"].values() for n in a["notes"]]
+    if notes:
+        lines.append(f"notes ({len(notes)}, in the .md files): {notes[0]}"[:120])
+    lines.append("resolved: the 95% t interval of the paired difference excludes 0; * Holm-adjusted p < "
+                 f"{stats.ALPHA:g}")
+    files = [p for a in result["ablations"].values() for p in a["files"].values()]
+    folder = Path(files[0]).parent if files else ""
+    logged = ", also on the parent run" if result["logged"] else ""
+    lines.append(f"files: {folder}/ ({len(files)}: every test set, the intervals, calibration, plots{logged}; "
+                 "--verbose prints them)")
+    return "\n".join(w_ for line in lines for w_ in (textwrap.wrap(line, 120, subsequent_indent="  ",
+                                                                break_long_words=False) if len(line) > 120 else [line]))
+
+
 # --- figures -----------------------------------------------------------------------------------------
 def _footer(fig, result: dict, a: dict) -> None:
     width = int(fig.get_figwidth() * 17)  # characters of 6.5 pt text per line (20 overran the edge)

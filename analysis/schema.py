@@ -83,6 +83,10 @@ RUNNING = "RUNNING"  # a parent run still RUNNING: its study is running (or its 
 EPOCH_METRICS = ("loss", "lr", "train_acc", "mean_t", "frac_below_chance",
                  "frac_below_chance_max_batch", "epoch_time", "images_per_s", "data_time", "data_share")
 EVAL_METRICS = ("objective",)  # search trials: the searched objective, on the epochs they evaluate
+# the parent run's wall time (seconds from the command's process start): the plan's estimate, and what
+# it took (logged last, once the tables are written), so the estimate's error is on record
+METRIC_ESTIMATED_WALL = "estimated_wall_s"
+METRIC_TOOK_WALL = "took_wall_s"
 # TEST_SETS (Sec. 4.2: pristine + 3 distortions x 3 levels) and ACC_METRICS ("acc_" + set, a trial's
 # final accuracies) are imported above: defined once in trainables.metric_names (torch-free), beside
 # what a trial evaluates.

@@ -512,6 +512,63 @@ def format_console(result: dict) -> str:
     return "\n".join(lines)
 
 
+COMPACT_GROUPS = (("all 10 sets", TEST_SETS), ("Pristine", ("pristine",)),
+                  *((f"{t.capitalize() if t != 'jpeg' else 'JPEG'} L1-3", tuple(x for x in TEST_SETS if x.startswith(t)))
+                    for t in ("blur", "noise", "jpeg")))
+
+
+def format_compact(result: dict) -> str:
+    """Table 2 for a person (<= 120 characters a line): per strategy the mean accuracy over all 10
+    test sets (acc_mean_all), the pristine set and each distortion's three levels, ours beside the
+    paper's; per IQA-LS strategy its paired difference to its Original over the 10 sets and how many
+    of them are resolved; a one-line legend, the verdict line (the tally of every comparison), gaps
+    and notes in one line each, and where the files are. `format_console` (--verbose) and the files
+    hold every test set, the intervals, the ECE and NLL tables."""
+    t = result["tables"]["acc"]
+    cells, pairs, gaps = t["cells"], t["pairs"], result["gaps"]
+    lw, gw = 20, 14  # the label's width ("9 IQA-LS MIX_noise "), a group's ("  0.102  0.794")
+    lines = [f"Table 2, study {result['study']}: top-1 accuracy, ours beside the paper ({result['n_text']})",
+             f"{'':<{lw}}{'':>3}" + "".join(f"{g:>{gw}}" for g, _ in COMPACT_GROUPS) + "  IQA-LS − Original",
+             f"{'Strategy':<{lw}}{'n':>3}" + f"{'ours  paper':>{gw}}" * len(COMPACT_GROUPS) + "  Δ all 10  resolved"]
+    by_b = {b: pairs[pairs["iqa_ls"] == b] for _, b in pairs_of(result["strategies"])}
+    for s in result["strategies"]:
+        reg, train = row_labels(s)
+        mine = cells[cells["strategy"] == s]
+        row = f"{f'{s} {reg} {train}':<{lw}}{int(mine['n'].max()):>3}"
+        for _, sets in COMPACT_GROUPS:
+            g = mine[mine["test_set"].isin(sets)]
+            ours = g["mean"].mean() if g["n"].min() > 0 else math.nan
+            row += f"{fmt(ours, 3):>{gw - 7}}{fmt(g['paper'].mean(), 3):>7}"
+        prs = by_b.get(s)
+        if prs is not None and not prs.empty:
+            tl = stats.tally(prs.to_dict("records"))
+            done = tl["total"] - tl["no_ci"] - tl["no_spread"]
+            resolved = (f"{tl['higher']}+ {tl['lower']}- /{tl['total']}" if done else "n<2")
+            row += f"{fmt(prs['diff'].mean(), 3, True):>10}  {resolved}" + (f" {tl['holm']}*" if tl["holm"] else "")
+        lines.append(row.rstrip())
+    lines.append(f"all 10 sets = acc_mean_all; L1-3: mean of 3 levels; resolved: 95% interval excludes 0 (+ higher, "
+                 f"- lower); * Holm p<{stats.ALPHA:g}")
+    tl = stats.tally(pairs.to_dict("records"))
+    if tl["total"]:
+        lines.append(f"verdict (IQA-LS − Original, {tl['total']} paired): {tl['higher']} resolved "
+                     f"higher, {tl['lower']} lower, {tl['unresolved']} unresolved"
+                     + (f", {tl['no_ci']} without interval (n<2)" if tl["no_ci"] else "")
+                     + (f", {tl['no_spread']} no spread" if tl["no_spread"] else "") + f", {tl['holm']} Holm *")
+    cut = [] if gaps.empty else [f"gaps ({len(gaps)}, see table2.md): " + "; ".join(
+        f"{g['strategy']} seed {g['seed']} {g['status']}" for _, g in gaps.iterrows())]
+    notes = provenance_warnings(result["provenance"]) + result["notes"]
+    cut += [f"notes ({len(notes)}, see table2.md): {notes[0]}"] if notes else []
+    lines += [line if len(line) <= 120 else line[:119] + "…" for line in cut]  # the rest is in table2.md
+    if result.get("finetune") is not None:
+        lines.append("fine-tune protocol: table2_finetune.md (or --verbose)")
+    files = list(result["files"].values())
+    folder = Path(files[0]).parent if files else result.get("out", "")
+    logged = ", also on the parent run" if result["logged"] else ""
+    lines.append(f"files: {folder}/ ({len(files)}: every test set and interval, ECE, NLL, plots{logged}; --verbose prints them)")
+    return "\n".join(w for line in lines for w in (textwrap.wrap(line, 120, subsequent_indent="  ",
+                                                              break_long_words=False) if len(line) > 120 else [line]))
+
+
 # --- figures -----------------------------------------------------------------------------------------
 def _matrix(cells: pd.DataFrame, column: str) -> np.ndarray:
     return cells[column].to_numpy(dtype=np.float64).reshape(len(STRATEGY_ROWS), len(TEST_SETS))

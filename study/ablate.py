@@ -292,10 +292,10 @@ def main(argv=None) -> int:
         trials, search, plan = build(args, data)
 
         def analyse(parent_run_id, out):
-            from analysis.ablate import build_ablate, format_console
+            from analysis.ablate import build_ablate, format_compact, format_console
             res = build_ablate(parent_run_id=parent_run_id, tracking_uri=spec.tracking_uri,
                                experiment=spec.experiment, out_dir=out)
-            print(format_console(res))
+            print(format_console(res) if spec.verbose else format_compact(res))  # the full tables: --verbose
             return res
 
         return run_study(spec, "ablate-" + "-".join(what), trials, trial_tags, analyse, plan, search=search)

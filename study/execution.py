@@ -14,8 +14,8 @@ machine or a cluster; `--executor local`: study/local.py, in this process). Noth
 - `IQA_LS_FAULT`: a fault-injection hook for tests (docs/fault-tolerance.md), nothing else.
 - `Recording`: turns the results into MLflow records through study/tracking.py (the only writer),
   in the driver; executors call `start`, `result`, `complete` and `error`.
-- `Progress`: one line every `every_s` seconds: done / running / pending, best so far, elapsed and
-  remaining time.
+- `Progress`: one line at most every `every_s` seconds: done / running, epochs, best so far, elapsed
+  and remaining time.
 """
 from __future__ import annotations
 
@@ -452,33 +452,39 @@ def members_of(spec: dict) -> list[dict]:
 
 
 class Progress:
-    """Quiet progress: one line every `every_s` seconds and one per finished trial. Counts are per
-    study trial (a pack's members count one each), include the trials a --resume kept (`kept`), and
-    the epochs are those this command trains (a resumed trial counts from its checkpoint). Executors
-    call `result`, `complete`, `error` and `tick`; `running` is the keys of the trials running now."""
+    """Quiet progress: one line at most every `every_s` seconds while trials run (epoch level: trials
+    done, running and pending, epochs trained of those to train, the best so far, elapsed and left),
+    one when a trial fails and one when the last ends; with `verbose` also one per finished trial.
+    Counts are per study trial (a pack's members count one each), include the trials a --resume kept
+    (`kept`), and the epochs are those this command trains (a resumed trial counts from its
+    checkpoint). Executors call `result`, `complete`, `error` and `tick`; `running` is the keys of the
+    trials running now."""
 
-    def __init__(self, keys: list[str], total_epochs: int, every_s: float = 30.0, kept: int = 0,
-                 n_search: int = 0, metric: str = "acc_mean_all", printer=None):
+    def __init__(self, keys: list[str], total_epochs: int, every_s: float = 10.0, kept: int = 0,
+                 n_search: int = 0, metric: str = "acc_mean_all", printer=None, verbose: bool = False):
         self.keys, self.total_epochs, self.every_s, self.kept = list(keys), total_epochs, every_s, kept
         self.n_total = kept + len(self.keys) + n_search
-        self.metric, self._printer = metric, printer  # None = print, looked up when used (see Recording)
+        self.metric, self._printer, self.verbose = metric, printer, verbose  # printer None = print (see Recording)
         self.t0 = time.time()
         self.last_print = 0.0
         self.epochs: dict[str, int] = {}  # key -> last epoch reported
         self.base: dict[str, int] = {}  # key -> the epoch its attempt started from
         self.ended: dict[str, str] = {}  # key -> "finished" | "FAILED"
         self.best: tuple[float, str] | None = None
-
+        self.paced: tuple[float, int] | None = None  # (time, epochs trained) at the first report: the pace's start
 
     def say(self, *args, **kwargs) -> None:
         """A progress line (print unless a printer was given)."""
         (self._printer or print)(*args, **kwargs)
+
     def result(self, spec: dict, result: dict) -> None:
         key = result.get("member") or spec["key"]
         if "start_epoch" in result:
             self.base[key] = int(result["start_epoch"])
         if "epoch" in result:
             self.epochs[key] = int(result["epoch"])
+            if self.paced is None:
+                self.paced = (time.time(), self._trained())
         if "trial_error" in result:
             self.ended[key] = "FAILED"
         if self.metric in result and (self.best is None or result[self.metric] > self.best[0]):
@@ -488,7 +494,9 @@ class Progress:
         keys = [m["key"] for m in members_of(spec)]
         for k in keys:
             self.ended.setdefault(k, "finished")
-        self.line(running, force=True, note=", ".join(f"{self.ended[k]} {k}" for k in keys))
+        last = self.kept + len(self.ended) >= self.n_total  # the study's last trial: its final line
+        self.line(running, force=self.verbose or last,
+                  note=", ".join(f"{self.ended[k]} {k}" for k in keys) if self.verbose else "")
 
     def error(self, spec: dict, running: set[str]) -> None:
         keys = [m["key"] for m in members_of(spec)]
@@ -499,25 +507,36 @@ class Progress:
     def tick(self, running: set[str]) -> None:
         self.line(running)
 
+    def _trained(self) -> int:
+        return sum(max(0, e - self.base.get(k, 0)) for k, e in self.epochs.items())
+
     def line(self, running_keys: set[str], force=False, note=""):
+        from study.plan import wrap_line
+
         now = time.time()
         if not force and now - self.last_print < self.every_s:
             return
-        self.last_print = now
         running = sum(1 for k in running_keys if k not in self.ended)
         done = self.kept + len(self.ended)
+        if not force and not running and done == self.kept:
+            return  # nothing has started yet (the executor says what it is starting)
+        self.last_print = now
         failed = sum(v == "FAILED" for v in self.ended.values())
-        trained = sum(max(0, e - self.base.get(k, 0)) for k, e in self.epochs.items())
+        trained = self._trained()
         elapsed = now - self.t0
-        progress = trained / max(1, self.total_epochs)
-        eta = f"{fmt_duration(elapsed * (1 - progress) / progress)}" if progress > 0 else "?"
+        # the pace since the first report: the executor's start and the workers' setup are behind it by then
+        t1, trained1 = self.paced or (now, trained)
+        left = max(0, self.total_epochs - trained)
+        eta = (fmt_duration(0) if not left else fmt_duration((now - t1) * left / (trained - trained1))
+               if trained > trained1 else "?")
         best = f" | best {self.metric} {self.best[0]:.3f} ({self.best[1]})" if self.best else ""
         extra = ", ".join(x for x in (f"{failed} failed" if failed else "",
                                       f"{self.kept} kept from before" if self.kept else "") if x)
-        self.say(f"[{fmt_duration(elapsed)}] trials {done}/{self.n_total} done" + (f" ({extra})" if extra else "")
-                   + f", {running} running, {max(0, self.n_total - done - running)} pending | epochs "
-                   f"{min(trained, self.total_epochs)}/{self.total_epochs} to train{best} | left ~{eta}"
-                   + (f" | {note}" if note else ""), flush=True)
+        text = (f"[{fmt_duration(elapsed)}] trials {done}/{self.n_total} done" + (f" ({extra})" if extra else "")
+                + f", {running} running | epochs {min(trained, self.total_epochs)}/{self.total_epochs}{best} | "
+                f"left ~{eta}" + (f" | {note}" if note else ""))
+        for part in wrap_line(text):
+            self.say(part, flush=True)
 
 
 def fmt_duration(s: float) -> str:

@@ -84,7 +84,8 @@ def _resource_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (GPU N of this machine; "
                    "local Ray only)")
     p.add_argument("--max-failures", type=int, default=3, help="restarts of a trial after a lost worker")
-    p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
+    p.add_argument("--progress-every", type=float, default=10.0,
+                   help="seconds between progress lines while trials run (default 10)")
     p.add_argument("--pack", default="auto", help="train trials that share a schedule as one packed "
                    "model per Ray trial: auto (on CUDA only) | on | off (default auto)")
     p.add_argument("--pack-size", type=int, default=DEFAULT_PACK_SIZE,
@@ -108,6 +109,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--estimate-only", action="store_true",
                    help="check every input, print the plan with its measured wall-time estimate, and stop "
                    "(nothing is written)")
+    p.add_argument("--verbose", action="store_true",
+                   help="print the full tables (every test set, the ECE and NLL pairs, every file) and a line per "
+                   "finished trial; by default a study prints one compact table (the full ones are in its files)")
     p.add_argument("--fixed-subset", action="store_true",
                    help="draw the training subset with seed 0 for every trial (default: the trial's seed, "
                    "so the spread over seeds includes the subset's sampling; both arms of a pair share it)")

@@ -11,6 +11,8 @@ retry continuing from the trial's last checkpoint, as Ray retries a trial on a l
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import traceback
 
 from study.execution import (
@@ -55,7 +57,8 @@ def run_phase(study, runs: list[dict], node: str, recording: Recording, progress
 
         for attempt in range(study.max_failures + 1):
             try:
-                run_spec(spec, emit, node)
+                with ticking(progress, running):
+                    run_spec(spec, emit, node)
             except (KeyboardInterrupt, RecordFailed):
                 raise
             except Exception:  # noqa: BLE001 - a crash: retried from the checkpoint, then recorded
@@ -69,3 +72,25 @@ def run_phase(study, runs: list[dict], node: str, recording: Recording, progress
             recording.complete(spec, last)
             progress.complete(spec, set())
             break
+
+
+@contextlib.contextmanager
+def ticking(progress: Progress, running: set[str], every_s: float = 1.0):
+    """Progress.tick every `every_s` seconds while a trial runs in this thread, so a progress line comes
+    every --progress-every seconds even when an epoch takes longer (Ray's driver ticks by itself)."""
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(every_s):
+            try:
+                progress.tick(running)
+            except RuntimeError:  # the trial's thread changed Progress's dicts mid-line: the next tick says it
+                pass
+
+    thread = threading.Thread(target=tick, name="progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

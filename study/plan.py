@@ -1,7 +1,10 @@
 """The plan a study prints before it starts, with its measured wall-time estimate: what runs, where,
 packed how, what a --resume has left, where the records go. The plan is also the parent run's
-description. The estimate rests on a throughput probe in the driver (`probe_throughput`) and on how
-many runs go side by side (`estimate_seconds`); `make_packs` groups the trials a packed study runs.
+description. The estimate is the whole command's wall time, from its process start: the time spent
+until the plan (measured), the training and evaluation at the rates a throughput probe in the
+driver measures (`probe_throughput`), as many runs side by side as fit (`estimate_seconds`), and the
+fixed costs around them (`FIXED_COSTS`: the executor's start, each worker's data and test sets, the
+records, the tables; `fixed_seconds`). `make_packs` groups the trials a packed study runs.
 """
 from __future__ import annotations
 
@@ -9,13 +12,25 @@ import os
 import time
 from dataclasses import dataclass
 
+from pathlib import Path
+
 from study.resume import epochs_left
 from study.spec import StudyRun
 from trainables.config import CIFAR10C_REGENERATE, TrialConfig
 
-SMOKE_NOTE = ("preset smoke is a pipeline check (a few hundred images, 2 epochs): accuracies near 0.10 (chance) and "
-              "differences to the paper near -0.65 are expected; --preset demo shows the paper's robustness "
-              "effect in about 30 min on 2 idle CPU cores")
+# The fixed costs around the probed step and evaluation (a Choice, docs/paper-mapping.md "The
+# estimate's fixed costs"): seconds on the 2-core VM (AMD EPYC x2), read off the MLflow timestamps of
+# smoke studies (docs/commands.md "The plan's estimate" has the commands). What scales with a size
+# is a rate (per image); the rest is a constant.
+FIXED_COSTS = {
+    "ray_start": 10.0,  # ray.init to the first trial's start: Ray's processes, the workers' imports (idle machine;
+    # it grows with the load: x max(1, (1-min load average + 1) / cores), see ray_start_seconds)
+    "local_start": 0.0,  # --executor local: the trials start in this process, which has loaded the data
+    "load_per_image": 40e-6,  # a Ray worker reads the decoded data set from the cache (per image of the pool)
+    "end": 6.0,  # closing the parent run, the tables and plots
+}
+
+SMOKE_NOTE = "preset smoke is a pipeline check, not a result: accuracies near 0.10 (chance) are expected"
 
 
 @dataclass
@@ -30,7 +45,9 @@ class Estimate:
     parallel: int  # runs side by side
     train_ips: float | None = None  # probed; None: not probed
     eval_ips: float | None = None
-    seconds: float | None = None
+    prep_ips: float | None = None  # test sets and distortion banks: images distorted and scored per second
+    seconds: float | None = None  # the whole command, from its process start
+    parts: dict[str, float] | None = None  # what `seconds` adds up (fmt_estimate prints it)
 
 
 @dataclass
@@ -39,6 +56,7 @@ class Plan:
     left: dict[str, int]  # trial key -> epochs still to train
     nothing_left: bool  # a --resume of a study whose every trial is finished
     probed: bool  # the probe ran (the parent run then names the probed device)
+    seconds: float | None = None  # the estimated wall time of the whole command (None: no estimate)
 
 
 def make_plan(run: StudyRun, extra: tuple = ()) -> Plan:
@@ -55,10 +73,41 @@ def make_plan(run: StudyRun, extra: tuple = ()) -> Plan:
         lines.append(f"  {left_note}")
     if run.lock is not None and run.lock.broke:
         lines.append(f"  study lock: {run.lock.broke}")
-    lines += [_probe_line(run, est, nothing_left), _records_line(run)]
+    lines += [*_probe_lines(run, est, nothing_left), _records_line(run)]
+    lines = [w for line in lines for w in wrap_line(line)]
     for line in lines:
         print(line, flush=True)
-    return Plan(lines, left, nothing_left, probed=bool(est.train_ips))
+    return Plan(lines, left, nothing_left, probed=bool(est.train_ips), seconds=est.seconds)
+
+
+CONSOLE_WIDTH = 120  # what a study prints per line, at most (a longer word, e.g. a path, stays whole)
+
+
+def wrap_line(line: str, width: int = CONSOLE_WIDTH) -> list[str]:
+    """A printed line cut at spaces to `width`, its continuation indented under its text."""
+    import textwrap
+
+    if len(line) <= width:
+        return [line]
+    indent = " " * (len(line) - len(line.lstrip()) + 2)
+    return textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+
+
+def process_started() -> float:
+    """When this process started (time.time() scale): the start a user's `time` measures from, so the
+    estimate and the `took` it is held against include the imports. Linux: /proc/self/stat; elsewhere
+    (or unreadable) the import of the study package."""
+    import study
+
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+        # btime is whole seconds: never later than the package import, never in the future
+        return min(started, study.IMPORTED, time.time())
+    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        return study.IMPORTED
 
 
 def estimate(run: StudyRun, left: dict[str, int], nothing_left: bool) -> Estimate:
@@ -68,6 +117,7 @@ def estimate(run: StudyRun, left: dict[str, int], nothing_left: bool) -> Estimat
     pack's step (the largest pack's size)."""
     import torch
 
+    from trainables.evaluation import EVAL_BATCH
     from trainables.robustness import evaluation_sets
 
     spec, cfg0 = run.spec, run.first_config
@@ -89,16 +139,46 @@ def estimate(run: StudyRun, left: dict[str, int], nothing_left: bool) -> Estimat
                    n_runs=n_runs, members=max((len(p.get("members", [p])) for p in packs), default=1),
                    parallel=parallel)
     if not nothing_left and (spec.run_device == "cpu" or torch.cuda.is_available()):
-        est.train_ips, est.eval_ips = probe_throughput(cfg0, spec.threads, spec.probe_device, members=est.members)
+        est.train_ips, est.eval_ips = probe_throughput(cfg0, spec.threads, spec.probe_device, members=est.members,
+                                                       eval_batch=min(EVAL_BATCH, est.n_test))
+        est.prep_ips = probe_prep(cfg0, spec.threads, spec.probe_device)
     if est.train_ips:
-        est.seconds = estimate_seconds(run_seconds(run, left, est), parallel,
-                                       shared_device=gpus > 0 or spec.executor == "local")
+        trials = estimate_seconds(run_seconds(run, left, est), parallel,
+                                  shared_device=gpus > 0 or spec.executor == "local")
+        before, after = fixed_seconds(run, est, n_images)
+        est.parts = {"so far": time.time() - process_started(), **before, "trials": trials, **after}
+        est.seconds = sum(est.parts.values())
     return est
+
+
+def ray_start_seconds() -> float:
+    """Ray's start on this machine now: FIXED_COSTS["ray_start"] (an idle machine) times the load per
+    core. Ray starts a dozen processes that import Ray and torch: on the 2-core VM it took 10.6 s at
+    a load average of 0.7, 27.5 s at 2.5-2.9 and 45 s at 8.6 (docs/commands.md "The plan's estimate")."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not on every platform
+        load = 0.0
+    return FIXED_COSTS["ray_start"] * max(1.0, (load + 1) / (os.cpu_count() or 1))
+
+
+def fixed_seconds(run: StudyRun, est: Estimate, n_pool: int) -> tuple[dict[str, float], dict[str, float]]:
+    """The fixed costs before and after the trials' training and evaluation (FIXED_COSTS): the
+    executor's start, each worker's data and test sets (the workers build theirs side by side:
+    counted once); the tables at the end."""
+    spec, cfg0 = run.spec, run.first_config
+    ray = spec.executor == "ray"
+    images = 9 * est.n_test + (9 * est.n_train if cfg0.types else 0)  # the 9 distorted test sets, the bank
+    data = (n_pool + run.n_test) * FIXED_COSTS["load_per_image"] if ray else 0.0  # local: loaded already
+    return ({("Ray start" if ray else "start"): ray_start_seconds() if ray else FIXED_COSTS["local_start"],
+             "worker data": data + images / est.prep_ips}, {"tables": FIXED_COSTS["end"]})
 
 
 def run_seconds(run: StudyRun, left: dict[str, int], est: Estimate) -> list[float]:
     """Seconds each run takes alone at the probed rates: its epochs left, then the final evaluation on
-    the 10 test sets (and on CIFAR-10-C)."""
+    the 10 test sets (and on CIFAR-10-C). A trial's records (its MLflow writes, its checkpoints) add
+    no term: on the 2-core VM a smoke trial took less than these rates give (docs/commands.md
+    "The plan's estimate")."""
     c10c_images = est.c10c_sets * est.c10c_n
     if run.spec.packing:  # the probed rate is the pack's, all its members at once: the packs share it
         total = (sum(left.values()) * est.n_train / est.train_ips
@@ -130,7 +210,7 @@ def _run_lines(run: StudyRun, est: Estimate) -> list[str]:
     """Where and how the trials run: device, resources, side by side, packed."""
     spec = run.spec
     where = (f"Ray {'at ' + spec.address if spec.address else 'local'}" if spec.executor == "ray"
-             else "this process (--executor local), one after another")
+             else "--executor local: in this process")
     lines = [f"  device {spec.run_device}, precision {spec.precision}; {spec.cpus_per_trial:g} CPU + "
              f"{spec.gpus_per_trial:g} GPU per {'pack' if spec.packing else 'trial'}; up to {est.parallel} side "
              f"by side; {where}"]
@@ -160,18 +240,27 @@ def _schedule_lines(run: StudyRun, est: Estimate) -> list[str]:
     return lines
 
 
-def _probe_line(run: StudyRun, est: Estimate, nothing_left: bool) -> str:
-    from study.execution import device_name, fmt_duration
+def _probe_lines(run: StudyRun, est: Estimate, nothing_left: bool) -> list[str]:
+    from study.execution import device_name
 
     spec = run.spec
     probed = f"{'a pack of ' + str(est.members) if est.members > 1 else 'one trial'}"
     if est.train_ips:
-        return (f"  probe: {est.train_ips:.0f} training images/s, {est.eval_ips:.0f} test images/s for {probed} "
-                f"({spec.threads} thread(s), batch {run.first_config.batch_size}, {device_name(spec.probe_device)}); "
-                f"estimated wall time {fmt_duration(est.seconds)}")
+        return [f"  probe: {est.train_ips:.0f} training, {est.eval_ips:.0f} test, {est.prep_ips:.0f} distorted+scored "
+                f"images/s ({probed}, {spec.threads} thread(s), batch {run.first_config.batch_size}, "
+                f"{device_name(spec.probe_device)})",
+                f"  estimated wall time {fmt_estimate(est)}"]
     if nothing_left:
-        return "  probe: skipped (every trial is finished: nothing to run)"
-    return f"  probe: skipped (the driver has no {spec.run_device}); no wall-time estimate"
+        return ["  probe: skipped (every trial is finished: nothing to run)"]
+    return [f"  probe: skipped (the driver has no {spec.run_device}); no wall-time estimate"]
+
+
+def fmt_estimate(est: Estimate) -> str:
+    """'1m52s = 0m26s so far + 0m10s Ray start + ...': the estimate and its parts."""
+    from study.execution import fmt_duration
+
+    return " + ".join([fmt_duration(est.seconds) + " =",
+                       *(f"{fmt_duration(v)} {k}" for k, v in (est.parts or {}).items())]).replace("= +", "=")
 
 
 def _records_line(run: StudyRun) -> str:
@@ -181,7 +270,15 @@ def _records_line(run: StudyRun) -> str:
     artifacts = (run.rec.artifact_location() if run.rec is not None
                  else tracking.artifact_location_for(spec.tracking_uri))
     return (f"  runs -> {spec.tracking_uri} (experiment {spec.experiment}; artifacts -> {artifacts}); "
-            f"checkpoints -> {run.storage}/{spec.name}/trials; tables -> {run.out}")
+            f"checkpoints -> {_short(f'{run.storage}/{spec.name}/trials')}; tables -> {run.out}")
+
+
+def _short(path: str) -> str:
+    """A path under the working folder as a relative one (what a person typed), others as they are."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def make_packs(specs: list[dict], size: int) -> list[dict]:
@@ -213,12 +310,45 @@ def make_packs(specs: list[dict], size: int) -> list[dict]:
     return out
 
 PROBE_WARMUP_CUDA, PROBE_WARMUP_CPU = 5, 1  # untimed steps before the probe's clock starts
+PREP_PROBE_IMAGES = 64  # images the prep probe distorts (9 ways) and scores: ~0.1 s on the 2-core CPU
+
+
+def probe_prep(cfg: TrialConfig, threads: int, device: str) -> float:
+    """Images/s of what a trial's process builds before it trains: the 9 distorted copies of an image
+    (trainables.evaluation.make_test_sets; a distortion bank makes the same 9) and each copy's IQA
+    score (the test sets' SSIM; the bank's the trial's metric). Random images: the rate, not values."""
+    import torch
+
+    from trainables import iqa
+    from trainables.device import pick_device
+    from trainables.evaluation import make_test_sets
+    from trainables.metric_names import QUALITY_METRIC
+    from trainables.prep import distortion_options
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        dev = pick_device(device)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (PREP_PROBE_IMAGES, 3, 32, 32), dtype=torch.uint8, generator=g).to(dev)
+        t0 = time.perf_counter()
+        sets = make_test_sets(x, 0, distortion_options(cfg))
+        for name, d in sets.items():
+            if name != "pristine":
+                for metric in {QUALITY_METRIC, cfg.iqa_metric}:
+                    iqa.score(metric, d, x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return 9 * PREP_PROBE_IMAGES / max(time.perf_counter() - t0, 1e-9)
+    finally:
+        torch.set_num_threads(old)
 
 
 def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float = 3.0,
-                     members: int = 1) -> tuple[float, float]:
+                     members: int = 1, eval_batch: int | None = None) -> tuple[float, float]:
     """(training images/s at the trial's batch size, test images/s of the evaluation's forward pass at
-    its batch size) of the Table 1 model on this machine, with the trial's precision and step
+    its batch size: `eval_batch`, default EVAL_BATCH; a test set smaller than that is one batch) of
+    the Table 1 model on this machine, with the trial's precision, memory format and step
     (trainables/fast.py: one CUDA graph per step on CUDA). With `members` > 1, the training rate of a
     pack of that many (trainables.packed, all members' images counted): what a packed study's
     trials run at. Measured rather than assumed: on the 2-core CPU the probe gave 366 test vs 287
@@ -264,10 +394,12 @@ def probe_throughput(cfg: TrialConfig, threads: int, device: str, seconds: float
             step = Step(model_loss(model, amp), build_optimizer(cfg, model), model.parameters(), impl)
         train_ips = rate(lambda: step(x, q), members * cfg.batch_size, seconds)
         model = models[0]
-        xe = torch.randn(EVAL_BATCH, 3, 32, 32, device=dev)
+        eval_batch = eval_batch or EVAL_BATCH
+        xe = torch.randn(eval_batch, 3, 32, 32, device=dev)  # as trainables.evaluation feeds it (prep.batch_norm_fn)
+        xe = xe.contiguous(memory_format=torch.channels_last) if cfg.channels_last else xe
         model.eval()
         with torch.no_grad(), amp():
-            eval_ips = rate(lambda: model(xe), EVAL_BATCH, seconds / 2)
+            eval_ips = rate(lambda: model(xe), eval_batch, seconds / 2)
         return train_ips, eval_ips
     finally:
         torch.set_num_threads(old)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from analysis.schema import one_line, sqlite_path
-from study.plan import SMOKE_NOTE, Plan, make_packs, make_plan
+from study.plan import SMOKE_NOTE, Plan, make_packs, make_plan, process_started, wrap_line
 from study.resume import check_records, data_checksums, resume_schedule_params, study_settings
 from study.spec import SpecError, StudyError, StudyRun, StudySpec, TrackingLost, Trial
 from study.storage import (
@@ -47,6 +47,9 @@ def run_study(spec: StudySpec, kind: str, trials: list[Trial], tags_of_config, a
     runs after the grid trials (`trials` may then be empty). The study's driver lock (study.lock) is
     held from the checks that read its records to the end, and released however the command ends.
     Returns 0 when every trial finished, 1 when any did not."""
+    # the first line at once: the checks, the data and the probe take a while before the plan prints
+    print(f"checking study {spec.name} ({kind}, preset {spec.preset}): the data, the records, a throughput probe ...",
+          flush=True)
     with contextlib.ExitStack() as held:
         run = check(spec, kind, trials, search)
         if not spec.estimate_only:
@@ -60,7 +63,7 @@ def run_study(spec: StudySpec, kind: str, trials: list[Trial], tags_of_config, a
         todo, kept = start(run, plan, common_tags)
         status, failed = execute(run, plan, todo, kept, tags_of_config, common_tags)
         close(run, plan, status)
-        return report(run, analyse, status, failed)
+        return report(run, analyse, status, failed, plan)
 
 
 # ------------------------------------------------------------------ check
@@ -346,7 +349,7 @@ def execute(run: StudyRun, plan: Plan, todo: list[Trial], kept: int, tags_of_con
     progress = execution.Progress(
         [s["key"] for s in specs], sum(plan.left.get(s["key"], 0) for s in specs)
         + run.n_search * (search.base.epochs if search is not None else 0),
-        spec.progress_every, kept=kept, n_search=run.n_search)
+        spec.progress_every, kept=kept, n_search=run.n_search, verbose=spec.verbose)
     recording = execution.Recording(run.rec, tags_of_config, common_tags)
     drive(run, runs, spec_of, recording, progress)
     return tally(run, specs, recording)
@@ -436,12 +439,15 @@ def close(run: StudyRun, plan: Plan, status: str) -> None:
     """Close the parent run with its status and summary (a resume with nothing left leaves it as it was)."""
     if not plan.nothing_left:
         run.rec.close_parent(status)
-        run.rec.log_summary(study_summary(run.rec, run.n_trials, time.time() - run.started))
+        run.rec.log_summary(study_summary(run.rec, run.n_trials, time.time() - run.started, plan.seconds))
 
 
-def study_summary(rec, n_trials: int, session_s: float) -> dict:
-    """Summary metrics of the parent run: trial counts by status, this command's wall time, and the
-    mean and best of the trials' mean accuracy over the 10 test sets."""
+def study_summary(rec, n_trials: int, session_s: float, estimated_s: float | None = None) -> dict:
+    """Summary metrics of the parent run: trial counts by status, this command's wall time, the plan's
+    estimate of it (when the probe ran; `took_wall_s` follows once the tables are written: report),
+    and the mean and best of the trials' mean accuracy over the 10 test sets."""
+    from analysis.schema import METRIC_ESTIMATED_WALL
+
     runs = list(rec.children().values())
     finished = [r for r in runs if r.info.status == "FINISHED"]
     accs = [r.data.metrics["acc_mean_all"] for r in finished if "acc_mean_all" in r.data.metrics]
@@ -449,31 +455,60 @@ def study_summary(rec, n_trials: int, session_s: float) -> dict:
            "trials_failed": sum(r.info.status == "FAILED" for r in runs),
            "trials_unfinished": n_trials - len(finished) - sum(r.info.status == "FAILED" for r in runs),
            "session_wall_s": session_s}
+    if estimated_s is not None:
+        out[METRIC_ESTIMATED_WALL] = estimated_s
     if accs:
         out.update(acc_mean_all_mean=sum(accs) / len(accs), acc_mean_all_best=max(accs))
     return out
 
 
 # ------------------------------------------------------------------ analyse
-def report(run: StudyRun, analyse, status: str, failed: dict[str, str]) -> int:
-    """The study's tables (`analyse(parent run id, out folder)`), where its runs are, and the exit
-    code: 0 when every trial finished and the tables were built, else 1."""
+def report(run: StudyRun, analyse, status: str, failed: dict[str, str], plan: Plan | None = None) -> int:
+    """The study's tables (`analyse(parent run id, out folder)`: the compact table, or with --verbose
+    the full ones), where its runs are, the estimate against the time taken (printed, and recorded on
+    the parent run), and the exit code: 0 when every trial finished and the tables were built, else 1."""
     from study import tracking
 
     spec = run.spec
     files = analyse(run.rec.parent_id, run.out)
     if spec.preset == "smoke":
-        print(SMOKE_NOTE)
+        say(SMOKE_NOTE)
     if run.first_config.cifar10c:  # issue 14: the CIFAR-10-C tables beside the study's own (analysis.cifar10c)
         cifar10c_tables(run)
-    print(f"open these runs: {tracking.ui_command(spec.tracking_uri, run.rec.experiment_id, run.rec.parent_id)}  (experiment "
-          f"{spec.experiment}, parent run {spec.name})")
+    say(f"open these runs: {tracking.ui_command(spec.tracking_uri, run.rec.experiment_id, run.rec.parent_id)}")
     if failed:
         shown = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
         print(f"error: {len(failed)} of {run.n_trials} trial(s) did not finish ({shown[:1500]}); the "
               "tables leave them out; fix the cause and run the same command with --resume", file=sys.stderr)
+    took(run, plan)
+    if failed:
         return 1
     return 0 if files is not None and status == "FINISHED" else 1
+
+
+def took(run: StudyRun, plan: Plan | None) -> None:
+    """`estimated X, took Y` (from the process start, as `time` measures), the study's last line, and
+    `took_wall_s` on the parent run beside `estimated_wall_s` (close): the estimate's error is on record.
+    A resume with nothing left to run leaves its parent run as it was."""
+    from analysis.schema import METRIC_TOOK_WALL
+    from study.execution import fmt_duration
+
+    seconds = time.time() - process_started()
+    est = plan.seconds if plan is not None else None
+    if est:
+        say(f"estimated {fmt_duration(est)}, took {fmt_duration(seconds)} ({(seconds - est) / est:+.0%} against the "
+            "estimate)")
+    else:
+        say(f"took {fmt_duration(seconds)} (no estimate: the probe did not run)")
+    if plan is not None and not plan.nothing_left:
+        with shielded("recording the wall time in MLflow"):
+            run.rec.log_summary({METRIC_TOOK_WALL: seconds})
+
+
+def say(text: str) -> None:
+    """A line of the study's output, cut at spaces to study.plan.CONSOLE_WIDTH."""
+    for line in wrap_line(text):
+        print(line, flush=True)
 
 
 def cifar10c_tables(run: StudyRun) -> None:

@@ -210,8 +210,9 @@ class StudySpec:
     step_impl: str = "auto"  # --step-impl (a run field: the captured step replays the eager kernels)
     address: str | None = None
     max_failures: int = 3
-    progress_every: float = 30.0
+    progress_every: float = 10.0
     estimate_only: bool = False
+    verbose: bool = False  # --verbose: the full tables and a line per finished trial
     # --- what it was started with (the parent run's params, the manifest, the description)
     flags: dict = field(default_factory=dict)
     command: str = ""
@@ -268,7 +269,8 @@ class StudySpec:
                    packing=packing, pack_size=args.pack_size, precision=precision,
                    step_impl=getattr(args, "step_impl", "auto"), address=address,
                    max_failures=args.max_failures, progress_every=args.progress_every,
-                   estimate_only=bool(getattr(args, "estimate_only", False)), flags=flags, command=command)
+                   estimate_only=bool(getattr(args, "estimate_only", False)),
+                   verbose=bool(getattr(args, "verbose", False)), flags=flags, command=command)
         _check_places(spec)
         return spec
 

@@ -129,10 +129,10 @@ def main(argv=None) -> int:
         trials = build_trials(args, data)
 
         def analyse(parent_run_id, out):
-            from analysis.table2 import build_table2, format_console
+            from analysis.table2 import build_table2, format_compact, format_console
             res = build_table2(parent_run_id=parent_run_id, tracking_uri=spec.tracking_uri,
                                experiment=spec.experiment, out_dir=out)
-            print(format_console(res))
+            print(format_console(res) if spec.verbose else format_compact(res))  # the full tables: --verbose
             return res
 
         return run_study(spec, "table2", trials, trial_tags, analyse)

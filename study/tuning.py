@@ -30,6 +30,11 @@ STRICT_METRICS_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 # which marks the runs KILLED and exits 130 as under --executor local (our checkpoints, not Tune's
 # experiment state, are what a --resume continues from)
 SIGINT_HANDLER_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
+# Tune's output engine: "0" is the one whose verbose=0 is silent. The default engine
+# (ray/tune/experimental/output.py, Ray 2.60) prints its "Configuration for experiment" box, the
+# experiment path and a TensorBoard hint at every Tuner.fit, whatever verbose says; the study prints
+# its own progress (execution.Progress) and says where its files are.
+OUTPUT_ENGINE_ENV = "RAY_AIR_NEW_OUTPUT"
 
 
 # ------------------------------------------------------------------ the trainable
@@ -121,6 +126,8 @@ def execute(study, runs: list[dict], search, spec_of, recording: Recording, prog
         os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[study.visible_gpu] if visible else str(study.visible_gpu)
     main = threading.current_thread() is threading.main_thread()
     on_term = signal.getsignal(signal.SIGTERM) if main else None
+    progress.say(f"starting Ray ({'at ' + study.address if study.address else 'on this machine'}) and its "
+                 "workers ...", flush=True)
     ray.init(address=study.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              **({} if study.address else {"object_store_memory": 256 * 2**20}))
     if callable(on_term):
@@ -181,7 +188,15 @@ def run_tuner(specs: list[dict], *, name: str, storage: str, resources: dict, ca
             verbose=0,
         ),
     )
-    return tuner.fit()
+    old = os.environ.get(OUTPUT_ENGINE_ENV)
+    os.environ[OUTPUT_ENGINE_ENV] = "0"
+    try:
+        return tuner.fit()
+    finally:
+        if old is None:
+            os.environ.pop(OUTPUT_ENGINE_ENV, None)
+        else:
+            os.environ[OUTPUT_ENGINE_ENV] = old
 
 
 # ------------------------------------------------------------------ an Optuna search

@@ -382,6 +382,12 @@ def test_analysis_summarises_seeds_and_lists_gaps_from_a_fake_store(tmp_path):
     assert gaps[["setting", "status"]].values.tolist() == [["power(gamma=2)", "FAILED"]]
     md = (tmp_path / "out" / "ablate_tmap.md").read_text()
     assert "loss is nan at epoch 2" in md and "| identity | 2 |" in md
+    from analysis.ablate import format_compact  # issue 20: the console's table, <= 120 characters a line
+    lines = format_compact(res).splitlines()
+    assert max(map(len, lines)) <= 120
+    row = next(ln for ln in lines if ln.startswith("identity "))
+    assert row.split()[1] == "2" and f"{statistics.mean(sum(x) / 10 for x in ident):.3f}" in row.split()
+    assert any(ln.startswith("  gaps: power(gamma=2) seed 1 FAILED") for ln in lines)
 
 
 def _record(setting: str, order: int, seed: int, reg: str, pristine: float, status: str = "FINISHED"):

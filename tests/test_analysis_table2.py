@@ -275,6 +275,29 @@ def test_console_fits_160_columns(store, which):
     assert str(store[which]["files"]["table2.md"]) in text
 
 
+@pytest.mark.parametrize("which", ["result", "gap"])
+def test_the_compact_table_is_for_a_person(store, which):
+    """Issue 20: one row per strategy, ours beside the paper, the pair's difference with how many of its
+    10 comparisons are resolved; a one-line legend, the verdict line, the gaps, where the files are;
+    every line <= 120 characters."""
+    res = store[which]
+    lines = table2.format_compact(res).splitlines()
+    assert max(map(len, lines)) <= 120 and len(lines) <= 20
+    rows = [ln for ln in lines if ln[:1].isdigit()]
+    assert [int(r.split()[0]) for r in rows] == list(range(1, 10))
+    cells, pairs = res["tables"]["acc"]["cells"], res["tables"]["acc"]["pairs"]
+    # row 1: ours over all 10 sets beside the paper's, as the files have them
+    ours = cells[cells["strategy"] == 1]
+    assert f"{ours['mean'].mean():.3f}" in rows[0] and f"{ours['paper'].mean():.3f}" in rows[0]
+    # row 9: its difference to its Original over the 10 sets, and how many are resolved
+    d9 = pairs[pairs["iqa_ls"] == 9]
+    assert f"{d9['diff'].mean():+.3f}" in rows[8] and rows[8].endswith(" /10" if which == "result" else "  n<2")
+    assert any(ln.startswith("all 10 sets = acc_mean_all") and "Holm" in ln and "resolved" in ln for ln in lines)
+    assert any(ln.startswith("verdict (IQA-LS − Original, 40 paired)") for ln in lines)
+    assert any(ln.startswith(f"files: {res['files']['table2.md'].parent}/") for ln in lines[-2:])  # a long path wraps
+    assert any(ln.startswith("gaps (1") for ln in lines) == (which == "gap")
+
+
 def test_console_lists_files_and_pairs(store):
     text = table2.format_console(store["result"])
     assert "IQA-LS − Original" in text and str(store["result"]["files"]["table2.md"]) in text

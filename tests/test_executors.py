@@ -62,11 +62,11 @@ def both(tmp_path_factory, new_store):
     assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
     b = study(local_dir, *PAIR, "--executor", "local", hide_ray=True)  # and Ray is never imported
     assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
-    return ray_dir, local_dir, b
+    return ray_dir, local_dir, b, a
 
 
 def test_both_executors_give_the_same_records(both):
-    ray_dir, local_dir, _ = both
+    ray_dir, local_dir, *_ = both
     a, b = records(ray_dir), records(local_dir)
     assert sorted(a) == sorted(b) == ["s2-seed0", "s3-seed0"]
     for key in a:
@@ -78,14 +78,29 @@ def test_both_executors_give_the_same_records(both):
 
 
 def test_both_executors_give_the_same_tables(both):
-    ray_dir, local_dir, _ = both
+    ray_dir, local_dir, *_ = both
     for f in ("table2.csv", "table2_pairs.csv", "table2_ece.csv", "table2_nll_pairs.csv"):
         assert (ray_dir / "results" / "table2" / f).read_bytes() == (local_dir / "results" / "table2" / f).read_bytes(), f
 
 
 def test_the_local_plan_says_where_it_runs(both):
     out = both[2].stdout
-    assert "this process (--executor local), one after another" in out and "estimated wall time" in out
+    assert "--executor local: in this process" in out and "estimated wall time" in out
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_study_prints_for_a_person(both, executor):
+    """Issue 20: <= 40 lines of <= 120 characters, the estimate held against the time taken as the
+    last line, and nothing of Ray's own console output (its configuration box, the experiment path,
+    the TensorBoard hint)."""
+    out = (both[2] if executor == "local" else both[3]).stdout
+    lines = out.splitlines()
+    assert len(lines) <= 40, out
+    assert max(map(len, lines)) <= 120, max(lines, key=len)
+    assert lines[0].startswith("checking study table2") and "estimated wall time" in out
+    assert lines[-1].startswith("estimated ") and ", took " in lines[-1]
+    for ray_text in ("Configuration for experiment", "TensorBoard", "View detailed results", "Trial status"):
+        assert ray_text not in out
 
 
 def test_a_killed_local_study_resumes_without_ray_to_one_run_per_trial_and_every_epoch_once(tmp_path, new_store):
@@ -94,7 +109,8 @@ def test_a_killed_local_study_resumes_without_ray_to_one_run_per_trial_and_every
     new_store(tmp_path / "mlflow.db")
     log = tmp_path / "first.log"
     with open(log, "w") as f:
-        p = subprocess.Popen([sys.executable, "-m", "study.table2", *FLAGS, *FIVE, "--executor", "local", "--epochs", "3"],
+        p = subprocess.Popen([sys.executable, "-m", "study.table2", *FLAGS, *FIVE, "--executor", "local", "--epochs", "3",
+                              "--verbose"],  # a line per finished trial
                              cwd=tmp_path, env=_env(tmp_path, hide_ray=True), stdout=f, stderr=subprocess.STDOUT,
                              start_new_session=True)
     deadline = time.time() + 600

@@ -276,7 +276,7 @@ def test_a_both_protocols_study_trains_parents_first_tags_them_and_resumes_after
     assert parent.data.tags["iqa_ls.strategies"] == "1,8,9"
     assert parent.data.tags["iqa_ls.protocols"] == "scratch,finetune"
 
-    again = _study(tmp_path, *flags, "--resume")
+    again = _study(tmp_path, *flags, "--resume", "--verbose")  # --verbose: the full tables, the fine-tune's too
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
     assert "resume: 7 finished trials kept, 3 to run" in again.stdout
     runs2 = {r.data.tags["iqa_ls.trial_key"]: r for r in c.search_runs([exp.experiment_id],

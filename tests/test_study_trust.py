@@ -451,12 +451,36 @@ def test_sqlite_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_pa
 def test_progress_counts_the_trial_that_just_finished_and_those_kept_by_a_resume():
     from study.execution import Progress
     lines: list[str] = []
-    p = Progress(["s2-seed0", "s3-seed0"], total_epochs=3, kept=1, printer=lambda s, **k: lines.append(s))
+    p = Progress(["s2-seed0", "s3-seed0"], total_epochs=3, kept=1, printer=lambda s, **k: lines.append(s),
+                 verbose=True)
     s2 = {"key": "s2-seed0"}
     p.result(s2, {"epoch": 2, "start_epoch": 1})  # resumed at epoch 1 of 2
     p.complete(s2, {"s2-seed0"})
-    assert "trials 2/3 done (1 kept from before), 0 running, 1 pending | epochs 1/3 to train" in lines[-1]
+    assert "trials 2/3 done (1 kept from before), 0 running | epochs 1/3" in lines[-1]
     assert lines[-1].endswith("| finished s2-seed0")
+
+
+def test_progress_is_quiet_by_default_a_line_per_interval_while_trials_run_and_one_at_the_end():
+    """Issue 20: no line while nothing runs yet, none per finished trial (--verbose has them), at most
+    one per `every_s` while trials run, one when the last trial ends; every line <= 120 characters."""
+    from study.execution import Progress
+    lines: list[str] = []
+    p = Progress(["a", "b"], total_epochs=4, every_s=3600, printer=lambda s, **k: lines.append(s))
+    p.tick(set())
+    p.last_print = 0.0
+    p.tick(set())
+    assert lines == []  # the executor is still starting: nothing to say yet
+    p.result({"key": "a"}, {"epoch": 1, "start_epoch": 0})
+    p.tick({"a"})
+    assert len(lines) == 1 and "trials 0/2 done, 1 running | epochs 1/4" in lines[0] and "left ~" in lines[0]
+    p.result({"key": "a"}, {"epoch": 2, "acc_mean_all": 0.5})
+    p.complete({"key": "a"}, {"b"})
+    p.tick({"b"})
+    assert len(lines) == 1  # within every_s, and a finished trial is no line of its own
+    p.result({"key": "b"}, {"epoch": 2, "acc_mean_all": 0.25})
+    p.complete({"key": "b"}, set())
+    assert len(lines) == 2 and "trials 2/2 done, 0 running | epochs 4/4 | best acc_mean_all 0.500 (a)" in lines[1]
+    assert all(len(line) <= 120 for line in lines)
 
 
 def test_help_says_what_the_tracking_flags_mean_and_what_each_preset_costs(capsys):
