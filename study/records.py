@@ -20,7 +20,7 @@ from pathlib import Path
 
 from analysis.schema import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, one_line, sqlite_path
 from study.spec import StudyError
-from study.tracking import LOCK_SUFFIX, TrackingError, check_tracking_uri, export_study, import_study
+from study.tracking import TrackingError, creation_lock_path, check_tracking_uri, export_study, import_study
 
 
 def main(argv=None) -> int:
@@ -69,14 +69,14 @@ def check_first(args) -> None:
 
 @contextlib.contextmanager
 def own_lock_file(tracking_uri: str):
-    """The lock file study.tracking leaves beside a SQLite store it opens (it locks the store's first
-    opening): removed again when this command made it, so a refused or finished export or import
+    """The lock file study.tracking makes for a SQLite store it opens (in the temp folder; it locks the
+    store's first opening): removed again when this command made it, so a refused or finished export or import
     leaves the folder as it found it. Removed only while free: a study opening the store at that
     moment keeps its lock."""
     from filelock import FileLock, Timeout
 
     db = sqlite_path(tracking_uri)
-    lock = Path(str(db) + LOCK_SUFFIX) if db is not None else None
+    lock = creation_lock_path(db) if db is not None else None
     made = lock is not None and not lock.exists()
     try:
         yield
