@@ -26,7 +26,7 @@ FIXTURE = REPO / "tests" / "fixtures" / "cifar10-mini"
 EPOCHS = 40  # long enough that the signal lands while the trial trains (~0.1-0.3 s an epoch on a CPU)
 FLAGS = ["--preset", "smoke", "--data", str(FIXTURE), "--epochs", str(EPOCHS), "--subset", "100",
          "--test-subset", "50", "--strategies", "1", "--progress-every", "1"]
-FIRST_EPOCH = re.compile(r"epochs [1-9]\d*/\d+ to train")  # a progress line once an epoch was reported
+FIRST_EPOCH = re.compile(r"\| epochs [1-9]\d*/\d+ \|")  # a progress line once an epoch was reported
 
 
 def env_for(tmp: Path) -> dict:
