@@ -31,6 +31,8 @@ PAIRS: tuple[tuple[int, int], ...] = ((2, 3), (4, 5), (6, 7), (8, 9))
 REGULARIZATION_LABELS = {"onehot": "Original", "iqa_ls": "IQA-LS"}
 TRAIN_SET_LABELS = {"pristine": "Pristine", "mix_blur": "MIX_blur", "mix_noise": "MIX_noise",
                     "mix_jpeg": "MIX_JPEG", "mix_all3": "MIX_all3"}
+SHORT_SET_LABELS = {"pristine": "pristine", "mix_blur": "blur", "mix_noise": "noise", "mix_jpeg": "jpeg",
+                    "mix_all3": "all3"}  # run names (title)
 
 # The paper's metric and T map for IQA-LS (Sec. 3): SSIM, identity.
 IQA_METRIC = "ssim"
@@ -89,8 +91,10 @@ def key(trial: dict) -> str:
 
 
 def title(strategy: int, seed: int, protocol: str = "scratch") -> str:
-    """The run name of a trial: 's3 IQA-LS MIX_blur seed0'; fine-tuned 's9 IQA-LS MIX_all3 seed0
-    fine-tuned', an Original's continuation (the control) 's8 Original MIX_all3 seed0 continued'."""
+    """The run name of a trial, short enough for the MLflow runs list's default Run Name column (190 px,
+    a child indented under its parent): 's3 blur+LS #0' (Table 2 row 3: MIX_blur with IQA-LS, seed 0),
+    's1 pristine #0', 's8 all3 #2' (an Original); fine-tuned 's9 all3+LS #0 ft', an Original's
+    continuation (the control) 's8 all3 #0 cont'. The full words are in the run's tags and params."""
     train_set, reg = STRATEGIES[strategy]
-    name = f"s{strategy} {REGULARIZATION_LABELS[reg]} {TRAIN_SET_LABELS[train_set]} seed{seed}"
-    return name + ({"onehot": " continued"}.get(reg, " fine-tuned") if protocol == "finetune" else "")
+    name = f"s{strategy} {SHORT_SET_LABELS[train_set]}{'+LS' if reg == 'iqa_ls' else ''} #{seed}"
+    return name + ({"onehot": " cont"}.get(reg, " ft") if protocol == "finetune" else "")

@@ -187,8 +187,8 @@ def test_plan_of_strategies_1_8_9_with_both_protocols_and_the_control():
     assert only == ["s1-seed0", "s8-seed0", "s9-seed0-ft"]  # the Original parents always from scratch
     with pytest.raises(ConfigError, match="strategy 9 fine-tunes strategy 8's final weights; allowed: add 8"):
         space.plan(1, (1, 9), ("finetune",))
-    assert space.title(9, 0, "finetune") == "s9 IQA-LS MIX_all3 seed0 fine-tuned"
-    assert space.title(8, 0, "finetune") == "s8 Original MIX_all3 seed0 continued"
+    assert space.title(9, 0, "finetune") == "s9 all3+LS #0 ft"
+    assert space.title(8, 0, "finetune") == "s8 all3 #0 cont"
 
 
 def test_phases_put_fine_tunes_after_their_parents_and_an_orphan_fails_with_the_parents_reason():

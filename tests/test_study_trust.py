@@ -497,7 +497,7 @@ def test_table2_runs_are_named_by_strategy_and_keep_the_key():
     args = SimpleNamespace(seeds=1, preset="smoke", epochs=None, subset=None, test_subset=None, data=str(FIXTURE))
     trials = table2.build_trials(args)
     assert [t.key for t in trials][:3] == ["s1-seed0", "s2-seed0", "s3-seed0"]
-    assert trials[2].title == "s3 IQA-LS MIX_blur seed0" == title(3, 0)
+    assert trials[2].title == "s3 blur+LS #0" == title(3, 0)
     assert trials[0].title == "s1 Original Pristine seed0"
 
 
