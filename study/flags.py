@@ -80,6 +80,9 @@ def _resource_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,  # RAY_ADDRESS='' is unset
                    help="join a running Ray cluster: HOST:PORT of its head, auto (on one of its nodes) or "
                    "ray://HOST:PORT (checked before any work)")
+    p.add_argument("--node-wait", type=float, default=600.0,
+                   help="with --address: seconds to wait for a node that can hold a trial (an autoscaling "
+                   "cluster adds one) before the study stops (default 600)")
     p.add_argument("--out", default=None, help="folder for tables and plots (default results/<name>)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (GPU N of this machine; "
                    "local Ray only)")
@@ -103,6 +106,13 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    "(docs/paper-mapping.md)")
     p.add_argument("--step-impl", default="auto", help="how a step is launched (a run flag, trainables/fast.py): "
                    "auto (a captured CUDA graph on CUDA, eager on a CPU) | eager | cuda_graph")
+    p.add_argument("--pack-data", default="per_member",
+                   help="how a pack's members get their epoch's images (a run flag, trainables/loop.py): per_member "
+                   "(one pass per member) | batched (one pass for all members: one gather, one distortion and "
+                   "IQA call; bit-identical on a CPU)")
+    p.add_argument("--pack-eval", default="per_member",
+                   help="how a pack's members are evaluated (a run flag, trainables/packed.py): per_member | vmap "
+                   "(all members in one vmapped pass; probabilities within 1e-5 of per_member)")
     p.add_argument("--executor", default="ray", help=f"what schedules the trials: {' | '.join(EXECUTORS)} "
                    "(default ray: Ray Tune, this machine or a cluster; local: in this process, one trial or "
                    "pack after another, without Ray; the same records, checkpoints and --resume)")

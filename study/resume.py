@@ -22,7 +22,7 @@ from trainables.config import TrialConfig
 # trainables.config.RUN_FIELDS does for one trial) and must be what the study recorded.
 RUN_FLAGS = ("resume", "cpus_per_trial", "gpus_per_trial", "address", "out", "device", "max_failures",
              "progress_every", "pack", "pack_size", "tracking_uri", "experiment", "storage", "name", "executor",
-             "estimate_only", "step_impl", "verbose")
+             "estimate_only", "step_impl", "pack_data", "pack_eval", "verbose", "node_wait")
 
 
 def check_records(run: StudyRun, recorded: tuple | None) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from analysis.schema import one_line, sqlite_path
 from study.plan import SMOKE_NOTE, Plan, make_packs, make_plan, process_started, wrap_line
 from study.resume import check_records, data_checksums, resume_schedule_params, study_settings
-from study.spec import SpecError, StudyError, StudyRun, StudySpec, TrackingLost, Trial
+from study.spec import SpecError, StudyError, StudyRun, StudySpec, TrackingLost, Trial, Unschedulable
 from study.storage import (
     check_no_checkpoints,
     check_storage,
@@ -91,7 +91,7 @@ def check(spec: StudySpec, kind: str, trials: list[Trial], search) -> StudyRun:
     from study import tracking
     tracking.set_http_env()  # before the store is opened (open_records)
     run_fields = {"device": spec.run_device, "threads": spec.threads, "precision": spec.precision,
-                  "step_impl": spec.step_impl}
+                  "step_impl": spec.step_impl, "pack_data": spec.pack_data, "pack_eval": spec.pack_eval}
     trials = [Trial(t.key, t.config.replace(**run_fields), t.tags, t.title) for t in trials]
     if search is not None:
         search = dataclasses.replace(search, base=search.base.replace(**run_fields))
@@ -365,6 +365,10 @@ def drive(run: StudyRun, runs: list[dict], spec_of, recording, progress) -> None
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except Unschedulable:
+        with shielded("recording the failed start in MLflow"):
+            run.rec.close_parent("FAILED")
+        raise
     except Exception:
         if recording.lost is None:
             raise
@@ -574,6 +578,9 @@ def main_wrapper(fn) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn()
+    except Unschedulable as e:  # found once Ray joined the cluster: the parent run is FAILED, not refused
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (StudyError, SpecError, ConfigError, data_mod.DataError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from analysis.schema import sqlite_path
-from trainables.config import STEP_IMPLS, TrialConfig
+from trainables.config import PACK_DATA, PACK_EVAL, STEP_IMPLS, TrialConfig
 
 EXECUTORS = ("ray", "local")
 PACK_MODES = ("auto", "on", "off")
@@ -41,6 +41,11 @@ class SpecError(ValueError):
 
 class StudyError(RuntimeError):
     """Refused before any trial starts; the message is the one line the user sees."""
+
+
+class Unschedulable(StudyError):
+    """No node of the cluster can hold a trial (its CPUs/GPUs per trial), and none joined in time: the
+    study is stopped before any trial starts (its parent run FAILED, exit code 1)."""
 
 
 class TrackingError(RuntimeError):
@@ -208,7 +213,10 @@ class StudySpec:
     pack_size: int = 16
     precision: str = "fp32"  # --precision resolved for the device
     step_impl: str = "auto"  # --step-impl (a run field: the captured step replays the eager kernels)
+    pack_data: str = "per_member"  # --pack-data (a run field: the batched data path is bit-identical on a CPU)
+    pack_eval: str = "per_member"  # --pack-eval (a run field: the vmapped evaluation agrees within 1e-5)
     address: str | None = None
+    node_wait_s: float = 600.0  # --node-wait: how long a cluster may take to hold a trial (study.tuning)
     max_failures: int = 3
     progress_every: float = 10.0
     estimate_only: bool = False
@@ -267,7 +275,10 @@ class StudySpec:
                    experiment=args.experiment, storage=args.storage, out=args.out, resume=bool(args.resume),
                    executor=executor, device=device, cpus_per_trial=cpus, gpus_per_trial=gpus, pack=args.pack,
                    packing=packing, pack_size=args.pack_size, precision=precision,
-                   step_impl=getattr(args, "step_impl", "auto"), address=address,
+                   step_impl=getattr(args, "step_impl", "auto"),
+                   pack_data=getattr(args, "pack_data", "per_member"),
+                   pack_eval=getattr(args, "pack_eval", "per_member"), address=address,
+                   node_wait_s=getattr(args, "node_wait", 600.0),
                    max_failures=args.max_failures, progress_every=args.progress_every,
                    estimate_only=bool(getattr(args, "estimate_only", False)),
                    verbose=bool(getattr(args, "verbose", False)), flags=flags, command=command)
@@ -313,11 +324,17 @@ def _check_numbers(args) -> None:
             ("--pack", args.pack, args.pack in PACK_MODES, ", ".join(PACK_MODES)),
             ("--pack-size", args.pack_size, args.pack_size >= 1, "an integer >= 1"),
             ("--max-failures", args.max_failures, args.max_failures >= 0, "an integer >= 0"),
+            ("--node-wait", getattr(args, "node_wait", 600.0), 0 <= getattr(args, "node_wait", 600.0) <= 86400,
+             "seconds 0..86400"),
             ("--progress-every", args.progress_every, args.progress_every > 0, "a number of seconds > 0"),
             ("--precision", getattr(args, "precision", "auto"), getattr(args, "precision", "auto")
              in PRECISION_CHOICES, ", ".join(PRECISION_CHOICES)),
             ("--step-impl", getattr(args, "step_impl", "auto"), getattr(args, "step_impl", "auto")
-             in STEP_IMPLS, ", ".join(STEP_IMPLS))):
+             in STEP_IMPLS, ", ".join(STEP_IMPLS)),
+            ("--pack-data", getattr(args, "pack_data", "per_member"), getattr(args, "pack_data", "per_member")
+             in PACK_DATA, ", ".join(PACK_DATA)),
+            ("--pack-eval", getattr(args, "pack_eval", "per_member"), getattr(args, "pack_eval", "per_member")
+             in PACK_EVAL, ", ".join(PACK_EVAL))):
         if not ok:
             raise SpecError(f"{flag} {v} is not allowed; allowed: {allowed}")
 

@@ -138,6 +138,8 @@ def execute(study, runs: list[dict], search, spec_of, recording: Recording, prog
     callbacks = [MlflowCallback(recording), ProgressPrinter(progress)]
     stop = StopWhenLost(recording)
     resources = {"cpu": study.cpus_per_trial, "gpu": study.gpus_per_trial}
+    if study.address:  # this machine's resources were checked before any work (study.spec); a cluster's now
+        wait_for_a_node(resources, study.address, progress.say, study.node_wait_s)
     old_sigint = os.environ.get(SIGINT_HANDLER_ENV)
     os.environ[SIGINT_HANDLER_ENV] = "1"
     try:
@@ -153,6 +155,40 @@ def execute(study, runs: list[dict], search, spec_of, recording: Recording, prog
     finally:
         _restore_env(SIGINT_HANDLER_ENV, old_sigint)
         ray.shutdown()
+
+
+NODE_POLL_S = 5.0  # how often the cluster's nodes are read while no node can hold a trial
+
+
+def node_resources() -> list[dict]:
+    """The CPUs and GPUs of each live node of the cluster Ray joined."""
+    return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def wait_for_a_node(need: dict, address: str, say, wait_s: float, nodes=node_resources,
+                    poll_s: float = NODE_POLL_S) -> None:
+    """Return once a live node can hold one trial (`need`: cpu, gpu per trial). Ray Tune would wait
+    for such a node forever; an autoscaling cluster (ray up cluster.yaml) may still add one, so it is
+    waited for up to `wait_s` seconds (--node-wait), then the study stops (Unschedulable)."""
+    from study.spec import Unschedulable
+
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        seen = nodes()
+        if any(n["CPU"] >= need["cpu"] and n["GPU"] >= need["gpu"] for n in seen):
+            return
+        shown = ", ".join(f"{n['CPU']:g} CPU + {n['GPU']:g} GPU" for n in seen) or "none alive"
+        if time.monotonic() >= deadline:
+            raise Unschedulable(
+                f"no node of the cluster at {address} can hold a trial ({need['cpu']:g} CPU + {need['gpu']:g} "
+                f"GPU per trial; its nodes: {shown}), and none joined within --node-wait {wait_s:g} s; allowed: "
+                "--cpus-per-trial/--gpus-per-trial within one node's, or a cluster with such a node")
+        if not said:
+            say(f"  no node of the cluster holds a trial yet ({need['cpu']:g} CPU + {need['gpu']:g} GPU per trial; "
+                f"nodes: {shown}); waiting up to {wait_s:g} s for one to join (--node-wait)", flush=True)
+            said = True
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
 
 def _restore_env(name: str, old: str | None) -> None:

@@ -190,3 +190,23 @@ def test_killed_driver_then_resume_keeps_finished_and_continues_the_rest(cluster
                      "trial_processes_alive_at_kill": alive_at_kill, "trial_processes_gone_after_s": gone_after,
                      "wall_s": round(time.time() - t0, 1),
                      "runs": {k: {kk: v[kk] for kk in ("loss_steps", "start_epochs")} for k, v in facts.items()}})
+
+
+def test_a_trial_no_node_can_hold_is_reported_and_the_study_stopped(cluster):
+    """Issue 21: the worker nodes have 1 CPU each; a trial asking for 2 is never scheduled by Ray Tune
+    (it waits forever). The study waits --node-wait seconds for such a node, then stops: one line,
+    exit code 1, the parent run FAILED and no trial run."""
+    c, name = cluster, "unschedulable"
+    t0 = time.time()
+    res = subprocess.run(c.prefix("head") + study_cmd(c, name, "--cpus-per-trial", "2", "--node-wait", "3"),
+                         cwd=c.root, env=c.env, capture_output=True, text=True, timeout=300)
+    took = time.time() - t0
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    err = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith(f"error: no node of the cluster at {c.address} can hold a trial "
+                                               "(2 CPU + 0 GPU per trial; its nodes: "), err
+    assert "none joined within --node-wait 3 s" in err[0]
+    assert "waiting up to 3 s for one to join (--node-wait)" in res.stdout
+    _, parents, children = cluster_runs(c, name)
+    assert [p.info.status for p in parents] == ["FAILED"] and children == []
+    record(c, name, {"wall_s": round(took, 1), "line": err[0]})
