@@ -17,8 +17,15 @@ In order, each step logged as it ends and all of it in <back>/campaign.json (rew
    stopped (SIGTERM: its runs are marked KILLED) before the budget ends;
 4. `study.records export` of the study and its tables packed as <back>/records.tar.gz, beside
    campaign.json and campaign.log: three files, within the device tool's 8 files / 64 MiB.
---out holds the work (store, checkpoints, tables); --back (default <out>/back; $OUT on the device)
-only what comes back. `--smoke` runs every step on a CPU at toy sizes (tests/fixtures/cifar10-mini,
+--out holds the work (store, checkpoints, tables, and state.json: the plan and the study's command);
+--back (default <out>/back; $OUT on the device) only what comes back.
+
+A short device window is spent on the study, not on measuring again:
+- `--checks-from FILE` takes steps 1 and 2 from an earlier campaign.json of the same GPU model and
+  torch version (anything else: they are measured, and the log says why);
+- `--rung NAME` runs that rung even where the plan says it does not fit: the study is stopped at the
+  cap, its partial records come back, and a next call with `--resume` (the same --out, on the same
+  machine while it is still held) finishes it from its checkpoints and brings the whole back. `--smoke` runs every step on a CPU at toy sizes (tests/fixtures/cifar10-mini,
 strategies 1 and 9, 2 seeds, the `smoke` rung): the rehearsal that CI runs.
 """
 from __future__ import annotations
@@ -51,6 +58,8 @@ TOL_BF16 = 2e-2  # bf16 vs fp32 epoch-1 loss: a wrong cast or an overflow is far
 STARTUP_S = 60.0  # the study process before its first epoch: imports, store migrations, preflight probe
 RESERVE_S = 30.0  # export and packing after the study
 STOP_GRACE_S = 45.0  # SIGTERM -> exit: the runs are marked KILLED before the process ends
+LEVER_MIN_SPEEDUP = 1.1  # a pack lever is used by the study only if it is at least this much faster
+LEVER_TOL = {"data_targets_max_abs": 1e-6, "eval_prob_max_abs": 1e-4, "eval_acc_max_abs": 1e-3}  # and agrees
 C10C_SETS = 91  # 18 regenerated corruptions x 5 severities + clean (trainables.robustness)
 
 
@@ -180,6 +189,45 @@ def measure_speed(data: str, device: str, sz: Sizes, paths: dict, log: Log) -> d
     return res
 
 
+def choose_levers(levers: list[dict], pack_size: int) -> dict:
+    """The study's --pack-data and --pack-eval from the speed step's lever rows (the row of the study's
+    pack size, else the largest pack timed): the new path only where it is LEVER_MIN_SPEEDUP faster and
+    agrees with the old one (the batched epoch's images equal, its targets and the vmapped evaluation
+    within LEVER_TOL); otherwise the old path. `why` says which figure decided."""
+    out = {"pack_data": "per_member", "pack_eval": "per_member", "why": "no lever measured"}
+    if not levers:
+        return out
+    row = next((r for r in levers if r["members"] == pack_size), max(levers, key=lambda r: r["members"]))
+    a, why = row["agreement"], []
+    if (row["data_speedup"] >= LEVER_MIN_SPEEDUP and a["data_images_equal"]
+            and a["data_targets_max_abs"] <= LEVER_TOL["data_targets_max_abs"]):
+        out["pack_data"] = "batched"
+    why.append(f"data path {row['data_speedup']:.2f}x, images equal {a['data_images_equal']}")
+    if (row["eval_speedup"] >= LEVER_MIN_SPEEDUP and a["eval_prob_max_abs"] <= LEVER_TOL["eval_prob_max_abs"]
+            and a["eval_acc_max_abs"] <= LEVER_TOL["eval_acc_max_abs"]):
+        out["pack_eval"] = "vmap"
+    why.append(f"evaluation {row['eval_speedup']:.2f}x, probabilities max |diff| {a['eval_prob_max_abs']:.1e}")
+    out["why"] = f"pack of {row['members']}: " + "; ".join(why)
+    return out
+
+
+def checks_from(path: str, setup: dict) -> tuple[dict | None, str]:
+    """Steps 1 and 2 (`correctness`, `speed`) of an earlier campaign.json, if it ran on the same GPU
+    model and torch version as `setup`; else (None, why they are measured again)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        return None, f"--checks-from {path}: not readable ({type(e).__name__}); measuring"
+    then = doc.get("setup", {})
+    if not doc.get("correctness") or not doc.get("speed", {}).get("rows"):
+        return None, f"--checks-from {path}: it holds no correctness and speed figures; measuring"
+    for key in ("device_name", "torch"):
+        if then.get(key) != setup[key]:
+            return None, (f"--checks-from {path}: {key} {then.get(key)!r} there, {setup[key]!r} here; measuring")
+    return {"correctness": doc["correctness"], "speed": doc["speed"]}, \
+        f"steps 1-2 from {path} ({then['device_name']}, torch {then['torch']}): not measured again"
+
+
 def warm_cifar10c(data: str, subset: int) -> float:
     """Regenerate the study's CIFAR-10-C subset into the data cache (the study then loads it); seconds."""
     from trainables import robustness
@@ -230,10 +278,17 @@ def choose_rung(rungs: dict, images_per_s: float, members: int, fixed_s: float, 
     return (fits[-1] if fits else None), est
 
 
+def pick_pack(one: dict, all_: dict) -> dict:
+    """The speed row of the pack the study trains in: every member trains the same images either way
+    (packs of one seed's strategies one after another, or every seed in one pack), so the pack with
+    the higher images/s in all finishes first (the first H200 campaign: 27 at 119,917 beats 9 at
+    107,909, though each of its members trains at 4,441 against 11,990 images/s)."""
+    return all_ if all_["images_per_s"] >= one["images_per_s"] else one
+
+
 def plan_study(data: str, sz: Sizes, speed: dict, left_s: float) -> dict:
-    """The pack size (27 when its per-member rate is at least the pack of 9's) and the rung."""
-    one, all_ = speed["rows"][1], speed["rows"][2]
-    row = all_ if all_["images_per_s_per_member"] >= one["images_per_s_per_member"] else one
+    """The pack size (pick_pack) and the rung."""
+    row = pick_pack(speed["rows"][1], speed["rows"][2])
     members = len(sz.strategies) * sz.seeds
     n_train = data_mod.load_split(data, "train").labels.shape[0]
     n_test = data_mod.load_split(data, "test").labels.shape[0]
@@ -251,15 +306,19 @@ def plan_study(data: str, sz: Sizes, speed: dict, left_s: float) -> dict:
             "packs": packs, "images_per_s": row["images_per_s"]}
 
 
-def run_study(data: str, device: str, sz: Sizes, paths: dict, plan: dict, work: Path, name: str, cap_s: float,
-              log: Log) -> dict:
-    """study.table2 in a subprocess, its output into the log; SIGTERM at `cap_s` seconds."""
-    cmd = [sys.executable, "-m", "study.table2", "--executor", "local", "--device", device, "--preset", plan["rung"],
-           "--seeds", str(sz.seeds), "--strategies", ",".join(map(str, sz.strategies)), "--data", data,
-           "--name", name, "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--storage", str(work / "checkpoints"),
-           "--out", str(work / "tables"), "--cifar10c", "regenerate", "--cifar10c-subset", str(sz.c10c_subset),
-           "--pack", "on", "--pack-size", str(plan["pack_size"]), "--precision", paths["precision"],
-           "--step-impl", paths["step_impl"], "--progress-every", "30"]
+def study_command(data: str, device: str, sz: Sizes, paths: dict, plan: dict, work: Path, name: str) -> list[str]:
+    """study.table2 for the plan: its rung, pack size and levers, into the work folder's store."""
+    return [sys.executable, "-m", "study.table2", "--executor", "local", "--device", device, "--preset", plan["rung"],
+            "--seeds", str(sz.seeds), "--strategies", ",".join(map(str, sz.strategies)), "--data", data,
+            "--name", name, "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--storage", str(work / "checkpoints"),
+            "--out", str(work / "tables"), "--cifar10c", "regenerate", "--cifar10c-subset", str(sz.c10c_subset),
+            "--pack", "on", "--pack-size", str(plan["pack_size"]), "--precision", paths["precision"],
+            "--step-impl", paths["step_impl"], "--pack-data", plan["levers"]["pack_data"],
+            "--pack-eval", plan["levers"]["pack_eval"], "--progress-every", "30"]
+
+
+def run_command(cmd: list[str], plan: dict, name: str, cap_s: float, log: Log) -> dict:
+    """The study's command in a subprocess, its output into the log; SIGTERM at `cap_s` seconds."""
     log("study: " + " ".join(cmd[1:]))
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -310,29 +369,68 @@ def campaign(args, log: Log, save) -> int:
         return 2
     data = str(data_mod.resolve_source(args.data))
     work = Path(args.out).resolve() / "work"
+    setup = {"device": device, "device_name": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+             "torch": torch.__version__, "data": data, "data_checksum": data_mod.load_split(data, "train").checksum,
+             "budget_s": args.budget_s, "sizes": asdict(sz)}
+    save("setup", setup)
+    if args.resume:
+        return resume(work, Path(args.back), args.budget_s, log, save)
     work.mkdir(parents=True, exist_ok=True)
-    save("setup", {"device": device, "device_name": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-                   "torch": torch.__version__, "data": data, "budget_s": args.budget_s, "sizes": asdict(sz)})
+    prior = None
+    if args.checks_from:
+        prior, why = checks_from(args.checks_from, setup)
+        log(why)
     c10c = start_cifar10c(data, sz)
     try:
-        paths = check_paths(data, device, sz, log)
+        paths = prior["correctness"] if prior else check_paths(data, device, sz, log)
     finally:
         save("cifar10c", finish_cifar10c(c10c, sz, log))
     save("correctness", paths)
-    speed = measure_speed(data, device, sz, paths, log)
+    speed = {**prior["speed"], "from": args.checks_from} if prior else measure_speed(data, device, sz, paths, log)
     save("speed", speed)
     plan = plan_study(data, sz, speed, args.budget_s - log.elapsed() - RESERVE_S)
-    save("plan", plan)
+    plan["levers"] = choose_levers(speed.get("levers", []), plan["pack_size"])
+    log(f"plan: --pack-data {plan['levers']['pack_data']} --pack-eval {plan['levers']['pack_eval']} "
+        f"({plan['levers']['why']})")
     shown = ", ".join(f"{k} {v:.0f} s" for k, v in plan["estimates_s"].items())
+    if args.rung:
+        plan["chosen_by"] = "--rung"
+        if plan["rung"] != args.rung:
+            log(f"plan: --rung {args.rung} (the plan chose {plan['rung']}); estimated "
+                f"{plan['estimates_s'][args.rung]:.0f} s against {plan['left_s']:.0f} s left: it is stopped at "
+                "the cap if it runs longer, and a next call with --resume finishes it")
+        plan["rung"] = args.rung
+    save("plan", plan)
     if plan["rung"] is None:
         log(f"plan: no rung fits {plan['left_s']:.0f} s with a {MARGIN:.0%} margin ({shown}); no study run")
         return 1
     log(f"plan: rung {plan['rung']} in packs of {plan['pack_size']} ({shown}; {plan['left_s']:.0f} s left)")
     name = args.name or f"campaign-{plan['rung']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    study = run_study(data, device, sz, paths, plan, work, name,
-                      args.budget_s - log.elapsed() - RESERVE_S - STOP_GRACE_S, log)
+    cmd = study_command(data, device, sz, paths, plan, work, name)
+    (work / "state.json").write_text(json.dumps({"name": name, "plan": plan, "command": cmd[1:]}, indent=1))
+    study = run_command(cmd, plan, name, args.budget_s - log.elapsed() - RESERVE_S - STOP_GRACE_S, log)
     save("study", study)
     save("export", bring_back(work, Path(args.back), name, log))
+    if study["stopped_at_cap"]:
+        log(f"study: stopped at the cap; its partial records came back. To finish it: the same command with "
+            f"--resume (the same --out, on this machine while it is held)")
+    return 0 if study["rc"] == 0 else 1
+
+
+def resume(work: Path, back: Path, budget_s: float, log: Log, save) -> int:
+    """--resume: the study an earlier call of this --out started (work/state.json), with study.table2's
+    own --resume (it refuses any change of what defines the study, and trains only what is left)."""
+    state_path = work / "state.json"
+    if not state_path.is_file():
+        log(f"error: --resume: {state_path} does not exist (no earlier call started a study in this --out)")
+        return 2
+    state = json.loads(state_path.read_text())
+    save("plan", state["plan"])
+    log(f"resume: study {state['name']}, rung {state['plan']['rung']}")
+    cmd = [sys.executable, *state["command"], "--resume"]
+    study = run_command(cmd, state["plan"], state["name"], budget_s - log.elapsed() - RESERVE_S - STOP_GRACE_S, log)
+    save("study", study)
+    save("export", bring_back(work, back, state["name"], log))
     return 0 if study["rc"] == 0 else 1
 
 
@@ -345,9 +443,23 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=540.0, help="seconds the whole campaign may take (default 540)")
     p.add_argument("--name", default=None, help="study name (default campaign-<rung>-<date>)")
     p.add_argument("--smoke", action="store_true", help="the CPU rehearsal: toy sizes, the smoke rung")
+    p.add_argument("--checks-from", default=None, help="an earlier campaign.json: its correctness and speed "
+                   "figures are used (not measured again) if it ran on the same GPU model and torch version")
+    p.add_argument("--rung", default=None, help="run this rung of the ladder even if the plan says it does not "
+                   "fit (stopped at the cap; a next call with --resume finishes it)")
+    p.add_argument("--resume", action="store_true", help="finish the study an earlier call started in this --out "
+                   "(its state.json), then bring the whole back")
     args = p.parse_args(argv)
     if args.budget_s <= 0:
         p.error(f"--budget-s {args.budget_s} is not allowed; allowed: seconds > 0")
+    ladder = (SMOKE if args.smoke else FULL).ladder
+    if args.rung is not None and args.rung not in ladder:
+        p.error(f"--rung {args.rung} is not allowed; allowed: {', '.join(ladder)}")
+    if args.resume and (args.rung or args.checks_from or args.name):
+        p.error("--resume takes the study, its rung and its checks from the earlier call; allowed with it: "
+                "--data, --out, --back, --budget-s, --smoke")
+    if args.checks_from and not Path(args.checks_from).is_file():
+        p.error(f"--checks-from {args.checks_from}: no such file; allowed: an earlier campaign.json")
     args.back = args.back or str(Path(args.out) / "back")
     back = Path(args.back)
     back.mkdir(parents=True, exist_ok=True)

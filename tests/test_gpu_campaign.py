@@ -134,3 +134,103 @@ def test_smoke_campaign_brings_back_records_that_rebuild_table2(tmp_path, new_st
     cells = res["cells"]
     assert set(cells["strategy"]) >= {1, 9} and (tmp_path / "tables" / "table2.csv").is_file()
     assert (tmp_path / "unpacked/rehearsal/tables/table2.csv").is_file()
+
+
+def lever(members=9, data_speedup=2.0, eval_speedup=2.0, equal=True, targets=0.0, probs=0.0, acc=0.0):
+    return {"members": members, "data_speedup": data_speedup, "eval_speedup": eval_speedup,
+            "agreement": {"data_images_equal": equal, "data_targets_max_abs": targets, "eval_prob_max_abs": probs,
+                          "eval_acc_max_abs": acc}}
+
+
+def test_the_study_takes_a_pack_lever_only_where_it_is_faster_and_agrees():
+    from study.gpu_campaign import choose_levers
+    assert choose_levers([], 9) == {"pack_data": "per_member", "pack_eval": "per_member", "why": "no lever measured"}
+    got = choose_levers([lever()], 9)
+    assert (got["pack_data"], got["pack_eval"]) == ("batched", "vmap") and got["why"].startswith("pack of 9: ")
+    assert choose_levers([lever(data_speedup=1.05, eval_speedup=0.26)], 9)["pack_data"] == "per_member"
+    assert choose_levers([lever(data_speedup=1.05, eval_speedup=0.26)], 9)["pack_eval"] == "per_member"
+    assert choose_levers([lever(equal=False)], 9)["pack_data"] == "per_member"  # faster but not the same images
+    assert choose_levers([lever(probs=1e-3)], 9)["pack_eval"] == "per_member"  # faster but further off than 1e-4
+    # the row of the study's pack size decides; without one, the largest pack timed
+    rows = [lever(9, data_speedup=3.0), lever(27, data_speedup=0.5)]
+    assert choose_levers(rows, 27)["pack_data"] == "per_member" and choose_levers(rows, 9)["pack_data"] == "batched"
+    assert choose_levers(rows, 18)["pack_data"] == "per_member"
+
+
+def test_checks_are_taken_from_an_earlier_campaign_only_of_the_same_gpu_and_torch(tmp_path):
+    from study.gpu_campaign import checks_from
+    setup = {"device_name": "NVIDIA H200", "torch": "2.11.0+cu130"}
+    doc = {"setup": dict(setup), "correctness": {"precision": "bf16", "step_impl": "cuda_graph"},
+           "speed": {"rows": [{"members": 9}]}}
+    f = tmp_path / "campaign.json"
+    f.write_text(json.dumps(doc))
+    got, why = checks_from(str(f), setup)
+    assert got == {"correctness": doc["correctness"], "speed": doc["speed"]} and "not measured again" in why
+    got, why = checks_from(str(f), {**setup, "device_name": "NVIDIA H100 80GB HBM3"})
+    assert got is None and "device_name 'NVIDIA H200' there, 'NVIDIA H100 80GB HBM3' here; measuring" in why
+    got, why = checks_from(str(f), {**setup, "torch": "2.14.1"})
+    assert got is None and "torch" in why
+    f.write_text(json.dumps({"setup": setup, "rc": 1}))
+    assert checks_from(str(f), setup)[0] is None
+    f.write_text("{")
+    assert "not readable" in checks_from(str(f), setup)[1]
+    # the record of the first H200 campaign is usable by a session on the same image
+    real = REPO / "docs" / "results" / "records" / "campaign-2026-12-04" / "campaign.json"
+    assert checks_from(str(real), setup)[0]["correctness"]["step_impl"] == "cuda_graph"
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["--rung", "full1000"], "--rung full1000 is not allowed; allowed: full32, full64"),
+    (["--resume", "--rung", "full32"], "--resume takes the study"),
+    (["--checks-from", "/nonexistent/campaign.json"], "--checks-from /nonexistent/campaign.json: no such file"),
+])
+def test_campaign_refuses_bad_flags_before_any_work(tmp_path, argv, said):
+    proc = subprocess.run([sys.executable, "-m", "study.gpu_campaign", "--data", str(CIFAR_MINI), "--out",
+                           str(tmp_path / "out"), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_campaign_with_checks_on_record_runs_the_study_and_a_second_call_resumes_it(tmp_path):
+    """--checks-from skips steps 1-2 (a record of this CPU and torch), --rung forces the rung, and a
+    second call with --resume on the same --out runs study.table2 --resume and brings the records back."""
+    import torch
+    env = {**os.environ, "PYTHONPATH": str(REPO), "IQA_LS_CACHE": str(tmp_path / "cache")}
+    for var in ("IQA_LS_FAULT", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        env.pop(var, None)
+    row = {"members": 2, "precision": "fp32", "step_impl": "eager", "images_per_s": 400.0,
+           "images_per_s_per_member": 200.0, "data_share": 0.1, "one_off_s": 1.0}
+    record = {"setup": {"device_name": "cpu", "torch": torch.__version__},
+              "correctness": {"precision": "fp32", "step_impl": "eager"},
+              "speed": {"rows": [row, row, {**row, "members": 4, "images_per_s_per_member": 100.0}],
+                        "levers": [lever(2, data_speedup=2.0, eval_speedup=0.5)]}}
+    (tmp_path / "record.json").write_text(json.dumps(record))
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "study.gpu_campaign", "--data", str(CIFAR_MINI), "--out", str(out),
+            "--budget-s", "900", "--smoke"]
+    first = subprocess.run([*base, "--back", str(tmp_path / "back1"), "--checks-from", str(tmp_path / "record.json"),
+                            "--rung", "smoke", "--name", "two-calls"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    doc = json.loads((tmp_path / "back1" / "campaign.json").read_text())
+    assert doc["speed"]["from"] == str(tmp_path / "record.json") and doc["setup"]["data_checksum"].startswith("sha256:")
+    assert doc["plan"]["levers"]["pack_data"] == "batched" and doc["plan"]["levers"]["pack_eval"] == "per_member"
+    assert "--pack-data batched --pack-eval per_member" in " ".join(doc["study"]["command"])
+    assert "not measured again" in first.stdout and "speed: pack of" not in first.stdout
+    second = subprocess.run([*base, "--back", str(tmp_path / "back2"), "--resume"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    doc2 = json.loads((tmp_path / "back2" / "campaign.json").read_text())
+    assert doc2["study"]["command"] == [*doc["study"]["command"], "--resume"] and doc2["study"]["rc"] == 0
+    assert sorted(p.name for p in (tmp_path / "back2").iterdir()) == ["campaign.json", "campaign.log",
+                                                                       "records.tar.gz"]
+    assert "resume: study two-calls, rung smoke" in second.stdout
+
+
+def test_the_study_trains_in_the_pack_with_the_higher_rate_in_all():
+    from study.gpu_campaign import pick_pack
+    real = json.loads((REPO / "docs/results/records/campaign-2026-12-04/campaign.json").read_text())["speed"]["rows"]
+    assert pick_pack(real[1], real[2])["members"] == 27  # 119,917 images/s in all against 107,909
+    assert pick_pack({"members": 9, "images_per_s": 2.0}, {"members": 27, "images_per_s": 1.0})["members"] == 9
