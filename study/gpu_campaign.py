@@ -345,7 +345,10 @@ def run_command(cmd: list[str], plan: dict, name: str, cap_s: float, log: Log) -
 
 def bring_back(work: Path, back: Path, name: str, log: Log) -> dict:
     """`study.records export` of the study, with its tables, as <back>/records.tar.gz."""
+    import shutil
+
     from study.records import main as records_main
+    shutil.rmtree(work / "export", ignore_errors=True)  # an earlier call's copy (--resume): the store is the record
     rc = records_main(["export", "--study", name, "--out", str(work / "export"),
                        "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}"])
     if rc != 0:

@@ -2,10 +2,18 @@
 trial and of two packs on the fixture, recorded from the code before the loop was made one
 (main at 24c3cf0; torch 2.14.1, float32, CPU, one thread). A refactor of the step, the epoch or the
 trainers must keep them bit for bit (`==`); a change that moves them on purpose re-records them and
-says why."""
+says why.
+
+Bit for bit holds on the kind of CPU they were recorded on (the 2-core AMD EPYC VM of earlier
+sessions, where CI also reproduced them exactly; AVX2 is assumed to be torch's kernel level there,
+and an AMD CPU at another level is held to the tolerance below). Another CPU's float32 kernels round differently (an Intel Xeon with
+AVX-512: a loss differs in its 7th digit, 2.349782943725586 against the pinned 2.349782705307007), so
+there every figure must agree within a relative 1e-5: a refactor that changes the arithmetic moves
+them by far more (a flipped image moves an accuracy by 0.05 at these sizes)."""
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainables.config import TrialConfig
 from trainables.packed import run_packed
@@ -43,6 +51,29 @@ PACK_DATASET_NORM = [
       'nll_mean_all': 2.2963897490501406}]]
 
 
+PINNED_ON = ("AuthenticAMD", "AVX2")  # the CPU vendor and torch's CPU kernel level of the recording
+
+
+def cpu_kind() -> tuple[str, str]:
+    vendor = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("vendor_id")), "") if Path("/proc/cpuinfo").exists() else ""
+    return vendor, torch.backends.cpu.get_cpu_capability()
+
+
+def assert_pinned(got: list, pins: list) -> None:
+    """`got == pins` on the CPU kind of the recording; elsewhere the same structure, every number
+    within a relative 1e-5 (see the module docstring)."""
+    if cpu_kind() == PINNED_ON:
+        assert got == pins
+        return
+    flat = lambda x: (x if isinstance(x, list) else [x])  # noqa: E731
+    got_rows = [r for g in got for r in flat(g)]
+    pin_rows = [r for p in pins for r in flat(p)]
+    assert [sorted(r) for r in got_rows] == [sorted(r) for r in pin_rows]
+    for g, p in zip(got_rows, pin_rows):
+        assert g == pytest.approx(p, rel=1e-5, abs=1e-7), (g, p)
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("IQA_LS_CACHE", str(tmp_path / "cache"))
@@ -63,14 +94,14 @@ def pick(r: dict) -> dict:
 def test_lone_trial_is_pinned(tmp_path):
     reports = []
     run_trial(tiny(seed=3), reports.append, checkpoint_dir=tmp_path / "lone")  # checkpoints written too
-    assert [pick(r) for r in reports] == LONE
+    assert_pinned([pick(r) for r in reports], LONE)
 
 
 def test_pack_is_pinned(tmp_path):
     reports = {0: [], 1: []}
     run_packed([tiny(seed=0, regularization="onehot"), tiny(seed=1, subset_seed=1)],
                lambda k, m: reports[k].append(m), checkpoint_dirs=[tmp_path / "p0", tmp_path / "p1"])
-    assert [[pick(r) for r in reports[k]] for k in (0, 1)] == PACK
+    assert_pinned([[pick(r) for r in reports[k]] for k in (0, 1)], PACK)
 
 
 def test_pack_with_per_member_normalisation_is_pinned():
@@ -78,4 +109,4 @@ def test_pack_with_per_member_normalisation_is_pinned():
     run_packed([tiny(seed=4, input_norm="dataset", channels_last=False, train_set="mix_noise"),
                 tiny(seed=5, subset_seed=2, input_norm="dataset", channels_last=False, regularization="uniform")],
                lambda k, m: reports[k].append(m))
-    assert [[pick(r) for r in reports[k]] for k in (0, 1)] == PACK_DATASET_NORM
+    assert_pinned([[pick(r) for r in reports[k]] for k in (0, 1)], PACK_DATASET_NORM)

@@ -208,13 +208,13 @@ def test_batched_pack_trains_bit_for_bit_as_the_per_member_pack(tmp_path):
 
 
 def test_batched_pack_reproduces_the_loop_pins():
-    from test_loop_pin import PACK, pick
+    from test_loop_pin import PACK, assert_pinned, pick
     from test_loop_pin import tiny as pin_tiny
 
     reports = {0: [], 1: []}
     run_packed([pin_tiny(seed=0, regularization="onehot", pack_data="batched"),
                 pin_tiny(seed=1, subset_seed=1, pack_data="batched")], lambda k, m: reports[k].append(m))
-    assert [[pick(r) for r in reports[k]] for k in (0, 1)] == PACK
+    assert_pinned([[pick(r) for r in reports[k]] for k in (0, 1)], PACK)
 
 
 # vmapped evaluation: the grouped convolution sums in another order than one model's convolution,

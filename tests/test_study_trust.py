@@ -498,7 +498,7 @@ def test_table2_runs_are_named_by_strategy_and_keep_the_key():
     trials = table2.build_trials(args)
     assert [t.key for t in trials][:3] == ["s1-seed0", "s2-seed0", "s3-seed0"]
     assert trials[2].title == "s3 blur+LS #0" == title(3, 0)
-    assert trials[0].title == "s1 Original Pristine seed0"
+    assert trials[0].title == "s1 pristine #0"
 
 
 def test_the_callbacks_pickle_when_print_is_wrapped(monkeypatch):

@@ -108,7 +108,7 @@ def test_runs_say_what_they_are_and_the_parent_describes_the_study(study):
     _, out, _ = study["a"]
     c, exp, parents, children = runs(study["uri"])
     names = {r.data.tags["iqa_ls.trial_key"]: r.info.run_name for r in children}
-    assert names["s3-seed0"] == "s3 IQA-LS MIX_blur seed0" and names["s1-seed0"] == "s1 Original Pristine seed0"
+    assert names["s3-seed0"] == "s3 blur+LS #0" and names["s1-seed0"] == "s1 pristine #0"
     parent = parents[0]
     note = parent.data.tags["mlflow.note.content"]
     assert "python -m study.table2 --preset smoke" in note and "Plan:" in note and "probe:" in note
