@@ -409,6 +409,7 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: list[str] 
     # that sets these variables keeps its own values.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level on import
     for name in ("mlflow", "alembic"):  # store-migration INFO lines would bury the one-line error
         logging.getLogger(name).setLevel(logging.WARNING)
     try:

@@ -569,7 +569,10 @@ def main_wrapper(fn) -> int:
     import logging
 
     from study.spec import TrackingError  # not study.tracking: a refusal never waits for MLflow's import
-    for name in ("mlflow", "alembic"):  # store-creation INFO lines would bury the one-line messages
+    # store-creation INFO lines would bury the one-line messages; MLflow sets its loggers' level from
+    # MLFLOW_LOGGING_LEVEL when it is imported (after this), so both: a user's own value is kept
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
