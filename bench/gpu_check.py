@@ -199,6 +199,95 @@ def lever_line(r: dict) -> str:
             f"{a['eval_prob_max_abs']:.1e}, accuracy {a['eval_acc_max_abs']:.1e})")
 
 
+# the Table 1 convolutions (trainables/model.py): (in channels, out channels, input size), 5x5, pad 2
+CONV_LAYERS = {"conv1": (3, 64, 32), "conv2": (64, 64, 16)}
+
+
+def conv_formulations(device, members: int, batch: int = 100, reps: int = 5, bf16: bool | None = None) -> dict:
+    """Forward + backward of each Table 1 convolution for a pack of `members` at `batch` images each,
+    in three forms (issue 18: the first H200 campaign's pack ran at ~3 % of the bf16 matmul rate and
+    the grouped convolution vmap makes is the suspect): `grouped`, what vmap(functional_call) runs (one
+    convolution over members x channels, groups = members); `loop`, one convolution per member; and
+    `one_wide`, a single convolution of members x batch images with one shared weight (not a pack:
+    the rate a pack would reach if its convolutions ran as fast as one model's). Median seconds of
+    `reps` after a warm-up, FLOP/s of each, and the agreement of grouped with loop (max |diff| of
+    outputs and input gradients). bf16 autocast on CUDA by default, float32 on a CPU."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    device = torch.device(device)
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+    g = torch.Generator(device="cpu").manual_seed(0)
+    out = {"members": members, "batch": batch, "reps": reps, "device": str(device), "bf16": bf16, "layers": {}}
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for name, (c_in, c_out, size) in CONV_LAYERS.items():
+        x = torch.randn(members, batch, c_in, size, size, generator=g).to(device)
+        w = (torch.randn(members, c_out, c_in, 5, 5, generator=g) * 0.05).to(device)
+        gy = torch.randn(members, batch, c_out, size, size, generator=g).to(device)
+
+        def grouped():
+            xi = x.permute(1, 0, 2, 3, 4).reshape(batch, members * c_in, size, size).requires_grad_()
+            wi = w.reshape(members * c_out, c_in, 5, 5).requires_grad_()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                y = F.conv2d(xi, wi, padding=2, groups=members)
+            y = y.float().reshape(batch, members, c_out, size, size).permute(1, 0, 2, 3, 4)
+            y.backward(gy)
+            return y.detach(), xi.grad.reshape(batch, members, c_in, size, size).permute(1, 0, 2, 3, 4)
+
+        def loop():
+            ys, gs = [], []
+            for k in range(members):
+                xk, wk = x[k].clone().requires_grad_(), w[k].clone().requires_grad_()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    yk = F.conv2d(xk, wk, padding=2)
+                yk.float().backward(gy[k])
+                ys.append(yk.detach().float())
+                gs.append(xk.grad)
+            return torch.stack(ys), torch.stack(gs)
+
+        def one_wide():
+            xi = x.reshape(members * batch, c_in, size, size).requires_grad_()
+            wi = w[0].clone().requires_grad_()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                y = F.conv2d(xi, wi, padding=2)
+            y.float().backward(gy.reshape(members * batch, c_out, size, size))
+            return y.detach(), xi.grad
+
+        (y_g, gx_g), (y_l, gx_l) = grouped(), loop()
+        one_wide()  # warm-up
+        agree = {"out_max_abs": float((y_g - y_l).abs().max()), "grad_max_abs": float((gx_g - gx_l).abs().max())}
+        del y_g, gx_g, y_l, gx_l
+        times = {"grouped": [], "loop": [], "one_wide": []}
+        for _ in range(reps):
+            for form, fn in (("grouped", grouped), ("loop", loop), ("one_wide", one_wide)):
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[form].append(time.perf_counter() - t0)
+        flop = 3 * 2 * members * batch * c_out * c_in * 25 * size * size  # forward, and 2x that backward
+        med = {form: statistics.median(v) for form, v in times.items()}
+        out["layers"][name] = {"s": med, "flops": {form: flop / t for form, t in med.items()}, "agreement": agree}
+    return out
+
+
+def conv_line(r: dict) -> str:
+    """One log line of conv_formulations' figures."""
+    parts = []
+    for name, L in r["layers"].items():
+        s = L["s"]
+        parts.append(f"{name} grouped {s['grouped'] * 1e3:.2f} ms, loop {s['loop'] * 1e3:.2f} ms, one wide "
+                     f"{s['one_wide'] * 1e3:.2f} ms ({L['flops']['grouped'] / 1e12:.1f} / {L['flops']['loop'] / 1e12:.1f}"
+                     f" / {L['flops']['one_wide'] / 1e12:.1f} TFLOP/s; grouped vs loop max |diff| "
+                     f"{L['agreement']['out_max_abs']:.1e})")
+    return f"convolutions, pack of {r['members']} x {r['batch']} images, forward + backward: " + "; ".join(parts)
+
+
 def matmul_rate(device, n: int = 8192, reps: int = 10) -> float:
     """Best bf16 FLOP/s of an n x n x n matmul on `device`."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)

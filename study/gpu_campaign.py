@@ -10,7 +10,8 @@ In order, each step logged as it ends and all of it in <back>/campaign.json (rew
    matmul rate; the old path (tf32, eager) beside the chosen one (CIFAR-10-C is regenerated into the
    data cache beside step 1, in a child process, and waited for before this step); then the pack
    levers on both packs, old beside new (bench.gpu_check.lever_times: an epoch's data path per member
-   vs batched, the final evaluation per member vs vmapped);
+   vs batched, the final evaluation per member vs vmapped), and the pack's convolutions as vmap runs
+   them (grouped) beside one per member and one wide convolution (bench.gpu_check.conv_formulations);
 3. the largest rung of the ladder (search_spaces.presets.LADDER) that the measured speed fits into
    the budget left with a 20 % margin (`choose_rung`), run as `study.table2 --executor local` into a
    SQLite store under --out, all 9 strategies x 3 seeds, with --cifar10c regenerate, in a subprocess
@@ -46,7 +47,8 @@ from pathlib import Path
 import torch
 
 from search_spaces.presets import LADDER, resolve
-from bench.gpu_check import MFLOP_PER_IMAGE, grid_cfgs, lever_line, lever_times, matmul_rate, speed_summary, timed_run
+from bench.gpu_check import (MFLOP_PER_IMAGE, conv_formulations, conv_line, grid_cfgs, lever_line, lever_times,
+                             matmul_rate, speed_summary, timed_run)
 from trainables import data as data_mod
 from trainables.config import PAPER_EPOCHS, PAPER_LR_DECAY_EVERY
 from trainables.packed import run_packed
@@ -75,10 +77,11 @@ class Sizes:
     c10c_subset: int  # --cifar10c-subset of the study
     lever_reps: int  # timed repeats of each pack lever, old and new (after one warm-up each)
     lever_seeds: tuple  # the packs (seeds per strategy) whose levers are timed
+    conv_batch: int  # images per member of the convolution formulations' timing (the paper's batch)
 
 
-FULL = Sizes(tuple(range(1, 10)), 3, 10_000, 500, 2, 1000, LADDER, 2000, 3, (1, 3))
-SMOKE = Sizes((1, 9), 2, 100, 50, 1, 50, ("smoke",), 20, 1, (1,))  # the rehearsal: the levers of one pack
+FULL = Sizes(tuple(range(1, 10)), 3, 10_000, 500, 2, 1000, LADDER, 2000, 3, (1, 3), 100)
+SMOKE = Sizes((1, 9), 2, 100, 50, 1, 50, ("smoke",), 20, 1, (1,), 10)  # the rehearsal: the levers of one pack
 
 
 class Log:
@@ -186,7 +189,19 @@ def measure_speed(data: str, device: str, sz: Sizes, paths: dict, log: Log) -> d
         log("speed: " + lever_line(res["levers"][-1]))
         if device == "cuda":
             torch.cuda.empty_cache()
+    res["conv"] = measure_convs(device, sz, paths, log)
     return res
+
+
+def measure_convs(device: str, sz: Sizes, paths: dict, log: Log) -> list[dict]:
+    """The pack's convolution formulations (bench.gpu_check.conv_formulations) for the packs of the
+    levers: seconds on a GPU, so they run even when steps 1-2 come from a record (--checks-from)."""
+    out = []
+    for seeds in sz.lever_seeds:
+        out.append(conv_formulations(device, len(sz.strategies) * seeds, sz.conv_batch, sz.lever_reps,
+                                     bf16=paths["precision"] == "bf16"))
+        log("speed: " + conv_line(out[-1]))
+    return out
 
 
 def choose_levers(levers: list[dict], pack_size: int) -> dict:
@@ -389,7 +404,10 @@ def campaign(args, log: Log, save) -> int:
     finally:
         save("cifar10c", finish_cifar10c(c10c, sz, log))
     save("correctness", paths)
-    speed = {**prior["speed"], "from": args.checks_from} if prior else measure_speed(data, device, sz, paths, log)
+    if prior:
+        speed = {**prior["speed"], "from": args.checks_from, "conv": measure_convs(device, sz, paths, log)}
+    else:
+        speed = measure_speed(data, device, sz, paths, log)
     save("speed", speed)
     plan = plan_study(data, sz, speed, args.budget_s - log.elapsed() - RESERVE_S)
     plan["levers"] = choose_levers(speed.get("levers", []), plan["pack_size"])

@@ -128,3 +128,15 @@ def test_lever_times_measures_both_paths_of_both_levers_and_their_agreement(tmp_
     assert a["eval_prob_max_abs"] < 1e-5 and a["eval_acc_max_abs"] <= 0.05
     assert r["data_speedup"] == r["data_s"]["per_member"] / r["data_s"]["batched"]
     assert lever_line(r).startswith("levers, pack of 2: epoch data path ")
+
+
+def test_conv_formulations_time_three_forms_of_the_same_pack_convolution():
+    """bench.gpu_check.conv_formulations (issue 18): the grouped convolution vmap runs and one
+    convolution per member compute the same outputs and input gradients; all three forms are timed."""
+    from bench.gpu_check import CONV_LAYERS, conv_formulations, conv_line
+    r = conv_formulations("cpu", members=3, batch=4, reps=1)
+    assert set(r["layers"]) == set(CONV_LAYERS) and r["bf16"] is False
+    for layer in r["layers"].values():
+        assert set(layer["s"]) == {"grouped", "loop", "one_wide"} and min(layer["s"].values()) > 0
+        assert layer["agreement"]["out_max_abs"] < 1e-4 and layer["agreement"]["grad_max_abs"] < 1e-4
+    assert conv_line(r).startswith("convolutions, pack of 3 x 4 images, forward + backward: conv1 grouped ")

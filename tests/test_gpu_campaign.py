@@ -80,12 +80,20 @@ def test_speed_measures_the_old_path_once_when_the_study_falls_back_to_it(monkey
                               "eval_acc_max_abs": 0.0}}
     monkeypatch.setattr(gc, "speed_row", row)
     monkeypatch.setattr(gc, "lever_row", lever)
+    convs = []
+
+    def conv(device, members, batch, reps, bf16):
+        convs.append((members, batch, bf16))
+        return {"members": members, "batch": batch, "layers": {}}
+    monkeypatch.setattr(gc, "conv_formulations", conv)
     res = gc.measure_speed("d", "cpu", gc.FULL, {"precision": "tf32", "step_impl": "eager"}, gc.Log(tmp_path / "log"))
     assert calls == [(1, "tf32", "eager"), (3, "tf32", "eager")] and len(res["rows"]) == 3
     assert res["rows"][1] is res["rows"][0]
     # the pack levers, old beside new, on the chosen path for both packs
     assert levers == [(1, "tf32", "eager"), (3, "tf32", "eager")] and len(res["levers"]) == 2
     assert "levers, pack of 27: epoch data path 2.000 s per member -> 1.000 s batched" in (tmp_path / "log").read_text()
+    # the pack's convolution formulations at the paper's batch, in the precision the study uses
+    assert convs == [(9, 100, False), (27, 100, False)] and len(res["conv"]) == 2
 
 
 def test_study_refuses_an_unknown_step_impl(refuse):
@@ -118,6 +126,9 @@ def test_smoke_campaign_brings_back_records_that_rebuild_table2(tmp_path, new_st
         assert min(r["data_s"].values()) > 0 and min(r["eval_s"].values()) > 0
         a = r["agreement"]
         assert a["data_images_equal"] is True and a["data_targets_max_abs"] == 0.0 and a["eval_prob_max_abs"] < 1e-5
+    assert [r["members"] for r in doc["speed"]["conv"]] == [2]
+    for layer in doc["speed"]["conv"][0]["layers"].values():
+        assert min(layer["s"].values()) > 0 and layer["agreement"]["out_max_abs"] < 1e-4
     assert doc["plan"]["rung"] == "smoke" and doc["study"]["rc"] == 0 and not doc["study"]["stopped_at_cap"]
     log = (back / "campaign.log").read_text()
     assert "correctness: eager vs eager" in log and "study: exit code 0" in log and "| Table 2, study rehearsal" in log
@@ -219,6 +230,7 @@ def test_a_campaign_with_checks_on_record_runs_the_study_and_a_second_call_resum
     assert doc["plan"]["levers"]["pack_data"] == "batched" and doc["plan"]["levers"]["pack_eval"] == "per_member"
     assert "--pack-data batched --pack-eval per_member" in " ".join(doc["study"]["command"])
     assert "not measured again" in first.stdout and "speed: pack of" not in first.stdout
+    assert "speed: convolutions, pack of 2 x 10 images" in first.stdout and len(doc["speed"]["conv"]) == 1
     second = subprocess.run([*base, "--back", str(tmp_path / "back2"), "--resume"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
