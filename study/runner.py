@@ -534,8 +534,17 @@ class Terminated(KeyboardInterrupt):
     on SIGTERM too; `main_wrapper` exits 143 (128 + 15) for it, 130 for Ctrl-C."""
 
 
+_SIGTERM_SEEN = threading.Event()  # set by the handler: library code (Ray Tune) may catch our Terminated
+# and raise a plain KeyboardInterrupt in its place, so the exit code is decided by what arrived
+
+
 def _terminate(sig, frame):
+    _SIGTERM_SEEN.set()
     raise Terminated
+
+
+def _was_terminated(e: KeyboardInterrupt) -> bool:
+    return isinstance(e, Terminated) or _SIGTERM_SEEN.is_set()
 
 
 @contextlib.contextmanager
@@ -561,7 +570,10 @@ def shielded(what: str):
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
     if hits:
-        raise Terminated if signal.SIGTERM in hits else KeyboardInterrupt
+        if signal.SIGTERM in hits:
+            _SIGTERM_SEEN.set()
+            raise Terminated
+        raise KeyboardInterrupt
 
 
 def main_wrapper(fn) -> int:
@@ -569,6 +581,7 @@ def main_wrapper(fn) -> int:
     import logging
 
     from study.spec import TrackingError  # not study.tracking: a refusal never waits for MLflow's import
+    _SIGTERM_SEEN.clear()  # a command run in-process again (tests) starts without an earlier SIGTERM
     # store-creation INFO lines would bury the one-line messages; MLflow sets its loggers' level from
     # MLFLOW_LOGGING_LEVEL when it is imported (after this), so both: a user's own value is kept
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -600,7 +613,8 @@ def main_wrapper(fn) -> int:
               "fix it and run the same command with --resume", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
-        print(f"{'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}: the unfinished "
+        term = _was_terminated(e)
+        print(f"{'terminated (SIGTERM)' if term else 'interrupted'}: the unfinished "
               "trials' runs are KILLED and their checkpoints kept; run the same command with --resume to "
               "continue", file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
+        return 143 if term else 130

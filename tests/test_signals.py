@@ -89,3 +89,23 @@ def test_a_signal_after_the_first_epoch_kills_the_runs_releases_the_lock_and_res
                                           "tags.`iqa_ls.role` = 'trial'"))
     steps = sorted(m.step for m in c.get_metric_history(child.info.run_id, "loss"))
     assert steps == list(range(1, EPOCHS + 1))  # every epoch once: none lost to the signal, none twice
+
+
+def test_sigterm_exits_143_even_when_a_library_turns_it_into_a_plain_keyboard_interrupt(capsys):
+    """Seen once in CI under --executor ray: Tune caught our Terminated and raised a KeyboardInterrupt
+    of its own, and the study exited 130. The exit code follows the signal that arrived."""
+    from study import runner
+
+    def study():
+        try:
+            runner._terminate(signal.SIGTERM, None)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None  # what a library's clean-up may raise instead
+
+    assert runner.main_wrapper(study) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    assert runner.main_wrapper(ctrl_c) == 130  # a later command in the same process starts clean
