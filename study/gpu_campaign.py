@@ -26,8 +26,9 @@ A short device window is spent on the study, not on measuring again:
   torch version (anything else: they are measured, and the log says why);
 - `--rung NAME` runs that rung even where the plan says it does not fit: the study is stopped at the
   cap, its partial records come back, and a next call with `--resume` (the same --out, on the same
-  machine while it is still held) finishes it from its checkpoints and brings the whole back. `--smoke` runs every step on a CPU at toy sizes (tests/fixtures/cifar10-mini,
-strategies 1 and 9, 2 seeds, the `smoke` rung): the rehearsal that CI runs.
+  machine while it is still held) finishes it from its checkpoints and brings the whole back.
+`--smoke` runs every step on a CPU at toy sizes (tests/fixtures/cifar10-mini, strategies 1 and 9,
+2 seeds, the `smoke` rung): the rehearsal that CI runs.
 """
 from __future__ import annotations
 
@@ -388,7 +389,7 @@ def campaign(args, log: Log, save) -> int:
     data = str(data_mod.resolve_source(args.data))
     work = Path(args.out).resolve() / "work"
     setup = {"device": device, "device_name": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-             "torch": torch.__version__, "data": data, "data_checksum": data_mod.load_split(data, "train").checksum,
+             "torch": torch.__version__, "data": data, "data_checksum": data_mod.split_checksum(data, "train"),
              "budget_s": args.budget_s, "sizes": asdict(sz)}
     save("setup", setup)
     if args.resume:

@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.stopper import Stopper
 
 from study.execution import Progress, Recording, members_of, phases, run_spec, without_orphans
+from study.spec import Unschedulable
 from study.storage import absolute
 
 STRICT_METRICS_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
@@ -171,8 +172,6 @@ def wait_for_a_node(need: dict, address: str, say, wait_s: float, nodes=node_res
     """Return once a live node can hold one trial (`need`: cpu, gpu per trial). Ray Tune would wait
     for such a node forever; an autoscaling cluster (ray up cluster.yaml) may still add one, so it is
     waited for up to `wait_s` seconds (--node-wait), then the study stops (Unschedulable)."""
-    from study.spec import Unschedulable
-
     deadline, said = time.monotonic() + wait_s, False
     while True:
         seen = nodes()

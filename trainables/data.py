@@ -209,6 +209,14 @@ def split_rows(source: str, split: str) -> int | None:
     return pq.ParquetFile(files[0]).metadata.num_rows if kind == "parquet" else None
 
 
+def split_checksum(source: str, split: str) -> str | None:
+    """The sha256 of `split`'s files (what `load_split(...).checksum` holds), read without decoding;
+    None for 'cifar10' before its download."""
+    _check_split(split)
+    resolved = resolve_source(source)
+    return None if resolved == "cifar10" else _checksum(_split_files(resolved, split)[1])
+
+
 def _download_cifar10(cache_dir: Path) -> Path:
     """Torchvision's CIFAR-10 pickles under cache_dir, downloaded once across processes."""
     from filelock import FileLock
